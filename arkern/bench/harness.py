@@ -1,0 +1,137 @@
+"""Timing harness: cases, providers, threads, and the ratio table."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.utils.benchmark as tbench
+
+Providers = dict[str, Callable[[], object]]
+
+
+@dataclass
+class Case:
+    """One benchmark configuration.
+
+    family: op family or model ("masked_conv2d", "wavenet", ...).
+    name: short description of the configuration (shapes, dtype).
+    setup: builds the inputs and returns {provider name: zero-argument callable}; called once per run,
+        so inputs are only allocated when the case runs.
+    baseline: the provider every ratio is measured against.
+    items: work items per call (e.g. samples generated), to report items/s; None for plain ops.
+    """
+
+    family: str
+    name: str
+    setup: Callable[[], Providers]
+    baseline: str = "reference"
+    items: float | None = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Measurement:
+    family: str
+    case: str
+    provider: str
+    threads: int
+    seconds: float  # median time of one call
+    speedup: float | None  # baseline seconds / seconds, same run
+    items_per_s: float | None
+
+
+def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.3) -> float:
+    """Median seconds per call of `fn` with `threads` intra-op threads."""
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def run_case(case: Case, threads: int, min_run_time: float = 0.3,
+             providers: Iterable[str] | None = None) -> list[Measurement]:
+    """Time every provider of `case` at `threads` threads; ratios against the baseline."""
+    fns = case.setup()
+    names = [p for p in fns if providers is None or p in providers or p == case.baseline]
+    times = {p: measure(fns[p], threads, min_run_time) for p in names}
+    base = times.get(case.baseline)
+    return [Measurement(case.family, case.name, p, threads, t, (base / t) if base else None,
+                        (case.items / t) if case.items else None) for p, t in times.items()]
+
+
+def machine_info() -> dict:
+    """What every figure is reported with: CPU, cores, torch version and capability."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": _cores(), "torch": torch.__version__,
+            "capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def format_table(rows: list[Measurement]) -> str:
+    """A plain-text table: one line per (case, provider, threads)."""
+    head = f"{'family':<16} {'case':<44} {'provider':<12} {'thr':>3} {'time':>11} {'vs base':>8} {'items/s':>10}"
+    lines = [head, "-" * len(head)]
+    for m in rows:
+        t = f"{m.seconds * 1e3:9.3f}ms" if m.seconds >= 1e-3 else f"{m.seconds * 1e6:9.1f}us"
+        ratio = f"{m.speedup:7.2f}x" if m.speedup is not None else ""
+        ips = f"{m.items_per_s:10.0f}" if m.items_per_s is not None else ""
+        lines.append(f"{m.family:<16} {m.case[:44]:<44} {m.provider:<12} {m.threads:>3} {t:>11} {ratio:>8} {ips:>10}")
+    return "\n".join(lines)
+
+
+def run_report(families: Iterable[str], *, quick: bool = False, threads: Iterable[int] = (1, 2),
+               json_path: str | None = None, plot_path: str | None = None,
+               printer: Callable[[str], None] = print) -> list[Measurement]:
+    """Run every case of `families`, print the ratio table, optionally write JSON and a PNG plot."""
+    rows: list[Measurement] = []
+    info = machine_info()
+    printer(f"machine: {info['cpu']} ({info['cores']} cores, {info['capability']}), torch {info['torch']}")
+    min_time = 0.1 if quick else 0.4
+    for family in families:
+        module = importlib.import_module(f"arkern.bench.{family}")
+        for case in module.cases(quick=quick):
+            for n in threads:
+                got = run_case(case, n, min_time)
+                table = format_table(got)
+                printer(table if not rows else table.split("\n", 2)[2])
+                rows.extend(got)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"machine": info, "results": [asdict(r) for r in rows]}, f, indent=1)
+    if plot_path:
+        _plot(rows, plot_path)
+    return rows
+
+
+def _plot(rows: list[Measurement], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("the plot needs matplotlib: pip install 'arkern[plot]'") from exc
+    pts = [r for r in rows if r.speedup is not None and r.provider != "reference"]
+    labels = [f"{r.family}: {r.case[:30]} [{r.provider}, {r.threads}t]" for r in pts]
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(pts) + 1.5))
+    ax.barh(range(len(pts)), [r.speedup for r in pts])
+    ax.set_yticks(range(len(pts)), labels, fontsize=7)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over baseline (same run)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the ground truth for tests and the baseline for benchmarks."""

@@ -1,0 +1,37 @@
+"""pytest-benchmark glue: every suite runs the cases of arkern.bench.<family> at 1 and 2 threads.
+
+Ratios between providers are only meaningful within one run: read them from the same table
+(`pytest benchmarks/ --benchmark-only --benchmark-group-by=group`).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+THREADS = (1, 2)
+
+
+def bench_params(cases) -> list:
+    """(case, provider, threads) params for a suite, ids readable in the pytest-benchmark table."""
+    params = []
+    for case in cases:
+        providers = list(case.setup().keys())
+        for p in providers:
+            for t in THREADS:
+                params.append(pytest.param(case, p, t, id=f"{case.name}-{p}-{t}t"))
+    return params
+
+
+def run_benchmark(benchmark, case, provider: str, threads: int) -> None:
+    """Time one provider of a case with `threads` intra-op threads; grouped by case and thread count."""
+    fns = case.setup()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        benchmark.group = f"{case.family}: {case.name} ({threads} thread{'s' if threads > 1 else ''})"
+        benchmark.extra_info.update(provider=provider, baseline=case.baseline, threads=threads,
+                                    dtype=str(case.params.get("dtype", "float32")))
+        benchmark(fns[provider])
+    finally:
+        torch.set_num_threads(old)

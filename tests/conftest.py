@@ -1,0 +1,33 @@
+"""Shared fixtures: the backends that can run here, generated from the backend table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import arkern  # noqa: F401  (defines the ops and loads the extension)
+from arkern.backends import backend_unavailable_reason
+
+
+def kernel_backends(op_backends) -> list:
+    """pytest params: every non-reference backend of an op family, skipped with the reason if unavailable.
+
+    Usage: ``@pytest.mark.parametrize("backend", kernel_backends(ops.causal_conv1d.BACKENDS))``.
+    """
+    params = []
+    for name in op_backends.kernels:
+        if name == "reference":
+            continue
+        reason = backend_unavailable_reason(name, "cpu")
+        if reason is None:
+            reasons = op_backends._static_reasons(name, "cpu")
+            reason = "; ".join(reasons) if reasons else None
+        marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
