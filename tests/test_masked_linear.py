@@ -111,3 +111,37 @@ def test_bad_input(call, exc, match):
     x, w, b, mask = _inputs(3, 5, 4, torch.float64)
     with pytest.raises(exc, match=match):
         call(x, w, b, mask)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_arbitrary_mask(backend, dtype):
+    # a random mask is not prefix-shaped in any column order: exercises the run-walking kernels
+    x, w, b, _ = _inputs(7, 29, 23, dtype)
+    mask = torch.rand(23, 29) < 0.4
+    mask[3] = False  # a row that keeps nothing
+    _check(backend, x, w, b, mask, dtype)
+
+
+def test_nn_layer_is_drop_in_for_linear():
+    from arkern.nn import MaskedLinear
+
+    lin = torch.nn.Linear(10, 6).double()
+    layer = MaskedLinear(10, 6).double()
+    layer.load_state_dict(lin.state_dict())  # nn.Linear checkpoints load (mask is not a state_dict key)
+    x = torch.randn(4, 10, dtype=torch.float64)
+    assert_close(layer(x), lin(x), name="all-ones mask")
+    layer.set_degrees(torch.arange(10) % 5 + 1, torch.arange(6) % 4 + 1)
+    assert_close(layer(x), masked_linear(x, lin.weight, lin.bias, layer.mask, backend="reference"), name="MADE")
+    with pytest.raises(ValueError, match="mask must have shape"):
+        layer.set_mask(torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_compile_fullgraph():
+    from arkern.nn import MaskedLinear
+
+    layer = MaskedLinear(12, 8)
+    layer.set_degrees(torch.arange(12) % 6 + 1, torch.arange(8) % 5 + 1)
+    x = torch.randn(5, 12)
+    compiled = torch.compile(layer, fullgraph=True)
+    assert_close(compiled(x), layer(x), name="compiled")

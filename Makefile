@@ -1,0 +1,35 @@
+# arkern: `make demo` runs the main job on a built-in default, `make test` runs the tests.
+# Both create (or reuse) a virtual environment in .venv with the pinned CPU torch and build the extension.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.arkern-installed
+SOURCES := pyproject.toml setup.py $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+export MAX_JOBS ?= 2
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# the CPU torch wheel, pinned: a looser requirement would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q setuptools wheel ninja
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m arkern bench --quick --json out/bench.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,rounds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build out *.egg-info arkern/_C*.so
