@@ -22,8 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m arkern bench --quick --json out/bench.json
 
+# TRITON_INTERPRET=1: the Triton kernels execute on CPU tensors in the interpreter (no GPU here)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,rounds

@@ -54,6 +54,15 @@ BACKENDS.register("cpu", lambda x, w, b, m: torch.ops.arkern.masked_linear(x, w,
                   (torch.float32, torch.float64), torch_op="arkern::masked_linear")
 
 
+def _triton(x, w, b, m):
+    from arkern.triton.masked_linear import masked_linear as kernel  # Triton is imported lazily
+
+    return kernel(x, w, b, m)
+
+
+BACKENDS.register("triton", _triton, (torch.float32, torch.float64))
+
+
 def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> None:
     """Check shapes, dtypes and devices of a masked_linear call (raises ValueError/TypeError)."""
     check_tensor(OP, "x", x)
