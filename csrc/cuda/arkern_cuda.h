@@ -37,9 +37,9 @@ struct ArkernCausalConv1dBackwardArgs {
   void* workspace;  // B*Cout*T elements of the dtype (pre-activation gradient)
 };
 
-// One or a few decode steps: x (B, Cin, t) new inputs, conv_state (pool, Cin, S) updated in place.
-// cache_seqlens null: shift register (newest last). Else ring buffer, token at absolute time tau stored
-// at tau % S, cache_seqlens[b] = tokens already seen. conv_state_indices null: row b uses state row b;
+// One or a few decode steps: x (B, Cin, t) new inputs, conv_state (pool, Cin, S) holds the inputs before
+// them, updated in place. cache_seqlens null: shift register (newest last). Else ring buffer, token at
+// absolute time tau stored at tau % S, cache_seqlens[b] = tokens already seen. conv_state_indices null: row b uses state row b;
 // else state row conv_state_indices[b], and a negative index is a padding row (y = 0, state untouched).
 struct ArkernCausalConv1dUpdateArgs {
   int dtype;

@@ -146,7 +146,9 @@ __global__ void grad_bias_kernel(ArkernCausalConv1dBackwardArgs g) {
   if (threadIdx.x == 0) static_cast<T*>(g.grad_bias)[o] = acc;
 }
 
-// one block per batch row; tokens in order: write the token into the state, then compute the outputs
+// one block per batch row; tokens in order: first the outputs (tap lag 0 is the token itself, lag >= 1
+// reads the state as it was before this token: shift register slot S - lag, ring slot
+// (seqlen + i - lag) mod S), then the token is written into the state.
 template <typename T>
 __global__ void update_kernel(ArkernCausalConv1dUpdateArgs a) {
   const int64_t b = blockIdx.x;
@@ -163,7 +165,27 @@ __global__ void update_kernel(ArkernCausalConv1dUpdateArgs a) {
   const int64_t seqlen = a.cache_seqlens ? a.cache_seqlens[b] : 0;
   const int64_t cpg_in = a.Cin / a.groups, cpg_out = a.Cout / a.groups;
   for (int64_t i = 0; i < a.t; ++i) {
-    for (int64_t c = threadIdx.x; c < a.Cin; c += blockDim.x) {
+    for (int64_t o = threadIdx.x; o < a.Cout; o += blockDim.x) {
+      const int64_t c0 = (o / cpg_out) * cpg_in;
+      T acc = a.bias ? static_cast<const T*>(a.bias)[o] : T(0);
+      for (int64_t ci = 0; ci < cpg_in; ++ci)
+        for (int64_t k = 0; k < a.K; ++k) {
+          const int64_t lag = (a.K - 1 - k) * a.dilation;
+          T v;
+          if (lag == 0) {
+            v = x[b * a.sxb + (c0 + ci) * a.sxc + i * a.sxt];
+          } else {
+            int64_t p = a.cache_seqlens ? (seqlen + i - lag) % a.S : a.S - lag;
+            if (p < 0) p += a.S;
+            v = st[(c0 + ci) * a.ssc + p * a.sss];
+          }
+          acc += w[o * a.swo + ci * a.swc + k * a.swk] * v;
+        }
+      if (a.silu) acc = acc * sigmoid(acc);
+      y[b * a.syb + o * a.syo + i * a.syt] = acc;
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < a.Cin && a.S > 0; c += blockDim.x) {
       const T v = x[b * a.sxb + c * a.sxc + i * a.sxt];
       if (a.cache_seqlens) {
         st[c * a.ssc + ((seqlen + i) % a.S) * a.sss] = v;
@@ -171,25 +193,6 @@ __global__ void update_kernel(ArkernCausalConv1dUpdateArgs a) {
         for (int64_t s = 0; s + 1 < a.S; ++s) st[c * a.ssc + s * a.sss] = st[c * a.ssc + (s + 1) * a.sss];
         st[c * a.ssc + (a.S - 1) * a.sss] = v;
       }
-    }
-    __syncthreads();
-    for (int64_t o = threadIdx.x; o < a.Cout; o += blockDim.x) {
-      const int64_t c0 = (o / cpg_out) * cpg_in;
-      T acc = a.bias ? static_cast<const T*>(a.bias)[o] : T(0);
-      for (int64_t ci = 0; ci < cpg_in; ++ci)
-        for (int64_t k = 0; k < a.K; ++k) {
-          const int64_t lag = (a.K - 1 - k) * a.dilation;
-          int64_t p;
-          if (a.cache_seqlens) {
-            p = (seqlen + i - lag) % a.S;
-            if (p < 0) p += a.S;
-          } else {
-            p = a.S - 1 - lag;
-          }
-          acc += w[o * a.swo + ci * a.swc + k * a.swk] * st[(c0 + ci) * a.ssc + p * a.sss];
-        }
-      if (a.silu) acc = acc * sigmoid(acc);
-      y[b * a.syb + o * a.syo + i * a.syt] = acc;
     }
     __syncthreads();
   }
