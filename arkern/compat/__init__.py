@@ -1,0 +1,1 @@
+"""Drop-in APIs of other projects, implemented on arkern ops (every backend, any width)."""
