@@ -1,0 +1,283 @@
+"""wavenet_decode: the fused WaveNet sampler, ``torch.ops.arkern.wavenet_generate``.
+
+One call advances a whole nv-wavenet network T steps (embedding, L gated dilated layers with their ring
+buffers, skip sum, head, and the draw from pre-drawn uniforms) without returning to Python.
+
+Weights are packed once by :func:`pack_wavenet` into :class:`WaveNetFused`: every matrix W (M × N) gets
+its rows zero-padded to Mp = ceil16(M) and is stored as row tiles of up to 64 outputs, each tile
+transposed (N × width) and contiguous, float32 or bfloat16; biases, embeddings and conditioning stay
+float32. The ring buffers (the ``WaveNetState`` tensors) and the last two samples are mutated in place.
+
+Backends: "cpu" (csrc/cpu/wavenet_decode.cpp) and "reference", a plain-PyTorch loop over the same
+packed tensors (the ground truth for the packing and the kernel's arithmetic). This is a decode op:
+it has no autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from arkern.backends import OpBackends
+from arkern.ops._library import LIB
+
+OP = "wavenet_generate"
+TILE = 64
+
+LIB.define("wavenet_generate(Tensor emb, Tensor w_dil, Tensor b_dil, Tensor w_rs, Tensor b_rs, Tensor w_out, "
+           "Tensor b_out, Tensor w_end, Tensor b_end, int[] dilations, Tensor(a!)[] rings, Tensor(b!) prev, "
+           "int t0, Tensor noise, Tensor? cond, int cond_hop, Tensor? gbias, float temperature, int top_k, "
+           "float top_p, bool return_logits, Tensor? forced) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("arkern::wavenet_generate")
+def _fake(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise, cond,
+          cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
+    b, t = noise.shape
+    logits = emb.new_empty((b, t, emb.shape[1])) if return_logits else emb.new_empty(0)
+    return prev.new_empty((b, t)), logits
+
+
+def _pad16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def pack_matrix(w: torch.Tensor, row_blocks: list[int] | None = None, dtype: torch.dtype = torch.float32
+                ) -> torch.Tensor:
+    """Pack W (M × N) into the kernel's tiled layout (flat, Mp × N elements).
+
+    row_blocks splits the rows into consecutive blocks, each zero-padded to a multiple of 16 on its own
+    (e.g. the tanh and sigmoid halves of a gated pre-activation); default one block of M rows.
+    """
+    blocks = row_blocks or [w.shape[0]]
+    parts, r = [], 0
+    for n in blocks:
+        parts.append(F.pad(w[r:r + n], (0, 0, 0, _pad16(n) - n)))
+        r += n
+    wp = torch.cat(parts).to(torch.float32)
+    tiles = [wp[m0:m0 + TILE].t().contiguous().reshape(-1) for m0 in range(0, wp.shape[0], TILE)]
+    return torch.cat(tiles).to(dtype)
+
+
+def unpack_matrix(packed: torch.Tensor, mp: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_matrix` up to the padding: flat tiles -> (Mp × N) float32."""
+    rows, off = [], 0
+    for m0 in range(0, mp, TILE):
+        width = min(TILE, mp - m0)
+        rows.append(packed[off:off + width * n].to(torch.float32).reshape(n, width).t())
+        off += width * n
+    return torch.cat(rows)
+
+
+def _pad_vec(v: torch.Tensor, blocks: list[int]) -> torch.Tensor:
+    parts, r = [], 0
+    for n in blocks:
+        parts.append(F.pad(v[r:r + n], (0, _pad16(n) - n)))
+        r += n
+    return torch.cat(parts).to(torch.float32)
+
+
+@dataclass
+class WaveNetFused:
+    """A WaveNet's weights packed for :func:`wavenet_generate` (see the module docstring).
+
+    Shapes (Rp = ceil16(R), Sp = ceil16(S), Ap = ceil16(A)): emb (2, A, R); w_dil (L·2Rp·2R,) with
+    input [x(t-d); x(t)]; b_dil (L, 2Rp); w_rs (L·(Rp+Sp)·R,) giving [residual; skip]; b_rs (L, Rp+Sp);
+    w_out (Ap·S,); b_out (Ap,); w_end (Ap·A,); b_end (Ap,).
+    """
+
+    emb: torch.Tensor
+    w_dil: torch.Tensor
+    b_dil: torch.Tensor
+    w_rs: torch.Tensor
+    b_rs: torch.Tensor
+    w_out: torch.Tensor
+    b_out: torch.Tensor
+    w_end: torch.Tensor
+    b_end: torch.Tensor
+    dilations: list[int]
+    residual_channels: int
+    skip_channels: int
+    num_classes: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage dtype of the packed matrices."""
+        return self.w_dil.dtype
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The packed tensors in the order of the op's schema."""
+        return (self.emb, self.w_dil, self.b_dil, self.w_rs, self.b_rs, self.w_out, self.b_out,
+                self.w_end, self.b_end)
+
+
+@torch.no_grad()
+def pack_wavenet(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> WaveNetFused:
+    """Pack an :class:`arkern.models.WaveNet` once for the fused kernel; dtype float32 or bfloat16."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"pack_wavenet: dtype must be float32 or bfloat16, got {dtype}")
+    cfg = model.config
+    L, R, S, A = cfg.num_layers, cfg.residual_channels, cfg.skip_channels, cfg.num_classes
+    emb = torch.stack([model.embed_prev.weight, model.embed_cur.weight]).to(torch.float32).contiguous()
+    w_dil, b_dil, w_rs, b_rs = [], [], [], []
+    for i in range(L):
+        conv = model.dilated[i]
+        w = torch.cat([conv.weight[:, :, 0], conv.weight[:, :, 1]], dim=1)  # (2R, 2R) on [x(t-d); x(t)]
+        w_dil.append(pack_matrix(w, [R, R], dtype))
+        b_dil.append(_pad_vec(conv.bias, [R, R]))
+        has_res = i < len(model.res)
+        wr = model.res[i].weight[:, :, 0] if has_res else conv.weight.new_zeros(R, R)
+        br = model.res[i].bias if has_res else conv.bias.new_zeros(R)
+        w_rs.append(pack_matrix(torch.cat([wr, model.skip[i].weight[:, :, 0]]), [R, S], dtype))
+        b_rs.append(_pad_vec(torch.cat([br, model.skip[i].bias]), [R, S]))
+    return WaveNetFused(
+        emb=emb, w_dil=torch.cat(w_dil), b_dil=torch.stack(b_dil), w_rs=torch.cat(w_rs), b_rs=torch.stack(b_rs),
+        w_out=pack_matrix(model.out.weight[:, :, 0], None, dtype), b_out=_pad_vec(model.out.bias, [A]),
+        w_end=pack_matrix(model.end.weight[:, :, 0], None, dtype), b_end=_pad_vec(model.end.bias, [A]),
+        dilations=list(model.dilations), residual_channels=R, skip_channels=S, num_classes=A)
+
+
+def _reference(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise,
+               cond, cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
+    """Plain-PyTorch loop over the packed tensors, float32 arithmetic, same semantics as the C++ kernel."""
+    from arkern.sampling import sample_categorical
+
+    A, R = emb.shape[1], emb.shape[2]
+    L, Rp, Ap = len(dilations), _pad16(R), _pad16(A)
+    Sp = b_rs.shape[1] - Rp
+    S = w_out.numel() // Ap
+    wd = [unpack_matrix(w, 2 * Rp, 2 * R) for w in w_dil.reshape(L, -1)]
+    wrs = [unpack_matrix(w, Rp + Sp, R) for w in w_rs.reshape(L, -1)]
+    wo, we = unpack_matrix(w_out, Ap, S)[:A], unpack_matrix(w_end, Ap, A)[:A]
+    B, T = noise.shape
+    samples = prev.new_empty((B, T))
+    logits_all = []
+    rows = torch.arange(B)
+    for s in range(T):
+        t = t0 + s
+        x = emb[0, prev[:, 0]] + emb[1, prev[:, 1]]
+        skip = torch.zeros(B, S)
+        for i, d in enumerate(dilations):
+            past = rings[i][:, :, t % d].clone()
+            rings[i][:, :, t % d] = x
+            pre = torch.cat([past, x], 1) @ wd[i].t() + b_dil[i]
+            pre = torch.cat([pre[:, :R], pre[:, Rp:Rp + R]], 1)
+            if cond is not None:
+                pre = pre + cond[rows, t // cond_hop, i]
+            if gbias is not None:
+                pre = pre + gbias[:, i]
+            g = torch.tanh(pre[:, :R]) * torch.sigmoid(pre[:, R:])
+            rs = g @ wrs[i].t() + b_rs[i]
+            x = x + rs[:, :R]
+            skip = skip + rs[:, Rp:Rp + S]
+        logits = F.relu(F.relu(skip) @ wo.t() + b_out[:A]) @ we.t() + b_end[:A]
+        if forced is not None:
+            y = forced[:, s]
+        else:
+            y = sample_categorical(logits, noise[:, s], temperature=temperature, top_k=top_k or None,
+                                   top_p=top_p if top_p < 1 else None)
+        samples[:, s] = y
+        prev[:, 0] = prev[:, 1]
+        prev[:, 1] = y
+        logits_all.append(logits)
+    out = torch.stack(logits_all, 1) if return_logits and T else emb.new_empty((B, T, A) if return_logits else 0)
+    return samples, out
+
+
+BACKENDS = OpBackends(OP)
+BACKENDS.register("reference", _reference, (torch.float32, torch.bfloat16))
+BACKENDS.register("cpu", lambda *args: torch.ops.arkern.wavenet_generate(*args), (torch.float32, torch.bfloat16),
+                  torch_op="arkern::wavenet_generate")
+
+
+def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor, t0: int, noise: torch.Tensor,
+             cond: torch.Tensor | None, cond_hop: int, gbias: torch.Tensor | None, temperature: float,
+             top_k: int | None, top_p: float | None, forced: torch.Tensor | None) -> None:
+    """Check a wavenet_generate call (raises ValueError/TypeError naming the argument)."""
+    R, A, L = packed.residual_channels, packed.num_classes, len(packed.dilations)
+    if not isinstance(noise, torch.Tensor) or noise.dim() != 2:
+        raise ValueError(f"{OP}: noise must be a (B, T) tensor of uniforms, got "
+                         f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+    if noise.dtype != torch.float64:
+        raise TypeError(f"{OP}: noise must be float64, got {noise.dtype}")
+    B, T = noise.shape
+    if prev.dtype != torch.int64 or tuple(prev.shape) != (B, 2) or not prev.is_contiguous():
+        raise ValueError(f"{OP}: prev must be a contiguous int64 ({B}, 2) tensor (batch of noise), "
+                         f"got {prev.dtype} {tuple(prev.shape)}")
+    if len(rings) != L:
+        raise ValueError(f"{OP}: rings must hold {L} tensors (one per layer), got {len(rings)}")
+    for i, (r, d) in enumerate(zip(rings, packed.dilations)):
+        if r.dtype != torch.float32 or tuple(r.shape) != (B, R, d) or not r.transpose(1, 2).is_contiguous():
+            raise ValueError(f"{OP}: rings[{i}] must be float32 {(B, R, d)} with time-major storage "
+                             f"(torch.zeros(B, d, R).transpose(1, 2)), got {r.dtype} {tuple(r.shape)} "
+                             f"strides {r.stride()}")
+    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+        raise ValueError(f"{OP}: t0 must be an int >= 0, got {t0!r}")
+    if not temperature > 0:
+        raise ValueError(f"{OP}: temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{OP}: top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"{OP}: top_p must be in (0, 1], got {top_p}")
+    if cond is not None:
+        if cond.dtype != torch.float32 or cond.dim() != 4 or cond.shape[0] != B or cond.shape[2:] != (L, 2 * R):
+            raise ValueError(f"{OP}: cond must be float32 ({B}, frames, {L}, {2 * R}), got {cond.dtype} "
+                             f"{tuple(cond.shape)}")
+        if cond_hop < 1:
+            raise ValueError(f"{OP}: cond_hop must be >= 1, got {cond_hop}")
+        if T and (t0 + T - 1) // cond_hop >= cond.shape[1]:
+            raise ValueError(f"{OP}: cond has {cond.shape[1]} frames, too few for steps up to {t0 + T} at "
+                             f"cond_hop={cond_hop}")
+    if gbias is not None and (gbias.dtype != torch.float32 or tuple(gbias.shape) != (B, L, 2 * R)):
+        raise ValueError(f"{OP}: gbias must be float32 ({B}, {L}, {2 * R}), got {gbias.dtype} {tuple(gbias.shape)}")
+    if forced is not None and (forced.dtype != torch.int64 or tuple(forced.shape) != (B, T)):
+        raise ValueError(f"{OP}: forced must be int64 ({B}, {T}), got {forced.dtype} {tuple(forced.shape)}")
+    for name, t in (("prev", prev), ("forced", forced)):
+        if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= A):
+            raise ValueError(f"{OP}: {name} holds samples outside [0, {A})")
+
+
+def wavenet_generate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor, t0: int,
+                     noise: torch.Tensor, *, cond: torch.Tensor | None = None, cond_hop: int = 1,
+                     gbias: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, return_logits: bool = False, forced: torch.Tensor | None = None,
+                     backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advance the network T = noise.shape[1] steps from absolute time t0 (state mutated in place).
+
+    Args:
+        packed: weights from :func:`pack_wavenet`.
+        rings: per layer (B, R, d_l) float32 ring buffers, views of time-major (B, d_l, R) storage; the
+            input of time t lives at column t % d_l.
+        prev: (B, 2) int64 last two samples [y[t0-2], y[t0-1]]; updated to the last two of this call.
+        t0: absolute time of the first step.
+        noise: (B, T) float64 uniforms in [0, 1), one per step.
+        cond: (B, frames, L, 2R) float32 projected local conditioning; frame f covers cond_hop samples.
+        gbias: (B, L, 2R) float32 projected global conditioning.
+        temperature, top_k, top_p: sampling warpers (see :func:`arkern.sampling.sample_categorical`).
+        return_logits: also return the (B, T, A) float32 logits of every step.
+        forced: (B, T) int64 samples fed instead of the drawn ones (teacher forcing, for checking).
+        backend: "cpu", "reference" or None.
+
+    Returns:
+        (samples (B, T) int64, logits (B, T, A) float32 or an empty tensor).
+    """
+    validate(packed, rings, prev, t0, noise, cond, cond_hop, gbias, temperature, top_k, top_p, forced)
+    kernel = BACKENDS.select(backend, noise.device, packed.dtype)
+    return kernel.fn(*packed.tensors(), list(packed.dilations), list(rings), prev, t0, noise, cond, cond_hop,
+                     gbias, float(temperature), int(top_k or 0), float(top_p if top_p is not None else 1.0),
+                     bool(return_logits), forced)
+
+
+def roofline_bytes(packed: WaveNetFused) -> int:
+    """Bytes of packed matrices read per generated sample (for GB/s figures)."""
+    return sum(t.numel() * t.element_size() for t in (packed.w_dil, packed.w_rs, packed.w_out, packed.w_end))
+
+
+def matrix_elements(packed: WaveNetFused) -> int:
+    """Packed matrix elements (multiply-adds per sample, padding included)."""
+    return sum(t.numel() for t in (packed.w_dil, packed.w_rs, packed.w_out, packed.w_end))
+
+
+__all__ = ["WaveNetFused", "pack_wavenet", "wavenet_generate", "BACKENDS"]
