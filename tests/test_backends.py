@@ -57,8 +57,9 @@ def test_env_override(monkeypatch):
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # triton would join 'cpu'
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+                          env={**base, **env})
 
 
 def test_import_without_extension_uses_reference_and_says_so_once():
