@@ -19,8 +19,12 @@ $(STAMP): $(SOURCES)
 
 install: $(STAMP)
 
+# sample the bundled digits model to out/digits.png, then time every sampler on the same 16 images
+# (--compare: speedups vs naive, and a check that all methods draw identical samples). One thread: the
+# decode steps are small ops, and two threads on a busy 2-core machine oversubscribe it badly.
 demo: $(STAMP)
-	$(PY) -m arkern bench --quick --json out/bench.json
+	$(PY) -m arkern sample digits --n 100 --seed 0 --out out/digits.png --compare --compare-n 16 --threads 1 \
+		--no-progress
 
 # TRITON_INTERPRET=1: the Triton kernels execute on CPU tensors in the interpreter (no GPU here)
 test: $(STAMP)

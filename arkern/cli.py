@@ -1,26 +1,330 @@
 """The `arkern` command.
 
+    arkern sample MODEL [--n N] [--label L] [--shape H W] [--seconds S] [--out PATH] [--method M] [--seed N]
+                        [--temperature T] [--top-k K] [--top-p P] [--threads N] [--no-progress]
+                        [--compare [--compare-n N]] [--distributed]
+    arkern train {digits,tones} [--out DIR] [--epochs N] [--seed N] [--threads N]
     arkern bench [--quick] [--json PATH] [--plot PATH] [--threads 1 2] [--families NAME ...]
+
+MODEL is a bundled model ("digits", "tones") or a checkpoint (.json / .safetensors, see
+:mod:`arkern.pretrained`). Image models write a PNG grid, audio models a 16-bit WAV. Bad arguments exit
+with code 2 and a message.
+
+Under torchrun, ``--distributed`` splits the batch over the processes (:mod:`arkern.distributed`); use
+``--num-samples`` (or ``-n``) there instead of ``--n``, which torchrun's own parser takes for an
+abbreviation of its options: ``torchrun --nproc_per_node=2 -m arkern sample digits --num-samples 64
+--seed 0 --distributed``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 from collections.abc import Sequence
+
+import torch
+
+METHODS = ("fused", "cached", "naive")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arkern", description="Fast masked/causal convolutions and sampling.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="sample a bundled or saved model to a PNG grid (images) or a WAV (audio)",
+                       description="Sample a model; prints the sampling speed. MODEL: digits, tones, or a "
+                                   "checkpoint path (.json / .safetensors).")
+    s.add_argument("model", metavar="MODEL", help="bundled model name (digits, tones) or checkpoint path")
+    s.add_argument("--out", metavar="PATH", help="output file: .png for image models, .wav for audio models "
+                                                 "(default: MODEL.png / MODEL.wav in the current directory)")
+    s.add_argument("--n", "-n", "--num-samples", dest="n", type=int, default=None,
+                   help="number of images (default 64) or audio clips (default 1)")
+    s.add_argument("--label", type=int, help="class label for class-conditional image models "
+                                             "(default: labels 0, 1, 2, ... one per grid column)")
+    s.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="image size (default: the model's)")
+    s.add_argument("--cols", type=int, help="images per row of the PNG grid")
+    s.add_argument("--scale", type=int, help="PNG pixels per image pixel (default: images ~64 px wide)")
+    s.add_argument("--seconds", type=float, help="audio length in seconds (default 2)")
+    s.add_argument("--method", choices=METHODS, help="sampler (default: the fastest available for the model)")
+    s.add_argument("--seed", type=int, help="seed of the sampling noise (default: random, printed)")
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    s.add_argument("--top-k", type=int, help="sample only among the k most likely classes")
+    s.add_argument("--top-p", type=float, help="sample only from the nucleus of probability mass p, in (0, 1]")
+    s.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--compare", action="store_true",
+                   help="also time every available method (naive included) on a small batch with the same noise, "
+                        "print the speedups and check that they draw the same samples")
+    s.add_argument("--compare-n", type=int, default=4, metavar="N",
+                   help="batch of the --compare runs (default 4; audio: 1/8 s each)")
+    s.add_argument("--distributed", action="store_true",
+                   help="split the batch over the processes of a torchrun launch (arkern.distributed)")
+
+    t = sub.add_parser("train", help="train a bundled model's recipe and write NAME.json + NAME.safetensors",
+                       description="Train a bundled model from scratch (the recipe that made the shipped "
+                                   "weights; `--out arkern/pretrained` replaces them).")
+    t.add_argument("recipe", choices=("digits", "tones"), help="which model")
+    t.add_argument("--out", metavar="DIR", default=".", help="output directory (default: current directory)")
+    t.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and data (default 0)")
+    t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+
     b = sub.add_parser("bench", help="time every op's kernels against their baselines; print the ratio table")
     b.add_argument("--quick", action="store_true", help="fewer, smaller configurations and shorter timing")
     b.add_argument("--json", metavar="PATH", help="write the measurements as JSON")
     b.add_argument("--plot", metavar="PATH", help="draw a PNG of the speedups (needs matplotlib)")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default 1 2)")
     b.add_argument("--families", nargs="+", metavar="NAME", help="only these op families / models")
+    p.subcommands = {"sample": s, "train": t, "bench": b}  # so errors show the subcommand's usage
     return p
+
+
+# ---------------------------------------------------------------- images
+
+def image_grid(images: torch.Tensor, levels: int, *, cols: int | None = None, scale: int = 1, pad: int = 1):
+    """(N, C, H, W) int levels in [0, levels) -> a PIL image grid (grey for C = 1, RGB for C = 3).
+
+    Levels map linearly to 0..255; each image pixel becomes scale x scale pixels; cells are separated by
+    `pad` image pixels of dark grey.
+    """
+    from PIL import Image
+
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"image_grid: images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pixels = (images.to(torch.float64) * (255.0 / (levels - 1))).round().clamp(0, 255).to(torch.uint8)
+    grid = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 48, dtype=torch.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = pixels[k]
+    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    if c == 1:
+        return Image.fromarray(grid[0].numpy(), mode="L")
+    return Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+def save_image_grid(path: str, images: torch.Tensor, levels: int, **kwargs: int | None) -> None:
+    """Write :func:`image_grid` of (N, C, H, W) int levels as a PNG."""
+    image_grid(images, levels, **kwargs).save(path, format="PNG")
+
+
+# ---------------------------------------------------------------- sample
+
+def _check_sample_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.n is not None and args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        parser.error(f"--temperature must be a number > 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.seconds is not None and not (args.seconds > 0 and math.isfinite(args.seconds)):
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
+    for name in ("cols", "scale", "compare_n"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.shape is not None and min(args.shape) < 1:
+        parser.error(f"--shape must be two ints >= 1, got {args.shape}")
+
+
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torch.nn.Module:
+    from arkern.pretrained import load
+
+    try:
+        return load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f"MODEL: {e}")
+
+
+def _pick_method(model: torch.nn.Module, method: str | None, parser: argparse.ArgumentParser) -> str:
+    from arkern.sampling import available_methods
+
+    available = available_methods(model)
+    if method is None:
+        return available[0]
+    if method not in available:
+        parser.error(f"--method {method}: not available for {type(model).__name__} in this build "
+                     f"(available: {', '.join(available)})")
+    return method
+
+
+def _run(model: torch.nn.Module, batch: int, args: argparse.Namespace, parser: argparse.ArgumentParser,
+         **kwargs: object) -> tuple[torch.Tensor | None, float]:
+    """Sample (locally or with arkern.distributed) and time it -> (samples or None off rank 0, seconds)."""
+    import arkern
+
+    kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  progress=not args.no_progress)
+    if args.distributed:
+        try:
+            from arkern.distributed import TORCHRUN_ENV, generate_distributed
+        except ImportError as e:
+            parser.error(f"--distributed: arkern.distributed is not available ({e})")
+        missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+        if missing:
+            parser.error(f"--distributed: start the command with torchrun, e.g. `torchrun --nproc_per_node=2 -m "
+                         f"arkern sample ... --distributed` ({', '.join(missing)} not set)")
+        start = time.perf_counter()
+        out = generate_distributed(model, batch, **kwargs)
+    else:
+        start = time.perf_counter()
+        out = arkern.generate(model, batch, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _where() -> str:
+    """Where the timing ran: intra-op threads, and the processes of a torchrun launch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"threads={torch.get_num_threads()}" + (f" x {world} processes" if world > 1 else "")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _compare(model: torch.nn.Module, args: argparse.Namespace, unit: str, per_item: int, what: str,
+             **kwargs: object) -> None:
+    """Time every available method on the same batch and noise; print samples/s and the speedup vs naive."""
+    import arkern
+    from arkern.sampling import available_methods
+
+    batch = args.compare_n
+    seed = 0 if args.seed is None else args.seed  # every method must see the same noise
+    times, outs = {}, {}
+    for method in available_methods(model):
+        start = time.perf_counter()
+        outs[method] = arkern.generate(model, batch, method=method, seed=seed, temperature=args.temperature,
+                                       top_k=args.top_k, top_p=args.top_p, progress=False, **kwargs)
+        times[method] = time.perf_counter() - start
+    print(f"speed of every method on the same {batch} {unit} {what} ({_where()}):")
+    base = times.get("naive")
+    for method, seconds in times.items():
+        ratio = f"  {base / seconds:7.1f}x naive" if base else ""
+        print(f"  {method:7s} {seconds:8.3f} s  {batch / seconds:10.1f} {unit}/s  "
+              f"{batch * per_item / seconds:10.0f} samples/s{ratio}")
+    reference = next(iter(outs.values()))
+    same = all(torch.equal(reference, out) for out in outs.values())
+    print("  all methods drew identical samples" if same else "  WARNING: the methods drew different samples")
+
+
+def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    meta = model.meta
+    if args.seconds is not None:
+        parser.error("--seconds applies to audio models; this is an image model (use --n, --shape)")
+    shape = tuple(args.shape) if args.shape else tuple(meta.get("shape") or ())
+    if len(shape) != 2:
+        parser.error("--shape H W is needed: the model's config gives no image size")
+    n = args.n or 64
+    num_labels = getattr(model, "num_labels", None)
+    condition, cols = None, args.cols
+    if num_labels:
+        if args.label is not None and not 0 <= args.label < num_labels:
+            parser.error(f"--label must be in [0, {num_labels}), got {args.label}")
+        condition = args.label if args.label is not None else [k % num_labels for k in range(n)]
+        cols = cols or (num_labels if args.label is None else None)
+    elif args.label is not None:
+        parser.error(f"--label: {type(model).__name__} {meta.get('name', '')} is not class-conditional")
+    try:
+        model.check_image_size(*shape)
+    except ValueError as e:
+        parser.error(f"--shape: {e}")
+    method = _pick_method(model, args.method, parser)
+    out = args.out or f"{meta.get('name', 'samples')}.png"
+    if not out.lower().endswith(".png"):
+        parser.error(f"--out: image models write a PNG; the path must end in .png, got {out!r}")
+    images, seconds = _run(model, n, args, parser, shape=shape, method=method, condition=condition)
+    if images is None or not _is_main_process():
+        return 0
+    h, w = shape
+    print(f"{meta.get('name', type(model).__name__)}: {n} images {h}x{w} with method={method} in {seconds:.3f} s "
+          f"({_where()}): {n / seconds:.1f} images/s, "
+          f"{n * h * w * images.shape[1] / seconds:.0f} samples/s")
+    if os.path.dirname(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    scale = args.scale or max(1, 64 // max(h, w))
+    save_image_grid(out, images.cpu(), model.num_classes, cols=cols, scale=scale)
+    print(f"wrote {out}")
+    if args.compare:
+        labels = None if condition is None else (condition if isinstance(condition, int) else
+                                                 [k % num_labels for k in range(args.compare_n)])
+        _compare(model, args, "images", h * w * images.shape[1], f"of {h}x{w}", shape=shape, condition=labels)
+    return 0
+
+
+def _sample_audio(model: torch.nn.Module, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from arkern.audio import mulaw_decode, write_wav
+
+    meta = model.meta
+    for name in ("label", "shape", "cols", "scale"):
+        if getattr(args, name) is not None:
+            parser.error(f"--{name} applies to image models; this is an audio model (use --seconds, --n)")
+    rate = meta.get("sample_rate")
+    if not isinstance(rate, int) or rate < 1:
+        parser.error("MODEL: the model's config gives no audio sample_rate")
+    n = args.n or 1
+    length = max(1, round((args.seconds or 2.0) * rate))
+    method = _pick_method(model, args.method, parser)
+    out = args.out or f"{meta.get('name', 'samples')}.wav"
+    if not out.lower().endswith(".wav"):
+        parser.error(f"--out: audio models write a WAV; the path must end in .wav, got {out!r}")
+    samples, seconds = _run(model, n, args, parser, length=length, method=method)
+    if samples is None or not _is_main_process():
+        return 0
+    print(f"{meta.get('name', type(model).__name__)}: {n} x {length} samples ({length / rate:.2f} s at {rate} Hz) "
+          f"with method={method} in {seconds:.3f} s ({_where()}): "
+          f"{n * length / seconds:.0f} samples/s ({n * length / rate / seconds:.2f}x real time)")
+    audio = mulaw_decode(samples.cpu(), model.config.num_classes)
+    gap = torch.zeros(n, rate // 4)  # clips one after another, a quarter second apart
+    clip = torch.cat([audio, gap], 1).reshape(-1)[: n * (length + rate // 4) - rate // 4]
+    if os.path.dirname(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    write_wav(out, clip, sample_rate=rate)
+    print(f"wrote {out}")
+    if args.compare:
+        short = min(length, max(1, rate // 8))
+        _compare(model, args, "clips", short, f"of {short} samples", length=short)
+    return 0
+
+
+def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_sample_args(args, parser)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.seed is None and not args.distributed:  # distributed: rank 0 draws the noise and broadcasts it
+        args.seed = int(torch.randint(0, 2**31 - 1, (1,)))
+        print(f"seed {args.seed} (pass --seed {args.seed} to reproduce)")
+    model = _load(args, parser)
+    from arkern.models import WaveNet
+
+    if isinstance(model, WaveNet):
+        return _sample_audio(model, args, parser)
+    return _sample_image(model, args, parser)
+
+
+# ---------------------------------------------------------------- train, bench
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    from arkern.training import train
+
+    try:
+        train(args.recipe, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads,
+              log=lambda line: print(line, flush=True))
+    except ImportError as e:
+        print(f"arkern train: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -47,10 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `arkern` console script; returns the exit code (2 for bad arguments)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        return _bench(args, parser)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    sub = parser.subcommands[args.command]
+    commands = {"sample": _sample, "train": _train, "bench": _bench}
+    return commands[args.command](args, sub)
 
 
 if __name__ == "__main__":

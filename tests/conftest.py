@@ -31,3 +31,21 @@ def kernel_backends(op_backends) -> list:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Triton interpreter is slow (~10-30 s per case here): CI runs every 6th Triton case of each test
+    function (always its first); ARKERN_TRITON_FULL=1 runs them all."""
+    import os
+
+    if os.environ.get("ARKERN_TRITON_FULL") == "1":
+        return
+    seen: dict[str, int] = {}
+    for item in items:
+        if "triton" not in item.name or "wavenet" in item.nodeid:
+            continue
+        key = item.nodeid.split("[")[0]
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        if n % 6:
+            item.add_marker(pytest.mark.skip(reason="Triton interpreter subset in CI (ARKERN_TRITON_FULL=1 runs all)"))

@@ -1,19 +1,30 @@
-"""Benchmark cases for PixelCNN-family sampling: images/s of the naive and cached samplers, and of a
-plain-PyTorch eager cached sampler (the baseline a user would write), at the same noise.
+"""Benchmark cases for PixelCNN-family sampling: images/s of the fused C++ sampler against the cached
+(arkern incremental protocol), plain-PyTorch eager cached and naive samplers, at the same noise.
 
-Providers: "naive" (baseline: one full forward per sub-pixel), "cached" (arkern.decode incremental
-protocol), "eager" (:func:`eager_cached_sample` below, PixelCNN only: per-layer activation maps, each
-new position computed with F.conv2d on the layer's input patch).
+Providers:
+- "fused" / "fused-bf16": ``sample_image(method="fused")`` with float32 / bfloat16 packed weights;
+- "cached": ``sample_image(method="cached")``;
+- "eager": the cached sampler a user would write in plain PyTorch (:func:`eager_cached_sample` for
+  PixelCNN, :func:`eager_cached_sample_gated` for GatedPixelCNN): per-layer padded activation maps, each
+  new position computed with ``F.conv2d`` on the layer's input patch;
+- "naive": one full forward per sub-pixel (the reference), only where a whole image takes about a second.
+
+Every provider of a case samples the same batch of whole images, so items/s is images/s. For sizes where
+naive takes minutes, :func:`sampling_table` (``python -m arkern.bench.pixelcnn``) times a few naive
+steps on the full-size image and extrapolates (its cost per step does not depend on the position).
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
+import torch.utils.benchmark as tbench
 from torch import nn
 
 import arkern.nn as ann
-from arkern.bench.harness import Case
+from arkern.bench.harness import Case, machine_info
 from arkern.decode.incremental import Residual, masked_conv_mask
 from arkern.decode.pixelcnn import draw_noise, sample_image
 from arkern.models.gated_pixelcnn import GatedPixelCNN
@@ -30,6 +41,12 @@ def _flatten(module: nn.Module) -> list:
         else:
             out.append(("layer", m))
     return out
+
+
+def _draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw as a user would write it: (N, K) logits, (N,) uniforms -> (N,) classes."""
+    cdf = torch.cumsum(torch.softmax(logits.double(), -1), -1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp(max=logits.shape[1] - 1)[:, 0]
 
 
 @torch.no_grad()
@@ -70,11 +87,7 @@ def eager_cached_sample(model: PixelCNN, noise: torch.Tensor) -> torch.Tensor:
                         x = F.conv2d(buf[:, :, i:i + kh, j:j + kw], weights[idx], m.bias)[:, :, 0, 0]
                     else:
                         x = m(x)
-                logits = x.reshape(n, c, k)[:, g]
-                probs = torch.softmax(logits.double(), -1)
-                cdf = torch.cumsum(probs, -1)
-                v = torch.searchsorted(cdf, (noise[:, g, i, j] * cdf[:, -1])[:, None], right=True)
-                v = v.clamp(max=k - 1)[:, 0]
+                v = _draw(x.reshape(n, c, k)[:, g], noise[:, g, i, j])
                 image[:, g, i, j] = v
                 xf[:, g, i, j] = model.prepare(v)
             idx0 = next(iter(maps))
@@ -83,18 +96,90 @@ def eager_cached_sample(model: PixelCNN, noise: torch.Tensor) -> torch.Tensor:
     return image
 
 
+@torch.no_grad()
+def eager_cached_sample_gated(model: GatedPixelCNN, noise: torch.Tensor,
+                              condition: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch cached sampling of a :class:`GatedPixelCNN` (what a user writes without arkern).
+
+    The vertical stack runs once per row with ``F.conv2d`` on the padded rows above; the horizontal stack
+    and the head run per pixel and colour sub-step with ``F.conv2d`` on each layer's (1, k) input patch.
+    Shapes: noise (N, C, H, W), condition (N,) labels or None -> (N, C, H, W).
+    """
+    n, c, h, w = noise.shape
+    k, hid, depth = model.num_classes, model.hidden_channels, model.num_layers
+    dtype = next(model.parameters()).dtype
+    vkh, vkw = model.v_convs[0].kernel_size
+    hkw = model.h_convs[0].kernel_size[1]
+    masked = lambda m: m.weight * masked_conv_mask(m).to(dtype)
+    hw, ow = [masked(m) for m in model.h_convs], [masked(m) for m in model.h_outs]
+    head = [model.head[1], model.head[3]]
+    head_w = [masked(m) for m in head]
+    cond = model.layer_bias(condition)
+    cins = [c] + [hid] * (depth - 1)
+    vmaps = [torch.zeros(n, ci, h + vkh - 1, w + vkw - 1, dtype=dtype) for ci in cins]
+    hmaps = [torch.zeros(n, ci, 1, w + hkw - 1, dtype=dtype) for ci in cins]
+    image = torch.zeros(n, c, h, w, dtype=torch.int64)
+    xf = model.prepare(image)
+    conv = lambda x, weight, bias: F.conv2d(x, weight, bias)[:, :, 0, 0]
+    for i in range(h):
+        links = []
+        for layer in range(depth):
+            if i == 0:
+                links.append(model.links[layer].bias[None, :, None].expand(n, -1, w))
+                continue
+            v_pre = F.conv2d(vmaps[layer][:, :, i - 1:i - 1 + vkh], model.v_convs[layer].weight,
+                             model.v_convs[layer].bias)
+            if cond[layer] is not None:
+                v_pre = v_pre + cond[layer][:, :, None, None]
+            links.append(model.links[layer](v_pre)[:, :, 0])
+            if layer + 1 < depth:
+                vmaps[layer + 1][:, :, i - 2 + vkh, vkw // 2:vkw // 2 + w] = model.v_gate(v_pre)[:, :, 0]
+        for j in range(w):
+            for g in range(c):
+                hs = xf[:, :, i, j]
+                for layer in range(depth):
+                    hmaps[layer][:, :, 0, j + hkw // 2] = hs
+                    pre = conv(hmaps[layer][:, :, :, j:j + hkw], hw[layer], model.h_convs[layer].bias)
+                    pre = pre + links[layer][:, :, j]
+                    if cond[layer] is not None:
+                        pre = pre + cond[layer]
+                    out = conv(model.h_gate(pre)[:, :, None, None], ow[layer], model.h_outs[layer].bias)
+                    hs = out if layer == 0 else hs + out
+                x = conv(torch.relu(hs)[:, :, None, None], head_w[0], head[0].bias)
+                x = conv(torch.relu(x)[:, :, None, None], head_w[1], head[1].bias)
+                v = _draw(x.reshape(n, c, k)[:, g], noise[:, g, i, j])
+                image[:, g, i, j] = v
+                xf[:, g, i, j] = model.prepare(v)
+            hmaps[0][:, :, 0, j + hkw // 2] = xf[:, :, i, j]
+            vmaps[0][:, :, i + vkh - 1, j + vkw // 2] = xf[:, :, i, j]
+    return image
+
+
+def eager_sampler(model: nn.Module):
+    """The plain-PyTorch eager cached sampler for `model` (noise -> images), or None if there is none."""
+    if isinstance(model, PixelCNN):
+        return eager_cached_sample
+    if isinstance(model, GatedPixelCNN):
+        return eager_cached_sample_gated
+    return None
+
+
+def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ...]) -> dict:
+    noise = draw_noise(model, batch, (size, size), seed=0)
+    run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
+                                                    **kw)
+    eager = eager_sampler(model)
+    fns = {"naive": run("naive"), "cached": run("cached"), "fused": run("fused"),
+           "fused-bf16": run("fused", weight_dtype=torch.bfloat16),
+           "eager": (lambda: eager(model, noise)) if eager is not None else None}
+    return {p: fns[p] for p in providers}
+
+
 def _sampling_case(name: str, make_model, batch: int, size: int, providers: tuple[str, ...]) -> Case:
     def setup():
         torch.manual_seed(0)
-        model = make_model().eval()
-        noise = draw_noise(model, batch, (size, size), seed=0)
-        fns = {
-            "naive": lambda: sample_image(model, batch, shape=(size, size), method="naive", noise=noise),
-            "cached": lambda: sample_image(model, batch, shape=(size, size), method="cached", noise=noise),
-            "eager": lambda: eager_cached_sample(model, noise),
-        }
-        return {p: fns[p] for p in providers}
-    baseline = "naive" if "naive" in providers else providers[0]
+        return _providers(make_model().eval(), batch, size, providers)
+    baseline = "naive" if "naive" in providers else ("eager" if "eager" in providers else providers[0])
     return Case("pixelcnn", f"{name} N={batch} {size}x{size} fp32", setup, baseline=baseline, items=batch,
                 params={"dtype": "float32", "batch": batch, "size": size})
 
@@ -104,9 +189,19 @@ def pixelcnn_c64() -> PixelCNN:
     return PixelCNN(image_channels=1, num_classes=256, hidden_channels=64, num_blocks=3)
 
 
+def pixelcnn_c128() -> PixelCNN:
+    """The wide benchmark PixelCNN: grey, K=256, C=128, 3 residual blocks (9 masked convs)."""
+    return PixelCNN(image_channels=1, num_classes=256, hidden_channels=128, num_blocks=3)
+
+
 def gated_c32() -> GatedPixelCNN:
     """A small Gated PixelCNN: grey, K=256, h=32, 5 gated layers."""
     return GatedPixelCNN(image_channels=1, num_classes=256, hidden_channels=32, num_layers=5)
+
+
+def gated_c64() -> GatedPixelCNN:
+    """The benchmark Gated PixelCNN: grey, K=256, h=64, 5 gated layers."""
+    return GatedPixelCNN(image_channels=1, num_classes=256, hidden_channels=64, num_layers=5)
 
 
 def pixelcnnpp_small() -> PixelCNNpp:
@@ -114,18 +209,99 @@ def pixelcnnpp_small() -> PixelCNNpp:
     return PixelCNNpp(image_channels=3, filters=32, num_resnets=1, num_mixtures=5)
 
 
+MODELS = {"PixelCNN C=64 L=9": pixelcnn_c64, "PixelCNN C=128 L=9": pixelcnn_c128,
+          "GatedPixelCNN h=64 L=5": gated_c64}
+FAST = ("fused", "fused-bf16", "cached", "eager")
+
+
 def cases(quick: bool = False) -> list[Case]:
-    """Standard configurations; naive is left out where one call would take minutes."""
-    out = [_sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 1, 16, ("naive", "cached", "eager"))]
+    """Standard configurations; naive only where one whole call takes about a second."""
     if quick:
-        return out
-    out += [
-        _sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 16, 16, ("naive", "cached", "eager")),
-        _sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 1, 28, ("naive", "cached", "eager")),
-        _sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 16, 28, ("naive", "cached", "eager")),
-        _sampling_case("GatedPixelCNN h=32 L=5", gated_c32, 1, 16, ("naive", "cached")),
-        _sampling_case("GatedPixelCNN h=32 L=5", gated_c32, 16, 16, ("naive", "cached")),
-        _sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 1, 16, ("naive", "cached")),
-        _sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 16, 16, ("naive", "cached")),
-    ]
+        return [_sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 1, 8, ("naive", "cached", "eager", "fused")),
+                _sampling_case("GatedPixelCNN h=32 L=5", gated_c32, 4, 8, ("cached", "eager", "fused"))]
+    out = [_sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 1, 16, ("naive",) + FAST),
+           _sampling_case("GatedPixelCNN h=64 L=5", gated_c64, 1, 16, ("naive",) + FAST)]
+    for name, make in MODELS.items():
+        for size in (16, 28, 32):
+            for batch in (1, 16, 64):
+                if (size, batch) != (16, 1) or name == "PixelCNN C=128 L=9":
+                    out.append(_sampling_case(name, make, batch, size, FAST))
+    out += [_sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 1, 16, ("naive", "cached")),
+            _sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 16, 16, ("naive", "cached"))]
     return out
+
+
+# ------------------------------------------------------------------ the same-run table, naive extrapolated
+
+
+def best_seconds(fn, threads: int, min_run_time: float = 0.1) -> float:
+    """Fastest per-call time among the timed blocks of `fn` (robust on a shared, noisy machine)."""
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return min(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+@torch.no_grad()
+def naive_seconds(model: nn.Module, batch: int, size: int, threads: int, steps: int = 3) -> float:
+    """Seconds the naive sampler needs for `batch` whole size×size images, extrapolated from `steps`
+    sub-steps: each is one full forward over the image plus one draw, whatever the position."""
+    xf = model.prepare(torch.zeros(batch, model.image_channels, size, size, dtype=torch.int64))
+    u = torch.rand(batch, model.image_channels, dtype=torch.float64)
+
+    def step() -> None:
+        for s in range(steps):
+            model.draw(model.output_map(xf)[:, :, size // 2, size // 2], u, s % model.color_steps)
+
+    return best_seconds(step, threads) / steps * size * size * model.color_steps
+
+
+def sampling_table(models: dict | None = None, sizes=(16, 28, 32), batches=(1, 16, 64), threads=(1, 2),
+                   rounds: int = 3, printer=print) -> list[dict]:
+    """images/s of naive (extrapolated), eager, cached, fused and fused-bf16, timed in one run per row.
+
+    Each row times every provider `rounds` times, interleaved, and keeps each provider's fastest call
+    (the same rule for all, so the ratios stay fair when other processes share the machine).
+    Returns one dict per (model, size, batch, threads) with seconds per provider.
+    """
+    models = models or MODELS
+    info = machine_info()
+    printer(f"machine: {info['cpu']} ({info['cores']} cores, {info['capability']}), torch {info['torch']}; "
+            f"float32 models, images/s, best of {rounds} interleaved rounds; naive* extrapolated from 3 full "
+            "forwards")
+    head = (f"{'model':<24} {'size':>5} {'N':>3} {'thr':>3} {'naive*':>8} {'eager':>8} {'cached':>8} {'fused':>8} "
+            f"{'bf16':>8} {'f/naive':>8} {'f/eager':>7} {'f/cached':>8}")
+    printer(head)
+    rows = []
+    for name, make in models.items():
+        torch.manual_seed(0)
+        model = make().eval()
+        for size in sizes:
+            for batch in batches:
+                fns = _providers(model, batch, size, FAST)
+                for n in threads:
+                    sec = {p: float("inf") for p in (*fns, "naive*")}
+                    for _ in range(rounds):
+                        for p, fn in fns.items():
+                            sec[p] = min(sec[p], best_seconds(fn, n))
+                        sec["naive*"] = min(sec["naive*"], naive_seconds(model, batch, size, n))
+                    ips = {p: batch / s for p, s in sec.items()}
+                    rows.append({"model": name, "size": size, "batch": batch, "threads": n, "seconds": sec})
+                    printer(f"{name:<24} {size:>5} {batch:>3} {n:>3} {ips['naive*']:>8.3g} {ips['eager']:>8.3g} "
+                            f"{ips['cached']:>8.3g} {ips['fused']:>8.3g} {ips['fused-bf16']:>8.3g} "
+                            f"{sec['naive*'] / sec['fused']:>7.0f}x {sec['eager'] / sec['fused']:>6.1f}x "
+                            f"{sec['cached'] / sec['fused']:>7.1f}x")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="PixelCNN sampling: images/s and ratios measured in one run")
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--sizes", nargs="*", type=int, default=[16, 28, 32])
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64])
+    parser.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    sampling_table({m: MODELS[m] for m in args.models}, args.sizes, args.batches, args.threads, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

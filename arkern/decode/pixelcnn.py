@@ -1,14 +1,18 @@
-"""Image samplers for the PixelCNN family: `naive` (the reference) and `cached`, on shared pre-drawn noise.
+"""Image samplers for the PixelCNN family: `naive` (the reference), `cached` and `fused`, on shared
+pre-drawn noise.
 
-Both walk the pixels in raster order and, per pixel, the model's colour sub-steps (R, then G, then B for
+All walk the pixels in raster order and, per pixel, the model's colour sub-steps (R, then G, then B for
 PixelCNN / Gated PixelCNN; one step for PixelCNN++ whose channels are coupled inside one distribution):
 
 - naive: the full forward over the image generated so far, keeping output (i, j) — H*W*C forwards;
 - cached: the model's decoder (per-layer input caches, see :mod:`arkern.decode.incremental`): one new
-  position per layer per sub-step, row-only stacks once per row.
+  position per layer per sub-step, row-only stacks once per row;
+- fused: ``torch.ops.arkern.pixelcnn_generate`` (:mod:`arkern.ops.pixelcnn_decode`) runs every row, pixel,
+  sub-step, layer and draw in C++ (PixelCNN and GatedPixelCNN; :func:`fused_supported`).
 
-The draw at each sub-step is ``model.draw(out, noise[:, :, i, j], step)`` on uniforms drawn up front, so
-with the same model and noise both methods return the same image.
+The draw at each sub-step is ``model.draw(out, noise[:, :, i, j], step)`` on uniforms drawn up front (the
+fused kernel makes the same float64 decisions), so with the same model and noise all methods return the
+same image.
 
 Model protocol (implemented by :class:`arkern.models.PixelCNN`, :class:`arkern.models.GatedPixelCNN`,
 :class:`arkern.models.PixelCNNpp`): ``image_channels``, ``color_steps``, ``prepare``, ``output_map``,
@@ -22,7 +26,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-METHODS = ("cached", "naive")
+from arkern.ops.pixelcnn_decode import BACKENDS as FUSED_BACKENDS
+from arkern.ops.pixelcnn_decode import condition_bias, pack_pixelcnn, pixelcnn_generate, unsupported_reasons
+
+METHODS = ("cached", "naive", "fused")
+
+
+def fused_supported(model: nn.Module) -> bool:
+    """True when method="fused" samples `model` with the compiled kernel (what a default should pick).
+
+    An explicit method="fused" also runs where the C++ kernel is not built, on the op's slow "reference"
+    backend (see :func:`arkern.ops.last_backend`); models it cannot follow are listed by
+    :func:`arkern.ops.pixelcnn_decode.unsupported_reasons`.
+    """
+    if unsupported_reasons(model):
+        return False
+    dtype = next(model.parameters()).dtype
+    return not FUSED_BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), dtype)
 
 
 def draw_noise(model: nn.Module, batch_size: int, shape: tuple[int, int], *,
@@ -44,17 +64,21 @@ def sample_image(model: nn.Module, batch_size: int, *, shape: tuple[int, int], m
                  seed: int | None = None, condition: torch.Tensor | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  callback: Callable[[int, int, torch.Tensor], None] | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, weight_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sample `batch_size` images of `shape` = (H, W) from an autoregressive image model.
 
     Args:
-        method: "cached" (per-layer caches) or "naive" (full forward per sub-step, the reference).
+        method: "cached" (per-layer caches), "fused" (the C++ sampler; PixelCNN and GatedPixelCNN) or
+            "naive" (full forward per sub-step, the reference).
         noise: pre-drawn uniforms of shape ``model.noise_shape(N, H, W)`` (else drawn from `generator`
             or `seed`, see :func:`draw_noise`).
         condition: class labels (N,) for a class-conditional model.
         temperature, top_k, top_p: categorical warpers (neutral defaults).
-        callback: called as callback(i, j, image) after each pixel is complete.
+        callback: called as callback(i, j, image) after each pixel is complete ("fused": after each row,
+            for each pixel of that row, so `image` already holds the whole row).
         progress: show a tqdm bar over rows.
+        weight_dtype: "fused" only: torch.bfloat16 packs a float32 model's weights in bfloat16 (float32
+            accumulation; samples then follow slightly different logits than "cached").
 
     Returns: (N, C, H, W) int64 levels.
     """
@@ -64,6 +88,12 @@ def sample_image(model: nn.Module, batch_size: int, *, shape: tuple[int, int], m
         raise ValueError(f"sample_image: batch_size must be a positive int, got {batch_size!r}")
     if method == "cached" and not callable(getattr(model, "decoder", None)):
         raise ValueError(f"sample_image: {type(model).__name__} has no cached decoder; use method='naive'")
+    if method == "fused":
+        reasons = unsupported_reasons(model)
+        if reasons:
+            raise ValueError("sample_image: method='fused' cannot sample this model: " + "; ".join(reasons))
+    elif weight_dtype is not None:
+        raise ValueError(f"sample_image: weight_dtype is an option of method='fused', not {method!r}")
     height, width = _check_shape(shape)
     model.check_image_size(height, width)
     model.check_condition(condition, batch_size)
@@ -81,10 +111,12 @@ def sample_image(model: nn.Module, batch_size: int, *, shape: tuple[int, int], m
     try:
         # no_grad, not inference_mode: kernels that run ATen in-place ops on worker threads do not see the
         # inference-mode flag there and refuse to update inference tensors
+        warpers = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         with torch.no_grad():
+            if method == "fused":
+                return _sample_fused(model, noise, condition, callback, progress, warpers, weight_dtype)
             return _sample(model, batch_size, height, width, method, noise.to(param.device), condition,
-                           callback, progress, param.device,
-                           {"temperature": temperature, "top_k": top_k, "top_p": top_p})
+                           callback, progress, param.device, warpers)
     finally:
         model.train(was_training)
 
@@ -124,16 +156,56 @@ def _sample(model: nn.Module, batch_size: int, height: int, width: int, method: 
     return image
 
 
+def _sample_fused(model: nn.Module, noise: torch.Tensor, condition: torch.Tensor | None,
+                  callback: Callable[[int, int, torch.Tensor], None] | None, progress: bool, warpers: dict,
+                  weight_dtype: torch.dtype | None) -> torch.Tensor:
+    """The fused sampler: all rows in one kernel call, or one call per row to report progress."""
+    packed = pack_pixelcnn(model, weight_dtype)
+    n, c, height, width = noise.shape
+    image = torch.zeros(n, c, height, width, dtype=torch.int64)
+    caches = packed.new_caches(n, height, width)
+    cond = condition_bias(model, packed, condition)
+    noise = noise.to(torch.float64).contiguous()
+    step = 1 if callback is not None or progress else height
+    starts = range(0, height, step)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="sample_image[fused]", unit="row")
+    for r0 in starts:
+        r1 = min(height, r0 + step)
+        pixelcnn_generate(packed, caches, image, noise, cond=cond, row_begin=r0, row_end=r1, **warpers)
+        if callback is not None:
+            for i in range(r0, r1):
+                for j in range(width):
+                    callback(i, j, image)
+    return image
+
+
 def teacher_forced_outputs(model: nn.Module, x: torch.Tensor, condition: torch.Tensor | None = None,
-                           *, fill: float = 0.0) -> torch.Tensor:
+                           *, fill: float = 0.0, method: str = "cached") -> torch.Tensor:
     """Run the cached decoder over a known image, as the sampler would, and collect every output.
 
     Each pixel is fed exactly as the sampler feeds it: once per colour sub-step, where at sub-step g the
     channels >= g of the current pixel are unknown (set to `fill`), then committed whole. The output kept
     for channel group g is the one from sub-step g. Shapes: x (N, C, H, W) int -> (N, D, H, W), to compare with
     ``model.output_map(model.prepare(x), condition)``.
+
+    method="fused" runs the fused kernel with the image forced (its unknown channels are never read, so
+    `fill` does not apply).
     """
     model.check_image(x)
+    if method == "fused":
+        model.check_condition(condition, x.shape[0])
+        packed = pack_pixelcnn(model)
+        n, _, h, w = x.shape
+        noise = torch.zeros(x.shape, dtype=torch.float64)  # not read: every level is forced
+        with torch.no_grad():
+            logits = pixelcnn_generate(packed, packed.new_caches(n, h, w), torch.zeros_like(x), noise,
+                                       cond=condition_bias(model, packed, condition), return_logits=True,
+                                       forced=x.contiguous())
+        return logits.permute(0, 3, 1, 2)
+    if method != "cached":
+        raise ValueError(f"teacher_forced_outputs: method must be 'cached' or 'fused', got {method!r}")
     n, c, h, w = x.shape
     steps = model.color_steps
     with torch.no_grad():

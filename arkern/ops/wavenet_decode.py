@@ -192,6 +192,18 @@ BACKENDS.register("cpu", lambda *args: torch.ops.arkern.wavenet_generate(*args),
                   torch_op="arkern::wavenet_generate")
 
 
+def _triton(*args):
+    from arkern.triton.wavenet_decode import wavenet_generate as kernel  # Triton is imported lazily
+
+    return kernel(*args)
+
+
+BACKENDS.register("triton", _triton, (torch.float32, torch.bfloat16))
+# csrc/cuda/wavenet_decode.cu (bound in csrc/cuda_bindings.cpp): chosen only when the extension has it
+BACKENDS.register("cuda", lambda *args: torch.ops.arkern.wavenet_generate(*args), (torch.float32, torch.bfloat16),
+                  torch_op="arkern::wavenet_generate")
+
+
 def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor, t0: int, noise: torch.Tensor,
              cond: torch.Tensor | None, cond_hop: int, gbias: torch.Tensor | None, temperature: float,
              top_k: int | None, top_p: float | None, forced: torch.Tensor | None) -> None:

@@ -66,6 +66,33 @@ struct ArkernMaskedConv2dArgs {
   void* y;  // (N, Cout, H, W) contiguous
 };
 
+// ----------------------------------------------------------------------------- wavenet_decode
+// The fused WaveNet sampler (arkern/ops/wavenet_decode.py): T steps of an nv-wavenet network for B rows in
+// one launch, drawing every sample inside the kernel. Weights as packed by pack_wavenet: every matrix
+// (M x N) has its rows zero-padded to Mp = ceil16(M) and is stored as tiles of up to 64 rows, each tile
+// transposed (N x width) and contiguous; Rp, Sp, Ap = ceil16(R), ceil16(S), ceil16(A).
+enum ArkernWeightDtype { ARKERN_W_F32 = 0, ARKERN_W_BF16 = 1 };
+
+struct ArkernWaveNetArgs {
+  int weight_dtype;  // ArkernWeightDtype of the four packed matrices
+  int64_t B, T, L, R, S, A, t0;
+  const float* emb;                        // (2, A, R): tables of y[t-2] and y[t-1]
+  const void* w_dil; const float* b_dil;   // L x (2Rp x 2R) on [x(t-d); x(t)], rows [tanh half; sigmoid half]; (L, 2Rp)
+  const void* w_rs; const float* b_rs;     // L x ((Rp+Sp) x R) rows [residual; skip]; (L, Rp+Sp)
+  const void* w_out; const float* b_out;   // Ap x S; (Ap)
+  const void* w_end; const float* b_end;   // Ap x A; (Ap)
+  const int64_t* layers;  // device (2L): ring buffer addresses (float, time-major (B, d_l, R)), then d_l
+  int64_t* prev;          // (B, 2) [y[t-2], y[t-1]], updated in place
+  const double* noise;    // (B, T) uniforms in [0, 1)
+  const float* cond; int64_t cond_frames, cond_hop;  // (B, frames, L, 2R) or null
+  const float* gbias;     // (B, L, 2R) or null
+  double temperature; int64_t top_k; double top_p;  // top_k 0: off; top_p >= 1: off
+  const int64_t* forced;  // (B, T) samples fed instead of the drawn ones, or null
+  int64_t* samples;       // (B, T) out
+  float* logits;          // (B, T, A) out, or null
+  void* workspace;        // arkern_wavenet_workspace_bytes(B, A) bytes of device memory
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -73,6 +100,11 @@ cudaError_t arkern_causal_conv1d_fwd_cuda(const ArkernCausalConv1dArgs* a, cudaS
 cudaError_t arkern_causal_conv1d_bwd_cuda(const ArkernCausalConv1dBackwardArgs* a, cudaStream_t stream);
 cudaError_t arkern_causal_conv1d_update_cuda(const ArkernCausalConv1dUpdateArgs* a, cudaStream_t stream);
 cudaError_t arkern_masked_conv2d_fwd_cuda(const ArkernMaskedConv2dArgs* a, cudaStream_t stream);
+// Bytes of the sampling workspace of arkern_wavenet_generate_cuda for B rows of A classes.
+int64_t arkern_wavenet_workspace_bytes(int64_t B, int64_t A);
+// Shared memory one batch row's activations need, and the current device's opt-in limit per block.
+cudaError_t arkern_wavenet_shared_bytes(int64_t R, int64_t S, int64_t A, int64_t* per_row, int64_t* available);
+cudaError_t arkern_wavenet_generate_cuda(const ArkernWaveNetArgs* a, cudaStream_t stream);
 #ifdef __cplusplus
 }
 #endif

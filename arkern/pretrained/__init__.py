@@ -1,0 +1,224 @@
+"""Trained models shipped with arkern, and the checkpoint format: safetensors weights + a JSON config.
+
+    model = arkern.load("digits")     # class-conditional GatedPixelCNN, 16x16 handwritten digits, 4 grey levels
+    model = arkern.load("tones")      # WaveNet, 8 kHz synthetic melody (μ-law, 256 classes)
+    model = arkern.load("out/digits.safetensors")   # or "out/digits.json", or "out/digits"
+
+A checkpoint is two files side by side: ``NAME.json`` (model type, constructor arguments, the weights
+file's name and sha256, and a free ``meta`` section: data, sampling defaults, training figures) and
+``NAME.safetensors`` (the state_dict). Loading never unpickles anything. Every failure names the file and
+the problem: a missing file is a FileNotFoundError; a corrupted or truncated weights file, a checksum
+mismatch, a config that does not describe the weights, a non-finite weight are ValueErrors.
+
+The bundled models are reproduced by ``arkern train digits|tones --out arkern/pretrained``
+(:mod:`arkern.training`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "arkern-checkpoint"
+VERSION = 1
+BUNDLED = ("digits", "tones")
+HERE = Path(__file__).resolve().parent
+
+__all__ = ["load", "save", "load_config", "build_model", "bundled", "checkpoint_paths", "MODEL_TYPES"]
+
+
+def _model_types() -> dict[str, type[nn.Module]]:
+    from arkern.models import GatedPixelCNN, PixelCNN, PixelCNNpp, WaveNet
+
+    return {"GatedPixelCNN": GatedPixelCNN, "PixelCNN": PixelCNN, "PixelCNNpp": PixelCNNpp, "WaveNet": WaveNet}
+
+
+MODEL_TYPES = ("GatedPixelCNN", "PixelCNN", "PixelCNNpp", "WaveNet")
+
+
+def bundled() -> list[str]:
+    """Names of the bundled models present in this installation (e.g. ["digits", "tones"])."""
+    return [name for name in BUNDLED if (HERE / f"{name}.json").is_file()]
+
+
+def checkpoint_paths(name_or_path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """Resolve a bundled name or a path to (config .json, weights .safetensors or None if not yet known).
+
+    Accepts a bundled name ("digits"), ``X.json``, ``X.safetensors`` or ``X`` (meaning X.json). The weights
+    path of a .json is read from the config, so it is returned as None here.
+    """
+    text = os.fspath(name_or_path)
+    if text in BUNDLED and not os.path.exists(text):
+        return HERE / f"{text}.json", None
+    path = Path(text)
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json"), path
+    if path.suffix == ".json":
+        return path, None
+    if path.is_dir():
+        raise FileNotFoundError(f"arkern.load: {path} is a directory; name the checkpoint's .json or "
+                                f".safetensors file")
+    if not path.suffix and Path(f"{text}.json").is_file():
+        return Path(f"{text}.json"), None
+    raise FileNotFoundError(f"arkern.load: no model {text!r}: not a bundled model ({', '.join(BUNDLED)}) and not "
+                            f"a checkpoint file (.json / .safetensors)")
+
+
+def load_config(name_or_path: str | os.PathLike) -> dict:
+    """The validated JSON config of a checkpoint (see :func:`checkpoint_paths` for what is accepted)."""
+    return _read_config(checkpoint_paths(name_or_path)[0])
+
+
+def _read_config(json_path: Path) -> dict:
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path}: checkpoint config not found")
+    try:
+        config = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{json_path}: not a valid JSON config ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: not an arkern checkpoint config (expected \"format\": \"{FORMAT}\")")
+    if config.get("version") != VERSION:
+        raise ValueError(f"{json_path}: unsupported checkpoint version {config.get('version')!r} "
+                         f"(this arkern reads version {VERSION})")
+    if config.get("model") not in MODEL_TYPES:
+        raise ValueError(f"{json_path}: unknown model type {config.get('model')!r}; expected one of {MODEL_TYPES}")
+    if not isinstance(config.get("kwargs"), dict):
+        raise ValueError(f"{json_path}: \"kwargs\" must be an object of constructor arguments")
+    weights = config.get("weights")
+    if not isinstance(weights, dict) or not isinstance(weights.get("file"), str):
+        raise ValueError(f"{json_path}: \"weights\" must be an object with the weights \"file\" name")
+    if not isinstance(config.get("meta", {}), dict):
+        raise ValueError(f"{json_path}: \"meta\" must be an object")
+    return config
+
+
+def build_model(model_type: str, kwargs: dict) -> nn.Module:
+    """A freshly initialised model of `model_type` (one of MODEL_TYPES) from its constructor arguments."""
+    types = _model_types()
+    if model_type not in types:
+        raise ValueError(f"build_model: unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
+    return types[model_type](**kwargs)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if expected_sha256 is not None:
+        got = _sha256(path)
+        if got != expected_sha256:
+            raise ValueError(f"{path}: checksum mismatch (sha256 {got[:16]}..., the config expects "
+                             f"{expected_sha256[:16]}...): the file is corrupted or not the one its config describes")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}") from None
+
+
+def _check_matches(tensors: dict[str, torch.Tensor], model: nn.Module, weights_path: Path, json_path: Path) -> None:
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for key in sorted(set(expected) & set(tensors)):
+        if tensors[key].shape != expected[key].shape:
+            problems.append(f"{key} has shape {tuple(tensors[key].shape)}, the config gives "
+                            f"{tuple(expected[key].shape)}")
+        elif tensors[key].is_floating_point() != expected[key].is_floating_point():
+            problems.append(f"{key} has dtype {tensors[key].dtype}, expected {expected[key].dtype}")
+    if problems:
+        raise ValueError(f"{weights_path} does not match the config {json_path}: " + "; ".join(problems[:6]))
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{weights_path}: non-finite values (nan/inf) in {bad[:5]}")
+
+
+def load(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None) -> nn.Module:
+    """Load a bundled model ("digits", "tones") or a checkpoint file, ready to sample (eval mode).
+
+    The returned model has a ``meta`` dict attribute: the config's meta section (data, sampling defaults
+    such as the image ``shape`` or the audio ``sample_rate``, training figures) plus ``name``/``path``.
+
+    Raises:
+        FileNotFoundError: unknown name, or a missing config / weights file (the message names it).
+        ValueError: invalid config, corrupted or truncated weights, checksum mismatch, weights that do not
+            match the config, non-finite weights.
+    """
+    json_path, weights_path = checkpoint_paths(name_or_path)
+    config = _read_config(json_path)
+    named = json_path.parent / config["weights"]["file"]
+    if weights_path is None:
+        weights_path = named
+    elif weights_path.resolve() != named.resolve():
+        raise ValueError(f"{json_path}: describes weights {config['weights']['file']!r}, not {weights_path.name!r}")
+    tensors = _read_weights(weights_path, config["weights"].get("sha256"))
+    try:
+        model = build_model(config["model"], config["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{json_path}: cannot build {config['model']} from kwargs {config['kwargs']}: {e}") from None
+    _check_matches(tensors, model, weights_path, json_path)
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    model.meta = {**config.get("meta", {}), "name": json_path.stem, "path": str(weights_path)}
+    return model
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, kwargs: dict | None = None,
+         meta: dict | None = None) -> tuple[Path, Path]:
+    """Write `model` as ``PATH.safetensors`` + ``PATH.json`` (PATH without suffix) and return both paths.
+
+    kwargs: the constructor arguments that rebuild the model (default for WaveNet: its config). They are
+    checked here: a model built from them must have exactly the state_dict of `model`.
+    meta: free JSON-serialisable information (sampling defaults, data, training figures).
+    """
+    from safetensors.torch import save_file
+
+    types = _model_types()
+    model_type = next((name for name, cls in types.items() if type(model) is cls), None)
+    if model_type is None:
+        raise TypeError(f"save: unsupported model type {type(model).__name__}; expected one of {MODEL_TYPES}")
+    if kwargs is None:
+        if model_type != "WaveNet":
+            raise ValueError(f"save: pass kwargs= (the constructor arguments of the {model_type})")
+        kwargs = asdict(model.config)
+    base = Path(os.fspath(path))
+    if base.suffix in (".json", ".safetensors"):
+        base = base.with_suffix("")
+    json_path, weights_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
+    rebuilt = build_model(model_type, kwargs)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_matches(state, rebuilt, weights_path, json_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(weights_path), metadata={"format": FORMAT, "model": model_type})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights_path, 0o666 & ~umask)  # safetensors creates the file owner-only; package data is shared
+    config = {"format": FORMAT, "version": VERSION, "model": model_type, "kwargs": kwargs,
+              "weights": {"file": weights_path.name, "sha256": _sha256(weights_path),
+                          "parameters": sum(v.numel() for v in state.values())},
+              "meta": meta or {}}
+    json_path.write_text(json.dumps(config, indent=2) + "\n")
+    return json_path, weights_path

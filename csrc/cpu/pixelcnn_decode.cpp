@@ -1,0 +1,430 @@
+// pixelcnn_decode CPU kernel: sample PixelCNN / Gated PixelCNN images without returning to Python.
+//
+// One call runs image rows [row_begin, row_end) of a batch in raster order: for every pixel, every colour
+// sub-step g (R, then G, then B), every layer, the head, and the draw from the pre-drawn uniform (float64
+// softmax, temperature, top-k, top-p, inverse CDF: the decisions of arkern.sampling.sample_categorical).
+//
+// Colour sub-step g computes only output group g of every layer: with colour-group masks, output group g
+// at pixel (i, j) depends there only on input groups <= g (mask B) or < g (mask A), which earlier
+// sub-steps made final. A pixel therefore costs one pass through the network whatever the colour count.
+//
+// Weights (arkern.ops.pixelcnn_decode.pack_pixelcnn): one matrix per (layer, output group) holding only
+// the taps the mask keeps, columns ordered (kernel row, kernel column, input channel) like the caches,
+// packed as described in pixelcnn_decode.h; float32 or bfloat16 with float32 accumulation, or float64.
+//
+// Caches: per conv with a spatial kernel and per batch row, a ring of the layer's input rows,
+// (rows, W + 2 pad, Cin) channel fastest, image row i in slot i % rows: one kernel row of taps is one
+// contiguous run. Pad columns stay zero, rows above the image read as zero; row_begin == 0 clears them.
+// Gated PixelCNN: the vertical stack runs once per image row over all columns (many columns share each
+// weight tile), leaving per layer the 1x1 link row that the horizontal stack adds pixel by pixel.
+//
+// config = [kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b]:
+//   kind 0 PixelCNN: mask-A (kh_a, kw_a) input conv, `depth` residual blocks (relu, (kh_b, kw_b) mask-B
+//     conv, relu, 1x1 mask-B conv), head relu, 1x1, relu, 1x1 -> C*K. Matrices, each over C groups:
+//     input conv, per block [kxk, 1x1], head 1x1, head 1x1. Caches: input conv, then one per block.
+//   kind 1 Gated PixelCNN: `depth` layers of vertical (kh_a, kw_a) 'down' conv -> 2h, 1x1 link 2h -> 2h,
+//     horizontal (1, kw_b) masked conv -> 2h (mask A first), gate, 1x1 mask-B conv h -> h, residual
+//     from the second layer; then the same head. Matrices per layer: vertical, link (one each), then
+//     horizontal and out over C groups; then the head. Caches per layer: vertical, horizontal.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+
+#include "pixelcnn_decode.h"
+
+namespace {
+
+using namespace arkern_pixelcnn;
+
+constexpr int64_t kMaxRows = 32;  // batch rows run in lockstep, sharing every weight tile
+constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vertical pass
+
+struct Dims {
+  int64_t kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b;
+};
+
+// (m, n) of every packed matrix, in the order of the weight list.
+std::vector<std::pair<int64_t, int64_t>> matrix_shapes(const Dims& d) {
+  std::vector<std::pair<int64_t, int64_t>> s;
+  const auto masked = [&](int64_t cin, int64_t cout, int64_t kh, int64_t kw, bool mask_a) {
+    for (int64_t g = 0; g < d.C; ++g)
+      s.emplace_back(cout / d.C, (kh / 2) * kw * cin + (kw / 2) * cin + (mask_a ? g : g + 1) * (cin / d.C));
+  };
+  if (d.kind == 0) {
+    masked(d.C, d.h, d.kh_a, d.kw_a, true);
+    for (int64_t k = 0; k < d.depth; ++k) {
+      masked(d.h, d.h, d.kh_b, d.kw_b, false);
+      masked(d.h, d.h, 1, 1, false);
+    }
+  } else {
+    for (int64_t l = 0; l < d.depth; ++l) {
+      const int64_t cin = l == 0 ? d.C : d.h;
+      s.emplace_back(2 * d.h, d.kh_a * d.kw_a * cin);
+      s.emplace_back(2 * d.h, 2 * d.h);
+      masked(cin, 2 * d.h, 1, d.kw_b, l == 0);
+      masked(d.h, d.h, 1, 1, false);
+    }
+  }
+  masked(d.h, d.h, 1, 1, false);
+  masked(d.h, d.C * d.K, 1, 1, false);
+  return s;
+}
+
+// (ring rows, columns, channels) of every cache for images of width W, in the order of the cache list.
+std::vector<std::array<int64_t, 3>> cache_shapes(const Dims& d, int64_t W) {
+  std::vector<std::array<int64_t, 3>> s;
+  if (d.kind == 0) {
+    s.push_back({d.kh_a / 2 + 1, W + 2 * (d.kw_a / 2), d.C});
+    for (int64_t k = 0; k < d.depth; ++k) s.push_back({d.kh_b / 2 + 1, W + 2 * (d.kw_b / 2), d.h});
+  } else {
+    for (int64_t l = 0; l < d.depth; ++l) {
+      const int64_t cin = l == 0 ? d.C : d.h;
+      s.push_back({d.kh_a, W + 2 * (d.kw_a / 2), cin});
+      s.push_back({1, W + 2 * (d.kw_b / 2), cin});
+    }
+  }
+  return s;
+}
+
+// One batch row's cache of one layer.
+template <typename T>
+struct Ring {
+  T* p;
+  int64_t rows, cols, cin;
+  T* at(int64_t i, int64_t col) const { return p + ((i % rows) * cols + col) * cin; }  // i >= 0
+
+  // The taps of an output whose window starts at cache column `col`: `full` whole kernel rows of kw
+  // columns from image row `top` (zero above the image), then `tail` values of the next row.
+  void gather(int64_t top, int64_t full, int64_t col, int64_t kw, int64_t tail, T* dst) const {
+    const int64_t run = kw * cin;
+    for (int64_t t = 0; t < full; ++t, dst += run) {
+      if (top + t < 0) {
+        std::fill(dst, dst + run, T(0));
+      } else {
+        std::copy_n(at(top + t, col), run, dst);
+      }
+    }
+    if (tail > 0) std::copy_n(at(top + full, col), tail, dst);
+  }
+};
+
+template <typename T, typename WT>
+struct Runner {
+  Dims d;
+  int64_t B, H, W, row_begin, row_end;
+  std::vector<Mat<T, WT>> mats;
+  std::vector<std::array<int64_t, 3>> cshape;
+  std::vector<T*> caches;
+  int64_t* image;
+  const double* noise;
+  const T* cond;           // (B, depth, 2h) or null
+  const int64_t* forced;   // (B, C, H, W) or null
+  T* logits_out;           // (B, rows, W, C*K) or null
+
+  // Index of a matrix in `mats` (see matrix_shapes for the order).
+  int64_t px(int64_t layer, int64_t g) const { return layer * d.C + g; }  // PixelCNN layer, group
+  int64_t gx(int64_t l, int64_t k) const { return l * (2 + 2 * d.C) + k; }  // Gated layer l, k-th matrix
+  int64_t head(int64_t which, int64_t g) const {
+    return static_cast<int64_t>(mats.size()) - (2 - which) * d.C + g;
+  }
+
+  Ring<T> ring(size_t c, int64_t row) const {
+    const auto& s = cshape[c];
+    return {caches[c] + row * s[0] * s[1] * s[2], s[0], s[1], s[2]};
+  }
+
+  // Per-group scratch (every buffer one per batch row of the group).
+  struct Scratch {
+    std::vector<T> mem;
+    std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv;
+    std::vector<const T*> in;
+    std::vector<double> u;   // the rows' uniforms of one draw
+    std::vector<int64_t> v;  // the rows' drawn levels
+  };
+
+  void run(int64_t r0, int64_t nb, Sampler& sampler) const {
+    const int64_t h = d.h, L = d.depth;
+    int64_t max_n = 0, max_mp = 0;
+    for (const auto& m : mats) {
+      max_n = std::max(max_n, m.n);
+      max_mp = std::max(max_mp, m.mp);
+    }
+    const int64_t act = (d.kind == 0 ? d.depth : L) * h;  // block / layer 1x1 inputs at the current pixel
+    const int64_t hp = pad16(2 * h);
+    const int64_t link = d.kind == 1 ? L * W * hp : 0;
+    const int64_t n_v = d.kind == 1 ? d.kh_a * d.kw_a * h : 0;
+    const int64_t per_row = max_n + max_mp + h + act + 2 * h + link;
+    Scratch s;
+    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
+    T* p = s.mem.data();
+    const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
+      v.resize(count);
+      for (auto& q : v) { q = p; p += size; }
+    };
+    carve(s.gat, nb, max_n);
+    carve(s.y, nb, max_mp);
+    carve(s.x, nb, h);
+    carve(s.act, nb, act);
+    carve(s.hin1, nb, h);
+    carve(s.hin2, nb, h);
+    carve(s.link, nb, link);
+    if (d.kind == 1) {
+      carve(s.pg, kChunk, n_v);
+      carve(s.pv, kChunk, hp);
+    }
+    s.in.resize(std::max(nb, kChunk));
+    s.u.resize(nb);
+    s.v.resize(nb);
+    if (row_begin == 0) {
+      for (size_t c = 0; c < caches.size(); ++c)
+        for (int64_t b = 0; b < nb; ++b) {
+          const Ring<T> r = ring(c, r0 + b);
+          std::fill(r.p, r.p + r.rows * r.cols * r.cin, T(0));
+        }
+    }
+    for (int64_t i = row_begin; i < row_end; ++i) {
+      if (d.kind == 1) gated_row(i, r0, nb, s);
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t g = 0; g < d.C; ++g) {
+          if (d.kind == 0) {
+            pixelcnn_step(i, j, g, r0, nb, s);
+          } else {
+            gated_step(i, j, g, r0, nb, s);
+          }
+          head_and_draw(i, j, g, r0, nb, s, sampler);
+        }
+    }
+  }
+
+  void product(const Mat<T, WT>& m, int64_t nb, const std::vector<T*>& x, Scratch& s, T* const* y) const {
+    for (int64_t b = 0; b < nb; ++b) s.in[b] = x[b];
+    matvec(m, nb, s.in.data(), y);
+  }
+
+  void pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t C = d.C, h = d.h, hg = h / C;
+    const int64_t ra = d.kh_a / 2, ca = d.kw_a / 2, rb = d.kh_b / 2, cb = d.kw_b / 2;
+    for (int64_t b = 0; b < nb; ++b) ring(0, r0 + b).gather(i - ra, ra, j, d.kw_a, ca * C + g, s.gat[b]);
+    product(mats[px(0, g)], nb, s.gat, s, s.y.data());
+    for (int64_t b = 0; b < nb; ++b) std::copy_n(s.y[b], hg, s.x[b] + g * hg);
+    for (int64_t k = 0; k < d.depth; ++k) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const Ring<T> r = ring(1 + k, r0 + b);
+        T* dst = r.at(i, j + cb) + g * hg;
+        for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
+        r.gather(i - rb, rb, j, d.kw_b, cb * h + (g + 1) * hg, s.gat[b]);
+      }
+      product(mats[px(1 + 2 * k, g)], nb, s.gat, s, s.y.data());
+      for (int64_t b = 0; b < nb; ++b) {
+        T* u = s.act[b] + k * h;
+        for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(s.y[b][m], T(0));
+        s.in[b] = u;
+      }
+      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data());
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
+    }
+  }
+
+  // The vertical stack on image row i - 1 (all columns) -> per layer link rows for row i.
+  void gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t h = d.h, L = d.depth, hp = pad16(2 * h), cv = d.kw_a / 2;
+    const auto link_at = [&](int64_t b, int64_t l, int64_t j) { return s.link[b] + (l * W + j) * hp; };
+    if (i == 0) {  // nothing above row 0: the link sees zeros, its output is its bias
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(b, l, j));
+      return;
+    }
+    const int64_t ip = i - 1, total = nb * W;
+    for (int64_t l = 0; l < L; ++l) {
+      const Mat<T, WT>& vm = mats[gx(l, 0)];
+      const Mat<T, WT>& lm = mats[gx(l, 1)];
+      for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
+        const int64_t n = std::min(kChunk, total - p0);
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          ring(2 * l, r0 + b).gather(ip - d.kh_a + 1, d.kh_a, j, d.kw_a, 0, s.pg[q]);
+        }
+        product(vm, n, s.pg, s, s.pv.data());
+        T* out[kChunk];
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          if (cond != nullptr) {
+            const T* c = cond + ((r0 + b) * L + l) * 2 * h;
+            for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
+          }
+          out[q] = link_at(b, l, j);
+          if (l + 1 < L) gate(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
+        }
+        product(lm, n, s.pv, s, out);
+      }
+    }
+  }
+
+  void gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h), ch = d.kw_b / 2;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t cin = l == 0 ? C : h, allowed = (l == 0 ? g : g + 1) * (cin / C);
+      for (int64_t b = 0; b < nb; ++b) {
+        const Ring<T> r = ring(2 * l + 1, r0 + b);
+        if (l > 0) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
+        r.gather(i, 0, j, d.kw_b, ch * cin + allowed, s.gat[b]);
+      }
+      product(mats[gx(l, 2 + g)], nb, s.gat, s, s.y.data());
+      for (int64_t b = 0; b < nb; ++b) {
+        T* pre = s.y[b];
+        const T* lk = s.link[b] + (l * W + j) * hp + g * 2 * hg;
+        for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += lk[m];
+        if (cond != nullptr) {
+          const T* c = cond + ((r0 + b) * L + l) * 2 * h + g * 2 * hg;
+          for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += c[m];
+        }
+        gate(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
+        s.in[b] = s.act[b] + l * h;
+      }
+      matvec(mats[gx(l, 2 + C + g)], nb, s.in.data(), s.y.data());
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
+    }
+  }
+
+  void head_and_draw(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, Sampler& sampler) const {
+    const int64_t C = d.C, K = d.K, hg = d.h / C;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t m = 0; m < hg; ++m) s.hin1[b][g * hg + m] = std::max(s.x[b][g * hg + m], T(0));
+    product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t m = 0; m < hg; ++m) s.hin2[b][g * hg + m] = std::max(s.y[b][m], T(0));
+    product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
+    const T scale = static_cast<T>(2.0 / static_cast<double>(K - 1));
+    const auto pos = [&](int64_t b) { return (((r0 + b) * C + g) * H + i) * W + j; };
+    for (int64_t b = 0; b < nb; ++b) {
+      s.in[b] = s.y[b];
+      s.u[b] = noise[pos(b)];
+    }
+    if (forced == nullptr) sampler.draw(s.in.data(), nb, K, s.u.data(), s.v.data());
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t row = r0 + b;
+      const int64_t v = forced != nullptr ? forced[pos(b)] : s.v[b];
+      image[pos(b)] = v;
+      if (logits_out != nullptr)
+        std::copy_n(s.y[b], K, logits_out + (((row * (row_end - row_begin) + i - row_begin) * W + j) * C + g) * K);
+      // the image input (CategoricalImageModel.prepare) of the first conv (Gated: of both stacks)
+      const T x = static_cast<T>(v) * scale - T(1);
+      ring(0, row).at(i, j + d.kw_a / 2)[g] = x;
+      if (d.kind == 1) ring(1, row).at(i, j + d.kw_b / 2)[g] = x;
+    }
+  }
+};
+
+#define CHECK_ARG(cond, ...) TORCH_CHECK(cond, "pixelcnn_generate: ", __VA_ARGS__)
+
+at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights, at::TensorList biases,
+                                 at::TensorList caches, const at::Tensor& image, const at::Tensor& noise,
+                                 const std::optional<at::Tensor>& cond, int64_t row_begin, int64_t row_end,
+                                 double temperature, int64_t top_k, double top_p, bool return_logits,
+                                 const std::optional<at::Tensor>& forced) {
+  CHECK_ARG(config.size() == 9, "config must hold 9 ints, got ", config.size());
+  const Dims d{config[0], config[1], config[2], config[3], config[4], config[5], config[6], config[7], config[8]};
+  CHECK_ARG(d.kind == 0 || d.kind == 1, "config kind must be 0 (PixelCNN) or 1 (GatedPixelCNN), got ", d.kind);
+  CHECK_ARG(d.C >= 1 && d.K >= 2 && d.h >= 1 && d.h % d.C == 0 && d.depth >= (d.kind == 1 ? 1 : 0),
+            "bad network sizes C=", d.C, " K=", d.K, " h=", d.h, " depth=", d.depth);
+  CHECK_ARG(d.kh_a >= 1 && d.kw_a >= 1 && d.kh_b >= 1 && d.kw_b >= 1 && d.kw_a % 2 == 1 && d.kw_b % 2 == 1 &&
+                (d.kind == 1 || (d.kh_a % 2 == 1 && d.kh_b % 2 == 1)) && (d.kind == 0 || d.kh_b == 1),
+            "unsupported kernel sizes (", d.kh_a, ", ", d.kw_a, "), (", d.kh_b, ", ", d.kw_b, ")");
+  CHECK_ARG(image.dim() == 4 && image.scalar_type() == at::kLong && image.is_contiguous() && image.device().is_cpu() &&
+                image.size(1) == d.C,
+            "image must be a contiguous int64 CPU tensor (B, ", d.C, ", H, W), got ", image.sizes());
+  const int64_t B = image.size(0), H = image.size(2), W = image.size(3);
+  CHECK_ARG(noise.sizes() == image.sizes() && noise.scalar_type() == at::kDouble && noise.device().is_cpu(),
+            "noise must be float64 with the image's shape ", image.sizes(), ", got ", noise.sizes());
+  CHECK_ARG(0 <= row_begin && row_begin <= row_end && row_end <= H, "rows [", row_begin, ", ", row_end,
+            ") outside the image of height ", H);
+  CHECK_ARG(temperature > 0 && top_k >= 0 && top_p > 0, "need temperature > 0, top_k >= 0 and top_p > 0");
+  const auto shapes = matrix_shapes(d);
+  CHECK_ARG(weights.size() == shapes.size() && biases.size() == shapes.size(), "expected ", shapes.size(),
+            " weight and bias tensors for this config, got ", weights.size(), " and ", biases.size());
+  const auto wt = weights[0].scalar_type(), at_ = biases[0].scalar_type();
+  CHECK_ARG((at_ == at::kFloat && (wt == at::kFloat || wt == at::kBFloat16)) || (at_ == at::kDouble && wt == at::kDouble),
+            "weights/biases must be float32/float32, bfloat16/float32 or float64/float64, got ", wt, "/", at_);
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    const auto [m, n] = shapes[k];
+    CHECK_ARG(weights[k].scalar_type() == wt && weights[k].is_contiguous() && weights[k].device().is_cpu() &&
+                  weights[k].numel() == pad16(m) * n,
+              "weight ", k, " must be a contiguous ", wt, " CPU tensor of ", pad16(m) * n, " elements (",
+              pad16(m), " x ", n, " packed), got ", weights[k].numel());
+    CHECK_ARG(biases[k].scalar_type() == at_ && biases[k].is_contiguous() && biases[k].device().is_cpu() &&
+                  biases[k].numel() == pad16(m),
+              "bias ", k, " must be a contiguous ", at_, " CPU tensor of ", pad16(m), " elements");
+  }
+  const auto cshape = cache_shapes(d, W);
+  CHECK_ARG(caches.size() == cshape.size(), "expected ", cshape.size(), " caches, got ", caches.size());
+  for (size_t c = 0; c < cshape.size(); ++c) {
+    const auto& s = cshape[c];
+    CHECK_ARG(caches[c].scalar_type() == at_ && caches[c].is_contiguous() && caches[c].device().is_cpu() &&
+                  caches[c].sizes() == at::IntArrayRef({B, s[0], s[1], s[2]}),
+              "cache ", c, " must be a contiguous ", at_, " CPU tensor (", B, ", ", s[0], ", ", s[1], ", ", s[2],
+              "), got ", caches[c].sizes());
+  }
+  at::Tensor cond_c, forced_c;
+  if (cond.has_value()) {
+    CHECK_ARG(d.kind == 1, "cond is only for GatedPixelCNN");
+    cond_c = cond->contiguous();
+    CHECK_ARG(cond_c.scalar_type() == at_ && cond_c.device().is_cpu() &&
+                  cond_c.sizes() == at::IntArrayRef({B, d.depth, 2 * d.h}),
+              "cond must be ", at_, " (", B, ", ", d.depth, ", ", 2 * d.h, "), got ", cond_c.sizes());
+  }
+  if (forced.has_value()) {
+    forced_c = forced->contiguous();
+    CHECK_ARG(forced_c.scalar_type() == at::kLong && forced_c.sizes() == image.sizes() && forced_c.device().is_cpu(),
+              "forced must be int64 with the image's shape");
+    CHECK_ARG(forced_c.numel() == 0 || (forced_c.min().item<int64_t>() >= 0 && forced_c.max().item<int64_t>() < d.K),
+              "forced holds levels outside [0, ", d.K, ")");
+  }
+  const int64_t rows = row_end - row_begin;
+  auto logits = return_logits ? at::empty({B, rows, W, d.C * d.K}, biases[0].options())
+                              : at::empty({0}, biases[0].options());
+  if (B == 0 || rows == 0 || W == 0) return logits;
+  const auto noise_c = noise.contiguous();
+  const int64_t threads = at::get_num_threads();
+  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, std::min<int64_t>(B, threads));
+
+  const auto launch = [&](auto tag_t, auto tag_w) {
+    using T = decltype(tag_t);
+    using WT = decltype(tag_w);
+    Runner<T, WT> run{d, B, H, W, row_begin, row_end};
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const auto [m, n] = shapes[k];
+      run.mats.push_back({weights[k].data_ptr<WT>(), biases[k].data_ptr<T>(), m, pad16(m), n});
+    }
+    run.cshape = cshape;
+    for (const auto& c : caches) run.caches.push_back(c.data_ptr<T>());
+    run.image = image.data_ptr<int64_t>();
+    run.noise = noise_c.data_ptr<double>();
+    run.cond = cond.has_value() ? cond_c.data_ptr<T>() : nullptr;
+    run.forced = forced.has_value() ? forced_c.data_ptr<int64_t>() : nullptr;
+    run.logits_out = return_logits ? logits.data_ptr<T>() : nullptr;
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      Sampler sampler(d.K, temperature, top_k, top_p);
+      for (int64_t grp = g0; grp < g1; ++grp) {
+        const int64_t b0 = grp * B / groups, b1 = (grp + 1) * B / groups;
+        for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) run.run(r0, std::min(kMaxRows, b1 - r0), sampler);
+      }
+    });
+  };
+  if (at_ == at::kDouble) {
+    launch(double{}, double{});
+  } else if (wt == at::kBFloat16) {
+    launch(float{}, at::BFloat16{});
+  } else {
+    launch(float{}, float{});
+  }
+  return logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(arkern, CPU, m) { m.impl("pixelcnn_generate", &pixelcnn_generate_cpu); }
