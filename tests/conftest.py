@@ -27,6 +27,16 @@ def kernel_backends(op_backends) -> list:
     return params
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: samplers run thousands of tiny ops, and a second thread only
+    adds contention on a 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

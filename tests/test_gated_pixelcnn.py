@@ -10,14 +10,7 @@ from arkern.decode.pixelcnn import draw_noise, sample_image, teacher_forced_outp
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.testing import assert_close
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the samplers run thousands of tiny ops: a second thread only adds contention on a 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(c, dtype=torch.float64, labels=None, layers=3, hidden=None, k=7):

@@ -21,14 +21,7 @@ from arkern.decode.incremental import (
 )
 from arkern.testing import assert_close, noncontiguous
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # thousands of tiny ops: a second thread only adds contention on a 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _user_stack(cin: int, hidden: int, groups: int, dtype: torch.dtype, dilation: int = 1) -> nn.Sequential:

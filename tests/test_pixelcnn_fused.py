@@ -25,12 +25,7 @@ CPU = kernel_backends(BACKENDS)
 needs_cpu = pytest.mark.skipif(not CPU or bool(CPU[0].marks), reason="the cpu pixelcnn_generate kernel is not built")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(kind: str, c: int, dtype: torch.dtype = torch.float32, labels: int | None = None, k: int = 7,
