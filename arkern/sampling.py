@@ -265,12 +265,26 @@ def default_method(model: torch.nn.Module) -> str:
     return _pick_method(_family(model), model, None)
 
 
+def _generate_distributed(model: torch.nn.Module, batch_size: int, **kwargs: object) -> torch.Tensor | None:
+    """generate(..., distributed=True): arkern.distributed.generate_distributed on the default process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("generate: distributed=True needs an initialised torch.distributed process group; call "
+                         "torch.distributed.init_process_group(...) (or, under torchrun, "
+                         "arkern.distributed.init_process_group_from_env()) on every rank first, or pass "
+                         "distributed=False")
+    from arkern.distributed import generate_distributed  # imported here: arkern.distributed imports this module
+
+    return generate_distributed(model, batch_size, **kwargs)
+
+
 def generate(model: torch.nn.Module, batch_size: int, *, length: int | None = None,
              shape: tuple[int, int] | None = None, method: str | None = None, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              seed: int | None = None, noise: torch.Tensor | None = None, condition: object = None,
              callback: Callable[[torch.Tensor, int], None] | None = None, progress: bool = True,
-             **options: object) -> torch.Tensor:
+             distributed: bool = False, **options: object) -> torch.Tensor | None:
     """Sample `batch_size` sequences (WaveNet) or images (PixelCNN family) from an autoregressive model.
 
     Args:
@@ -291,12 +305,30 @@ def generate(model: torch.nn.Module, batch_size: int, *, length: int | None = No
         callback: a streamer: WaveNet: callback(samples (B, n), start) after each chunk of n steps; images:
             callback(rows (N, C, 1, W), i) after each completed row i.
         progress: show a tqdm bar (stderr) for runs longer than a second; False: never.
+        distributed: split the batch over the ranks of the default ``torch.distributed`` process group
+            (:func:`arkern.distributed.generate_distributed`, which this delegates to with the same
+            arguments): call it on every rank with the same model and arguments; each rank samples its
+            contiguous share of the rows and rank 0 gathers them. Rank 0 gets exactly the samples of
+            ``distributed=False`` with the same seed, generator state or noise (noise, conditioning and
+            other per-row tensors are the whole batch's). The process group must already be initialised
+            (``torch.distributed.init_process_group`` or
+            :func:`arkern.distributed.init_process_group_from_env`); for another group or a timeout, call
+            ``generate_distributed`` directly.
         options: family options (WaveNet: chunk_size, weight_dtype, ops).
 
     Returns:
         WaveNet: (batch_size, length) int64 μ-law classes (see :func:`arkern.audio.mulaw_decode`).
         Images: (batch_size, C, H, W) int64 levels in [0, K).
+        With ``distributed=True``: that on rank 0, None on the other ranks.
+
+    Raises:
+        ValueError: invalid arguments; with ``distributed=True``, no initialised process group.
     """
+    if distributed:
+        return _generate_distributed(model, batch_size, length=length, shape=shape, method=method,
+                                     temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                                     seed=seed, noise=noise, condition=condition, callback=callback,
+                                     progress=progress, **options)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"generate: batch_size must be an int >= 1, got {batch_size!r}")
     _validate_warpers(temperature, top_k, top_p, "generate")

@@ -1,5 +1,6 @@
 """One rank of the distributed-sampling tests (tests/test_distributed.py): runs named scenarios through
-:func:`arkern.distributed.generate_distributed` and writes what happened.
+:func:`arkern.distributed.generate_distributed` (or ``arkern.generate(..., distributed=True)``) and writes
+what happened.
 
     python -m tests.distributed_worker OUT_DIR SCENARIO [SCENARIO ...]
 
@@ -95,6 +96,13 @@ def _run(name: str, rank: int, record: dict) -> object:
         if name.startswith("fused"):
             kwargs["callback"] = callback
         return generate_distributed(model, batch, timeout=TIMEOUT, **kwargs)
+    if name == "generate_flag":  # the top-level entry point: arkern.generate(..., distributed=True)
+        import arkern
+        from arkern.distributed import init_process_group_from_env
+
+        init_process_group_from_env()  # distributed=True needs a group; a no-op after an earlier scenario
+        model, batch, kwargs = scenario("fused_uneven")
+        return arkern.generate(model, batch, distributed=True, **kwargs)
     if name == "different_weights":
         return generate_distributed(wavenet(WAVENET, seed=rank), 4, timeout=TIMEOUT, length=8, seed=1)
     model, batch, kwargs = scenario("fused_uneven")

@@ -113,6 +113,13 @@ def test_no_process_group_and_no_torchrun_environment_is_a_clear_error(monkeypat
         generate_distributed(model, batch, timeout=-1, **kwargs)
 
 
+def test_generate_distributed_true_without_a_process_group_is_a_clear_error():
+    assert not dist.is_initialized()
+    model, batch, kwargs = worker.scenario("fused_uneven")
+    with pytest.raises(ValueError, match=r"distributed=True needs an initialised torch\.distributed"):
+        arkern.generate(model, batch, distributed=True, **kwargs)
+
+
 def test_single_rank_group_in_process_equals_generate():
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                             timeout=timedelta(seconds=30))
@@ -132,7 +139,7 @@ def test_single_rank_group_in_process_equals_generate():
 def two_ranks(tmp_path_factory) -> Path:
     """One launch of two ranks running every compared scenario and the recoverable failures in turn."""
     out = tmp_path_factory.mktemp("two_ranks")
-    scenarios = [*worker.COMPARED[:-1], "different_weights", "rank1_raises", "after_error"]
+    scenarios = [*worker.COMPARED[:-1], "different_weights", "rank1_raises", "after_error", "generate_flag"]
     results = _finish(_start_ranks(out, scenarios))
     for rank, (code, log) in enumerate(results):
         assert code == 0, f"rank {rank} exited with {code}:\n{log}"
@@ -152,6 +159,15 @@ def test_two_ranks_return_exactly_the_single_process_samples(two_ranks, name):
     assert torch.equal(got[0], expected[0]), f"{name}: samples differ from one process"
     for g, e in zip(got[1:], expected[1:]):  # logits: rows computed in smaller batches
         assert_close(g, e, name=f"{name} logits")
+
+
+def test_generate_distributed_true_on_two_ranks_equals_one_process(two_ranks):
+    for rank in (0, 1):
+        assert _records(two_ranks, rank)["generate_flag"]["outcome"] == "ok", _records(two_ranks, rank)
+    assert _records(two_ranks, 1)["generate_flag"]["returned"] is None
+    model, batch, kwargs = worker.scenario("fused_uneven")
+    expected = arkern.generate(model, batch, progress=False, **kwargs)
+    assert torch.equal(_samples(two_ranks, "generate_flag")[0], expected)
 
 
 def test_each_rank_samples_its_contiguous_rows(two_ranks):

@@ -8,9 +8,11 @@ its rows zero-padded to Mp = ceil16(M) and is stored as row tiles of up to 64 ou
 transposed (N × width) and contiguous, float32 or bfloat16; biases, embeddings and conditioning stay
 float32. The ring buffers (the ``WaveNetState`` tensors) and the last two samples are mutated in place.
 
-Backends: "cpu" (csrc/cpu/wavenet_decode.cpp) and "reference", a plain-PyTorch loop over the same
-packed tensors (the ground truth for the packing and the kernel's arithmetic). This is a decode op:
-it has no autograd.
+Backends (float32 or bfloat16 packed weights): "reference", a plain-PyTorch loop over the same packed
+tensors (the ground truth for the packing and the kernels' arithmetic; any device); "cpu"
+(csrc/cpu/wavenet_decode.cpp); "triton" (arkern/triton/wavenet_decode.py; CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1 when forced); "cuda" (csrc/cuda/wavenet_decode.cu, in extensions built with CUDA). This is
+a decode op: it has no autograd.
 """
 
 from __future__ import annotations
@@ -154,11 +156,11 @@ def _reference(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilati
     B, T = noise.shape
     samples = prev.new_empty((B, T))
     logits_all = []
-    rows = torch.arange(B)
+    rows = torch.arange(B, device=emb.device)
     for s in range(T):
         t = t0 + s
         x = emb[0, prev[:, 0]] + emb[1, prev[:, 1]]
-        skip = torch.zeros(B, S)
+        skip = torch.zeros(B, S, dtype=torch.float32, device=emb.device)
         for i, d in enumerate(dilations):
             past = rings[i][:, :, t % d].clone()
             rings[i][:, :, t % d] = x
@@ -270,7 +272,8 @@ def wavenet_generate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torc
         temperature, top_k, top_p: sampling warpers (see :func:`arkern.sampling.sample_categorical`).
         return_logits: also return the (B, T, A) float32 logits of every step.
         forced: (B, T) int64 samples fed instead of the drawn ones (teacher forcing, for checking).
-        backend: "cpu", "reference" or None.
+        backend: "cpu", "cuda", "triton", "reference", or None: the first eligible for the tensors'
+            device (CPU: cpu > reference; CUDA: cuda > triton > reference; see :mod:`arkern.backends`).
 
     Returns:
         (samples (B, T) int64, logits (B, T, A) float32 or an empty tensor).
