@@ -230,6 +230,35 @@ def test_ring_buffers_hold_last_inputs(method):
         assert_close(state.history(i), inputs[i][:, :, T - d:], name=f"ring {i} (d={d})", dtype=torch.float32)
 
 
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+def test_fused_row_groups_and_chunks_bit_identical(wdtype, one_thread):
+    # Row groups of one or two apply each layer's past tap to d steps at once (from the ring buffer); larger
+    # groups apply it every step. Both accumulate every output in the same order, so the logits of a row are
+    # bit-identical whether it is sampled alone in uneven chunks or inside a batch of five in one call.
+    _need_kernel()
+    model, batch = _model("local", torch.float32)  # dilations 1..8, local conditioning
+    T = 41
+    y = torch.randint(0, model.config.num_classes, (batch, T))
+    local, _ = _condition(model, batch, T)
+    noise = torch.rand(batch, T, dtype=torch.float64)
+    packed = pack_wavenet(model, wdtype)
+    whole = dw.WaveNetState.new(model, batch, cond=local, length=T, dtype=torch.float32)
+    _, expected = wavenet_generate(packed, whole.rings, whole.prev, 0, noise, cond=whole.cond,
+                                   cond_hop=whole.cond_hop, return_logits=True, forced=y)
+    for rows in ([0], [1, 2], [3, 4]):
+        part = dw.WaveNetState.new(model, len(rows), cond=local[rows], length=T, dtype=torch.float32)
+        logits, t = [], 0
+        for n in (1, 3, 5, 13, 19):  # chunk boundaries fall inside every dilation's d-step block
+            _, lg = wavenet_generate(packed, part.rings, part.prev, t, noise[rows, t:t + n], cond=part.cond,
+                                     cond_hop=part.cond_hop, return_logits=True, forced=y[rows, t:t + n])
+            logits.append(lg)
+            t += n
+        assert t == T
+        assert torch.equal(torch.cat(logits, 1), expected[rows])
+        for ring, ring_all in zip(part.rings, whole.rings):
+            assert torch.equal(ring, ring_all[rows])
+
+
 # ---------------------------------------------------------------- bad input
 
 def _bad_calls():

@@ -23,6 +23,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -34,6 +35,7 @@ namespace {
 constexpr int64_t kTile = 64;  // outputs per weight tile
 constexpr int kMaxRows = 64;   // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int64_t kJBlock = 32; // inputs per L1 block of a tile when more than 4 rows share it
+constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
 
 inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 
@@ -46,24 +48,24 @@ inline __m512 load16(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// y[b][m0 : m0 + 16V] (+)= sum over j in [j0, j1) of blk[j] x[b][j] for NB rows, starting from the bias when
-// j0 == 0 and from y otherwise; blk is (N x 16V), contiguous.
+// y[b][m0 : m0 + 16V] = init[m0 : ...] (y[b][m0 : ...] when init is null) + sum over j < jn of
+// blk[j] x[b][xj + j], for NB rows; blk is (jn x 16V), contiguous.
 template <typename WT, int NB, int V>
-void tile(const WT* blk, int64_t j0, int64_t j1, const float* const* x, float* const* y, int64_t m0,
-          const float* bias) {
+void tile(const WT* blk, int64_t jn, const float* const* x, int64_t xj, float* const* y, int64_t m0,
+          const float* init) {
   __m512 acc[NB][V];
 #pragma GCC unroll 4
   for (int b = 0; b < NB; ++b)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[b][v] = _mm512_loadu_ps((j0 == 0 ? bias : y[b]) + m0 + 16 * v);
-  for (int64_t j = j0; j < j1; ++j) {
+    for (int v = 0; v < V; ++v) acc[b][v] = _mm512_loadu_ps((init ? init : y[b]) + m0 + 16 * v);
+  for (int64_t j = 0; j < jn; ++j) {
     const WT* wj = blk + j * (16 * V);
     __m512 w[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) w[v] = load16(wj + 16 * v);
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
-      const __m512 xb = _mm512_set1_ps(x[b][j]);
+      const __m512 xb = _mm512_set1_ps(x[b][xj + j]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[b][v] = _mm512_fmadd_ps(w[v], xb, acc[b][v]);
     }
@@ -78,16 +80,16 @@ inline float to_float(float v) { return v; }
 inline float to_float(at::BFloat16 v) { return static_cast<float>(v); }
 
 template <typename WT, int NB, int V>
-void tile(const WT* blk, int64_t j0, int64_t j1, const float* const* x, float* const* y, int64_t m0,
-          const float* bias) {
+void tile(const WT* blk, int64_t jn, const float* const* x, int64_t xj, float* const* y, int64_t m0,
+          const float* init) {
   constexpr int W = 16 * V;
   float acc[NB][W];
   for (int b = 0; b < NB; ++b)
-    for (int m = 0; m < W; ++m) acc[b][m] = (j0 == 0 ? bias : y[b])[m0 + m];
-  for (int64_t j = j0; j < j1; ++j) {
+    for (int m = 0; m < W; ++m) acc[b][m] = (init ? init : y[b])[m0 + m];
+  for (int64_t j = 0; j < jn; ++j) {
     const WT* wj = blk + j * W;
     for (int b = 0; b < NB; ++b) {
-      const float xb = x[b][j];
+      const float xb = x[b][xj + j];
 #pragma omp simd
       for (int m = 0; m < W; ++m) acc[b][m] += to_float(wj[m]) * xb;
     }
@@ -98,36 +100,65 @@ void tile(const WT* blk, int64_t j0, int64_t j1, const float* const* x, float* c
 #endif
 
 template <typename WT, int V>
-void tile_rows(const WT* blk, int64_t n, int nb, const float* const* x, float* const* y, int64_t m0,
-               const float* bias) {
-  // More than 4 rows: the tile is cut into blocks of kJBlock inputs (<= 8 KB, L1-resident), each streamed
-  // from memory by the first 4 rows and re-read from L1 by the others.
-  const int64_t jb = nb > 4 ? kJBlock : n;
-  for (int64_t j0 = 0; j0 < n; j0 += jb) {
-    const int64_t j1 = std::min(n, j0 + jb);
-    for (int r = 0; r < nb; r += 4) {
-      switch (std::min(4, nb - r)) {
-        case 4: tile<WT, 4, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        case 3: tile<WT, 3, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        case 2: tile<WT, 2, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        default: tile<WT, 1, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-      }
+void tile_group(const WT* blk, int64_t jn, int nb, const float* const* x, int64_t xj, float* const* y, int64_t m0,
+                const float* init) {
+  for (int r = 0; r < nb; r += 4) {
+    switch (std::min(4, nb - r)) {
+      case 4: tile<WT, 4, V>(blk, jn, x + r, xj, y + r, m0, init); break;
+      case 3: tile<WT, 3, V>(blk, jn, x + r, xj, y + r, m0, init); break;
+      case 2: tile<WT, 2, V>(blk, jn, x + r, xj, y + r, m0, init); break;
+      default: tile<WT, 1, V>(blk, jn, x + r, xj, y + r, m0, init); break;
     }
   }
 }
 
-// y[b] = bias + W x[b] for nb rows; W packed (mp x n) as described at the top of the file.
+inline void widen(const float*, int64_t, float*) {}
+inline void widen(const at::BFloat16* w, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(w[i]);
+}
+
+template <typename WT, int V>
+void tile_rows(const WT* blk, int64_t ja, int64_t jb, int nb, const float* const* x, int64_t xoff, float* const* y,
+               int64_t m0, const float* bias) {
+  // More than 4 rows: the tile is cut into blocks of kJBlock inputs (<= 8 KB as float32, L1-resident), each
+  // streamed from memory by the first 4 rows and re-read from L1 by the others; bfloat16 blocks are widened
+  // to float32 once per block rather than once per 4 rows.
+  const int64_t step = nb > 4 ? kJBlock : jb - ja;
+  for (int64_t j0 = ja; j0 < jb; j0 += step) {
+    const int64_t jn = std::min(jb, j0 + step) - j0;
+    const WT* bp = blk + j0 * (16 * V);
+    const float* init = j0 == 0 ? bias : nullptr;
+    if (std::is_same_v<WT, float> || nb <= 4) {
+      tile_group<WT, V>(bp, jn, nb, x, j0 - xoff, y, m0, init);
+    } else {
+      alignas(64) float wide[kJBlock * 16 * V];
+      widen(bp, jn * 16 * V, wide);
+      tile_group<float, V>(wide, jn, nb, x, j0 - xoff, y, m0, init);
+    }
+  }
+}
+
+// y[b] (+)= W[:, ja:jb] x[b][0 : jb - ja] for nb rows, starting from the bias when ja == 0 and from y[b]
+// otherwise; W packed (mp x n) as described at the top of the file. Every output accumulates its inputs in
+// the order j = 0, 1, ..., so splitting [0, n) into ranges gives bit-identical results.
 template <typename WT>
-void matvec(int nb, const WT* w, int64_t mp, int64_t n, const float* const* x, float* const* y, const float* bias) {
+void matvec_range(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t jb, const float* const* x,
+                  float* const* y, const float* bias) {
   for (int64_t m0 = 0; m0 < mp; m0 += kTile) {
     const WT* blk = w + m0 * n;
     switch (std::min(kTile, mp - m0) / 16) {
-      case 4: tile_rows<WT, 4>(blk, n, nb, x, y, m0, bias); break;
-      case 3: tile_rows<WT, 3>(blk, n, nb, x, y, m0, bias); break;
-      case 2: tile_rows<WT, 2>(blk, n, nb, x, y, m0, bias); break;
-      default: tile_rows<WT, 1>(blk, n, nb, x, y, m0, bias); break;
+      case 4: tile_rows<WT, 4>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
+      case 3: tile_rows<WT, 3>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
+      case 2: tile_rows<WT, 2>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
+      default: tile_rows<WT, 1>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
     }
   }
+}
+
+// y[b] = bias + W x[b] for nb rows.
+template <typename WT>
+void matvec(int nb, const WT* w, int64_t mp, int64_t n, const float* const* x, float* const* y, const float* bias) {
+  matvec_range<WT>(nb, w, mp, n, 0, n, x, y, bias);
 }
 
 // ---------------------------------------------------------------- gate: tanh(a) * sigmoid(b)
@@ -250,6 +281,22 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
     lg[b] = p; p += Ap;
   }
   const size_t w_dil_stride = two_rp * 2 * R, w_rs_stride = rs_p * R;
+  // With few rows the weights are streamed from memory once per step for one or two rows: then the past
+  // tap of each dilated layer (half its weights) is applied to d steps at once, from the ring buffer.
+  std::vector<std::vector<float>> past;
+  std::vector<const float*> past_x;
+  std::vector<float*> past_y;
+  float* cur[kMaxRows];
+  if (nb <= kPastMaxRows) {
+    past.resize(L);
+    int64_t dmax = 1;
+    for (int64_t l = 0; l < L; ++l) {
+      if (net.dil[l] > 1) past[l].assign(static_cast<size_t>(nb * net.dil[l] * two_rp), 0.0f);
+      dmax = std::max(dmax, net.dil[l]);
+    }
+    past_x.resize(nb * dmax);
+    past_y.resize(nb * dmax);
+  }
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = t0 + s;
     for (int b = 0; b < nb; ++b) {
@@ -261,13 +308,35 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
     }
     for (int64_t l = 0; l < L; ++l) {
       const int64_t d = net.dil[l], pos = t % d;
-      for (int b = 0; b < nb; ++b) {
-        float* slot = rings[l] + ((row0 + b) * d + pos) * R;  // time-major: the R inputs of one time
-        std::copy(slot, slot + R, in2[b]);                   // the input d steps ago ...
-        std::copy(x[b], x[b] + R, slot);                     // ... replaced by this step's input
-        std::copy(x[b], x[b] + R, in2[b] + R);
+      const WT* wl = w_dil + l * w_dil_stride;
+      const float* bl = net.b_dil + l * two_rp;
+      float** pl = pre;
+      if (!past.empty() && d > 1) {
+        // The past tap: every d steps, W_past x[t - d] for the next d steps, from the d inputs in the ring.
+        float* pb = past[l].data();
+        if (s % d == 0) {
+          for (int b = 0; b < nb; ++b)
+            for (int64_t k = 0; k < d; ++k) {
+              past_x[b * d + k] = rings[l] + ((row0 + b) * d + k) * R;
+              past_y[b * d + k] = pb + (b * d + k) * two_rp;
+            }
+          matvec_range<WT>(nb * static_cast<int>(d), wl, two_rp, 2 * R, 0, R, past_x.data(), past_y.data(), bl);
+        }
+        for (int b = 0; b < nb; ++b) {
+          std::copy(x[b], x[b] + R, rings[l] + ((row0 + b) * d + pos) * R);
+          cur[b] = pb + (b * d + pos) * two_rp;
+        }
+        matvec_range<WT>(nb, wl, two_rp, 2 * R, R, 2 * R, x, cur, bl);  // ... plus W_now x[t]
+        pl = cur;
+      } else {
+        for (int b = 0; b < nb; ++b) {
+          float* slot = rings[l] + ((row0 + b) * d + pos) * R;  // time-major: the R inputs of one time
+          std::copy(slot, slot + R, in2[b]);                   // the input d steps ago ...
+          std::copy(x[b], x[b] + R, slot);                     // ... replaced by this step's input
+          std::copy(x[b], x[b] + R, in2[b] + R);
+        }
+        matvec<WT>(nb, wl, two_rp, 2 * R, in2, pre, bl);
       }
-      matvec<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, in2, pre, net.b_dil + l * two_rp);
       for (int b = 0; b < nb; ++b) {
         const float* extra[2] = {
             cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
@@ -275,11 +344,11 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
         for (const float* f : extra) {
           if (!f) continue;
           for (int64_t c = 0; c < R; ++c) {
-            pre[b][c] += f[c];
-            pre[b][Rp + c] += f[R + c];
+            pl[b][c] += f[c];
+            pl[b][Rp + c] += f[R + c];
           }
         }
-        gate(pre[b], Rp, g[b]);
+        gate(pl[b], Rp, g[b]);
       }
       matvec<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, g, rs, net.b_rs + l * rs_p);
       for (int b = 0; b < nb; ++b) {
