@@ -30,6 +30,7 @@ from arkern.decode.pixelcnn import draw_noise, sample_image
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
+from arkern.ops.pixelcnn_decode import unsupported_reasons
 
 
 def _flatten(module: nn.Module) -> list:
@@ -165,14 +166,18 @@ def eager_sampler(model: nn.Module):
 
 
 def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ...]) -> dict:
+    """{provider: zero-argument sampler} for the requested providers that exist for `model` (no "eager" or
+    "fused" for PixelCNN++, which has neither a plain-PyTorch cached sampler here nor a fused kernel)."""
     noise = draw_noise(model, batch, (size, size), seed=0)
     run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
                                                     **kw)
     eager = eager_sampler(model)
-    fns = {"naive": run("naive"), "cached": run("cached"), "fused": run("fused"),
-           "fused-bf16": run("fused", weight_dtype=torch.bfloat16),
+    fusable = not unsupported_reasons(model)
+    fns = {"naive": run("naive"), "cached": run("cached"),
+           "fused": run("fused") if fusable else None,
+           "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable else None,
            "eager": (lambda: eager(model, noise)) if eager is not None else None}
-    return {p: fns[p] for p in providers}
+    return {p: fns[p] for p in providers if fns[p] is not None}
 
 
 def _sampling_case(name: str, make_model, batch: int, size: int, providers: tuple[str, ...]) -> Case:
@@ -210,7 +215,7 @@ def pixelcnnpp_small() -> PixelCNNpp:
 
 
 MODELS = {"PixelCNN C=64 L=9": pixelcnn_c64, "PixelCNN C=128 L=9": pixelcnn_c128,
-          "GatedPixelCNN h=64 L=5": gated_c64}
+          "GatedPixelCNN h=64 L=5": gated_c64, "PixelCNN++ f=32 R=1 M=5": pixelcnnpp_small}
 FAST = ("fused", "fused-bf16", "cached", "eager")
 
 
@@ -221,7 +226,7 @@ def cases(quick: bool = False) -> list[Case]:
                 _sampling_case("GatedPixelCNN h=32 L=5", gated_c32, 4, 8, ("cached", "eager", "fused"))]
     out = [_sampling_case("PixelCNN C=64 L=9", pixelcnn_c64, 1, 16, ("naive",) + FAST),
            _sampling_case("GatedPixelCNN h=64 L=5", gated_c64, 1, 16, ("naive",) + FAST)]
-    for name, make in MODELS.items():
+    for name, make in list(MODELS.items())[:3]:
         for size in (16, 28, 32):
             for batch in (1, 16, 64):
                 if (size, batch) != (16, 1) or name == "PixelCNN C=128 L=9":
@@ -245,13 +250,29 @@ def naive_seconds(model: nn.Module, batch: int, size: int, threads: int, steps: 
     """Seconds the naive sampler needs for `batch` whole size×size images, extrapolated from `steps`
     sub-steps: each is one full forward over the image plus one draw, whatever the position."""
     xf = model.prepare(torch.zeros(batch, model.image_channels, size, size, dtype=torch.int64))
-    u = torch.rand(batch, model.image_channels, dtype=torch.float64)
+    u = torch.rand(model.noise_shape(batch, size, size)[:2], dtype=torch.float64)  # one pixel's uniforms
 
     def step() -> None:
         for s in range(steps):
             model.draw(model.output_map(xf)[:, :, size // 2, size // 2], u, s % model.color_steps)
 
     return best_seconds(step, threads) / steps * size * size * model.color_steps
+
+
+def _table_row(name: str, size: int, batch: int, threads: int, sec: dict[str, float]) -> str:
+    """One line of :func:`sampling_table`; "-" for providers the model does not have. The speedup over naive
+    is that of the fastest sampler the model has (fused, else cached)."""
+    ips = lambda p: f"{batch / sec[p]:>8.3g}" if p in sec else f"{'-':>8}"
+
+    def ratio(a: str, b: str, width: int) -> str:
+        if a not in sec or b not in sec:
+            return f"{'-':>{width + 1}}"
+        return f"{sec[a] / sec[b]:>{width}.{0 if a == 'naive*' else 1}f}x"
+
+    best = "fused" if "fused" in sec else "cached"
+    return (f"{name:<24} {size:>5} {batch:>3} {threads:>3} {ips('naive*')} {ips('eager')} {ips('cached')} "
+            f"{ips('fused')} {ips('fused-bf16')} {ratio('naive*', best, 7)} {ratio('eager', 'fused', 6)} "
+            f"{ratio('cached', 'fused', 7)}")
 
 
 def sampling_table(models: dict | None = None, sizes=(16, 28, 32), batches=(1, 16, 64), threads=(1, 2),
@@ -278,17 +299,14 @@ def sampling_table(models: dict | None = None, sizes=(16, 28, 32), batches=(1, 1
             for batch in batches:
                 fns = _providers(model, batch, size, FAST)
                 for n in threads:
-                    sec = {p: float("inf") for p in (*fns, "naive*")}
+                    sec = {p: float("inf") for p in (*FAST, "naive*")}
                     for _ in range(rounds):
                         for p, fn in fns.items():
                             sec[p] = min(sec[p], best_seconds(fn, n))
                         sec["naive*"] = min(sec["naive*"], naive_seconds(model, batch, size, n))
-                    ips = {p: batch / s for p, s in sec.items()}
+                    sec = {p: s for p, s in sec.items() if s != float("inf")}
                     rows.append({"model": name, "size": size, "batch": batch, "threads": n, "seconds": sec})
-                    printer(f"{name:<24} {size:>5} {batch:>3} {n:>3} {ips['naive*']:>8.3g} {ips['eager']:>8.3g} "
-                            f"{ips['cached']:>8.3g} {ips['fused']:>8.3g} {ips['fused-bf16']:>8.3g} "
-                            f"{sec['naive*'] / sec['fused']:>7.0f}x {sec['eager'] / sec['fused']:>6.1f}x "
-                            f"{sec['cached'] / sec['fused']:>7.1f}x")
+                    printer(_table_row(name, size, batch, n, sec))
     return rows
 
 
