@@ -138,7 +138,8 @@ struct Runner {
   // Per-group scratch (every buffer one per batch row of the group).
   struct Scratch {
     std::vector<T> mem;
-    std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv;
+    std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv, part, yp;
+    int64_t pstride = 0;     // floats per partial-sum vector (the largest padded matrix height)
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
@@ -155,9 +156,12 @@ struct Runner {
     const int64_t hp = pad16(2 * h);
     const int64_t link = d.kind == 1 ? L * W * hp : 0;
     const int64_t n_v = d.kind == 1 ? d.kh_a * d.kw_a * h : 0;
-    const int64_t per_row = max_n + max_mp + h + act + 2 * h + link;
+    // PixelCNN: per spatial conv, output group and column, the partial sums over the rows above.
+    const int64_t part = d.kind == 0 ? (1 + d.depth) * d.C * W * max_mp : 0;
+    const int64_t n_above = d.kind == 0 ? std::max((d.kh_a / 2) * d.kw_a * d.C, (d.kh_b / 2) * d.kw_b * h) : 0;
+    const int64_t per_row = max_n + max_mp + h + act + 2 * h + link + part;
     Scratch s;
-    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
+    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : kChunk * n_above), T(0));
     T* p = s.mem.data();
     const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
       v.resize(count);
@@ -170,10 +174,15 @@ struct Runner {
     carve(s.hin1, nb, h);
     carve(s.hin2, nb, h);
     carve(s.link, nb, link);
+    carve(s.part, nb, part);
     if (d.kind == 1) {
       carve(s.pg, kChunk, n_v);
       carve(s.pv, kChunk, hp);
+    } else {
+      carve(s.pg, kChunk, n_above);
     }
+    s.yp.resize(std::max(nb, kChunk));
+    s.pstride = max_mp;
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
     s.v.resize(nb);
@@ -185,7 +194,11 @@ struct Runner {
         }
     }
     for (int64_t i = row_begin; i < row_end; ++i) {
-      if (d.kind == 1) gated_row(i, r0, nb, s);
+      if (d.kind == 1) {
+        gated_row(i, r0, nb, s);
+      } else {
+        pixelcnn_row(i, r0, nb, s);
+      }
       for (int64_t j = 0; j < W; ++j)
         for (int64_t g = 0; g < d.C; ++g) {
           if (d.kind == 0) {
@@ -203,23 +216,72 @@ struct Runner {
     matvec(m, nb, s.in.data(), y);
   }
 
+  // Spatial conv c of the PixelCNN program: 0 the mask-A input conv, 1 + k the mask-B conv of block k.
+  struct Conv {
+    int64_t layer, above, kw, centre, cin;  // matrix layer index, kernel rows above, width, kw / 2, inputs
+  };
+  Conv conv(int64_t c) const {
+    if (c == 0) return {0, d.kh_a / 2, d.kw_a, d.kw_a / 2, d.C};
+    return {1 + 2 * (c - 1), d.kh_b / 2, d.kw_b, d.kw_b / 2, d.h};
+  }
+  T* partial(const Scratch& s, int64_t b, int64_t c, int64_t g, int64_t j) const {
+    return s.part[b] + ((c * d.C + g) * W + j) * s.pstride;
+  }
+
+  // Start of image row i: every spatial conv's taps in the rows above (final since row i - 1 ended) for
+  // all columns at once, so that many columns share each weight tile. Each pixel then adds only the taps
+  // of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
+  void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t total = nb * W;
+    for (int64_t c = 0; c <= d.depth; ++c) {
+      const Conv cv = conv(c);
+      const int64_t na = cv.above * cv.kw * cv.cin;
+      if (na == 0) continue;
+      for (int64_t g = 0; g < d.C; ++g) {
+        const Mat<T, WT>& m = mats[px(cv.layer, g)];
+        for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
+          const int64_t n = std::min(kChunk, total - p0);
+          for (int64_t q = 0; q < n; ++q) {
+            const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+            ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, s.pg[q]);
+            s.in[q] = s.pg[q];
+            s.yp[q] = partial(s, b, c, g, j);
+          }
+          matvec_range(m, n, 0, na, s.in.data(), s.yp.data());
+        }
+      }
+    }
+  }
+
+  // Output group g of spatial conv c at (i, j) for the nb rows: the row-start partial sum plus the taps of
+  // row i (inputs left of the centre, and the centre's allowed groups). Returns the output rows.
+  T* const* conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+    const Conv cv = conv(c);
+    const int64_t na = cv.above * cv.kw * cv.cin;
+    const int64_t allowed = (c == 0 ? g : g + 1) * (cv.cin / d.C);
+    const Mat<T, WT>& m = mats[px(cv.layer, g)];
+    for (int64_t b = 0; b < nb; ++b) {
+      ring(c, r0 + b).gather(i, 0, j, cv.kw, cv.centre * cv.cin + allowed, s.gat[b]);
+      s.in[b] = s.gat[b];
+      s.yp[b] = na > 0 ? partial(s, b, c, g, j) : s.y[b];
+    }
+    matvec_range(m, nb, na, m.n, s.in.data(), s.yp.data());
+    return s.yp.data();
+  }
+
   void pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
-    const int64_t C = d.C, h = d.h, hg = h / C;
-    const int64_t ra = d.kh_a / 2, ca = d.kw_a / 2, rb = d.kh_b / 2, cb = d.kw_b / 2;
-    for (int64_t b = 0; b < nb; ++b) ring(0, r0 + b).gather(i - ra, ra, j, d.kw_a, ca * C + g, s.gat[b]);
-    product(mats[px(0, g)], nb, s.gat, s, s.y.data());
-    for (int64_t b = 0; b < nb; ++b) std::copy_n(s.y[b], hg, s.x[b] + g * hg);
+    const int64_t h = d.h, hg = h / d.C, cb = d.kw_b / 2;
+    T* const* y = conv_at(0, i, j, g, r0, nb, s);
+    for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
     for (int64_t k = 0; k < d.depth; ++k) {
       for (int64_t b = 0; b < nb; ++b) {
-        const Ring<T> r = ring(1 + k, r0 + b);
-        T* dst = r.at(i, j + cb) + g * hg;
+        T* dst = ring(1 + k, r0 + b).at(i, j + cb) + g * hg;
         for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
-        r.gather(i - rb, rb, j, d.kw_b, cb * h + (g + 1) * hg, s.gat[b]);
       }
-      product(mats[px(1 + 2 * k, g)], nb, s.gat, s, s.y.data());
+      y = conv_at(1 + k, i, j, g, r0, nb, s);
       for (int64_t b = 0; b < nb; ++b) {
         T* u = s.act[b] + k * h;
-        for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(s.y[b][m], T(0));
+        for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
         s.in[b] = u;
       }
       matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data());

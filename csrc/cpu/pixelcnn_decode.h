@@ -19,9 +19,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd_math.h"
 
 namespace arkern_pixelcnn {
 
@@ -49,9 +47,9 @@ inline float widen(float v) { return v; }
 inline float widen(at::BFloat16 v) { return static_cast<float>(v); }
 inline double widen(double v) { return v; }
 
-// y[r][m0 : m0 + 16V] = (j0 == 0 ? bias : y[r]) + sum_{j0 <= j < j1} blk[j] x[r][j] for NB rows.
+// y[r][m0 : m0 + 16V] = (j0 == 0 ? bias : y[r]) + sum_{j0 <= j < j1} blk[j] x[r][j - xo] for NB rows.
 template <typename T, typename WT, int NB, int V>
-void tile_generic(const WT* blk, int64_t j0, int64_t j1, const T* const* x, T* const* y, int64_t m0,
+void tile_generic(const WT* blk, int64_t j0, int64_t j1, const T* const* x, int64_t xo, T* const* y, int64_t m0,
                   const T* bias) {
   constexpr int W = 16 * V;
   T acc[NB][W];
@@ -68,7 +66,7 @@ void tile_generic(const WT* blk, int64_t j0, int64_t j1, const T* const* x, T* c
       }
     }
     for (int r = 0; r < NB; ++r) {
-      const T xr = x[r][j];
+      const T xr = x[r][j - xo];
 #pragma omp simd
       for (int m = 0; m < W; ++m) acc[r][m] += wf[m] * xr;
     }
@@ -102,8 +100,8 @@ inline void load_weights(const at::BFloat16* p, __m512 (&w)[V]) {  // bf16 -> fp
 // The float32 tile in AVX-512 registers. A single row gets two accumulator sets (even / odd inputs) so
 // that enough independent FMA chains are in flight.
 template <typename WT, int NB, int V>
-void tile_avx512(const WT* blk, int64_t j0, int64_t j1, const float* const* x, float* const* y, int64_t m0,
-                 const float* bias) {
+void tile_avx512(const WT* blk, int64_t j0, int64_t j1, const float* const* x, int64_t xo, float* const* y,
+                 int64_t m0, const float* bias) {
   constexpr int S = NB == 1 ? 2 : 1;
   constexpr int W = 16 * V;
   __m512 acc[S][NB][V];
@@ -122,7 +120,7 @@ void tile_avx512(const WT* blk, int64_t j0, int64_t j1, const float* const* x, f
       load_weights<V>(blk + (j + s) * W, w);
 #pragma GCC unroll 4
       for (int r = 0; r < NB; ++r) {
-        const __m512 xr = _mm512_set1_ps(x[r][j + s]);
+        const __m512 xr = _mm512_set1_ps(x[r][j + s - xo]);
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) acc[s][r][v] = _mm512_fmadd_ps(w[v], xr, acc[s][r][v]);
       }
@@ -133,7 +131,7 @@ void tile_avx512(const WT* blk, int64_t j0, int64_t j1, const float* const* x, f
     load_weights<V>(blk + j * W, w);
 #pragma GCC unroll 4
     for (int r = 0; r < NB; ++r) {
-      const __m512 xr = _mm512_set1_ps(x[r][j]);
+      const __m512 xr = _mm512_set1_ps(x[r][j - xo]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[0][r][v] = _mm512_fmadd_ps(w[v], xr, acc[0][r][v]);
     }
@@ -150,30 +148,52 @@ void tile_avx512(const WT* blk, int64_t j0, int64_t j1, const float* const* x, f
 #endif
 
 template <typename T, typename WT, int NB, int V>
-inline void tile(const WT* blk, int64_t j0, int64_t j1, const T* const* x, T* const* y, int64_t m0, const T* bias) {
+inline void tile(const WT* blk, int64_t j0, int64_t j1, const T* const* x, int64_t xo, T* const* y, int64_t m0,
+                 const T* bias) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
-    tile_avx512<WT, NB, V>(blk, j0, j1, x, y, m0, bias);
+    tile_avx512<WT, NB, V>(blk, j0, j1, x, xo, y, m0, bias);
   } else {
-    tile_generic<T, WT, NB, V>(blk, j0, j1, x, y, m0, bias);
+    tile_generic<T, WT, NB, V>(blk, j0, j1, x, xo, y, m0, bias);
   }
 #else
-  tile_generic<T, WT, NB, V>(blk, j0, j1, x, y, m0, bias);
+  tile_generic<T, WT, NB, V>(blk, j0, j1, x, xo, y, m0, bias);
 #endif
 }
 
 template <typename T, typename WT, int V>
-void tile_rows(const WT* blk, int64_t n, int64_t rows, const T* const* x, T* const* y, int64_t m0, const T* bias) {
-  const int64_t jb = rows > 4 ? kJBlock : n;
-  for (int64_t j0 = 0; j0 < n; j0 += jb) {
-    const int64_t j1 = std::min(n, j0 + jb);
+void tile_rows(const WT* blk, int64_t ja, int64_t jz, int64_t rows, const T* const* x, T* const* y, int64_t m0,
+               const T* bias) {
+  const int64_t jb = rows > 4 ? kJBlock : jz - ja;
+  for (int64_t j0 = ja; j0 < jz; j0 += jb) {
+    const int64_t j1 = std::min(jz, j0 + jb);
     for (int64_t r = 0; r < rows; r += 4) {
       switch (std::min<int64_t>(4, rows - r)) {
-        case 4: tile<T, WT, 4, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        case 3: tile<T, WT, 3, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        case 2: tile<T, WT, 2, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
-        default: tile<T, WT, 1, V>(blk, j0, j1, x + r, y + r, m0, bias); break;
+        case 4: tile<T, WT, 4, V>(blk, j0, j1, x + r, ja, y + r, m0, bias); break;
+        case 3: tile<T, WT, 3, V>(blk, j0, j1, x + r, ja, y + r, m0, bias); break;
+        case 2: tile<T, WT, 2, V>(blk, j0, j1, x + r, ja, y + r, m0, bias); break;
+        default: tile<T, WT, 1, V>(blk, j0, j1, x + r, ja, y + r, m0, bias); break;
       }
+    }
+  }
+}
+
+// Columns [ja, jz) of y = b + W x: y[r][0 : mp] (+)= W[:, ja:jz] x[r][0 : jz - ja] for `rows` rows, starting
+// from the bias when ja == 0 and from y[r] otherwise. Splitting [0, n) this way changes only the rounding.
+template <typename T, typename WT>
+void matvec_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_t jz, const T* const* x, T* const* y) {
+  if (ja == jz) {  // e.g. a mask-A 1x1 conv of the first colour group: only the bias
+    if (ja == 0)
+      for (int64_t r = 0; r < rows; ++r) std::copy(mat.b, mat.b + mat.mp, y[r]);
+    return;
+  }
+  for (int64_t m0 = 0; m0 < mat.mp; m0 += kTile) {
+    const WT* blk = mat.w + m0 * mat.n;
+    switch (std::min(kTile, mat.mp - m0) / 16) {
+      case 4: tile_rows<T, WT, 4>(blk, ja, jz, rows, x, y, m0, mat.b); break;
+      case 3: tile_rows<T, WT, 3>(blk, ja, jz, rows, x, y, m0, mat.b); break;
+      case 2: tile_rows<T, WT, 2>(blk, ja, jz, rows, x, y, m0, mat.b); break;
+      default: tile_rows<T, WT, 1>(blk, ja, jz, rows, x, y, m0, mat.b); break;
     }
   }
 }
@@ -181,42 +201,12 @@ void tile_rows(const WT* blk, int64_t n, int64_t rows, const T* const* x, T* con
 // y[r][0 : mp] = b + W x[r] for `rows` rows; x[r] holds n values, y[r] room for mp.
 template <typename T, typename WT>
 void matvec(const Mat<T, WT>& mat, int64_t rows, const T* const* x, T* const* y) {
-  if (mat.n == 0) {  // e.g. a mask-A 1x1 conv of the first colour group: only the bias
-    for (int64_t r = 0; r < rows; ++r) std::copy(mat.b, mat.b + mat.mp, y[r]);
-    return;
-  }
-  for (int64_t m0 = 0; m0 < mat.mp; m0 += kTile) {
-    const WT* blk = mat.w + m0 * mat.n;
-    switch (std::min(kTile, mat.mp - m0) / 16) {
-      case 4: tile_rows<T, WT, 4>(blk, mat.n, rows, x, y, m0, mat.b); break;
-      case 3: tile_rows<T, WT, 3>(blk, mat.n, rows, x, y, m0, mat.b); break;
-      case 2: tile_rows<T, WT, 2>(blk, mat.n, rows, x, y, m0, mat.b); break;
-      default: tile_rows<T, WT, 1>(blk, mat.n, rows, x, y, m0, mat.b); break;
-    }
-  }
+  matvec_range(mat, rows, 0, mat.n, x, y);
 }
 
 // ---------------------------------------------------------------- gated unit: tanh(a) * sigmoid(b)
 
 #if defined(__AVX512F__)
-// exp of 16 floats: x = n ln2 + r (ln 2 split in two for accuracy), e^r by a degree-6 polynomial, 2^n
-// by scalef. About 1 ulp on [-87, 88]; inputs are clamped there.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 // tanh: an odd polynomial for |x| < 0.625 (no cancellation near 0), 1 - 2 / (e^{2|x|} + 1) beyond.
 inline __m512 tanh16(__m512 x) {
   const __m512 ax = _mm512_abs_ps(x);
