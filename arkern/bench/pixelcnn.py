@@ -26,11 +26,10 @@ from torch import nn
 import arkern.nn as ann
 from arkern.bench.harness import Case, machine_info
 from arkern.decode.incremental import Residual, masked_conv_mask
-from arkern.decode.pixelcnn import draw_noise, sample_image
+from arkern.decode.pixelcnn import draw_noise, sample_image, unsupported_reasons
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
-from arkern.ops.pixelcnn_decode import unsupported_reasons
 
 
 def _flatten(module: nn.Module) -> list:
@@ -166,16 +165,17 @@ def eager_sampler(model: nn.Module):
 
 
 def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ...]) -> dict:
-    """{provider: zero-argument sampler} for the requested providers that exist for `model` (no "eager" or
-    "fused" for PixelCNN++, which has neither a plain-PyTorch cached sampler here nor a fused kernel)."""
+    """{provider: zero-argument sampler} for the requested providers that exist for `model` (PixelCNN++ has no
+    plain-PyTorch cached sampler here and no bfloat16 fused variant)."""
     noise = draw_noise(model, batch, (size, size), seed=0)
     run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
                                                     **kw)
     eager = eager_sampler(model)
     fusable = not unsupported_reasons(model)
+    pp = isinstance(model, PixelCNNpp)  # its fused kernel packs float32 weights only
     fns = {"naive": run("naive"), "cached": run("cached"),
            "fused": run("fused") if fusable else None,
-           "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable else None,
+           "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable and not pp else None,
            "eager": (lambda: eager(model, noise)) if eager is not None else None}
     return {p: fns[p] for p in providers if fns[p] is not None}
 

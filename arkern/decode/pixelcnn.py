@@ -26,8 +26,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from arkern.ops import pixelcnnpp_decode as ppd
 from arkern.ops.pixelcnn_decode import BACKENDS as FUSED_BACKENDS
-from arkern.ops.pixelcnn_decode import condition_bias, pack_pixelcnn, pixelcnn_generate, unsupported_reasons
+from arkern.ops.pixelcnn_decode import condition_bias, pack_pixelcnn, pixelcnn_generate
+from arkern.ops.pixelcnn_decode import unsupported_reasons as _pixelcnn_reasons
 
 METHODS = ("cached", "naive", "fused")
 
@@ -37,12 +39,31 @@ def fused_supported(model: nn.Module) -> bool:
 
     An explicit method="fused" also runs where the C++ kernel is not built, on the op's slow "reference"
     backend (see :func:`arkern.ops.last_backend`); models it cannot follow are listed by
-    :func:`arkern.ops.pixelcnn_decode.unsupported_reasons`.
+    :func:`unsupported_reasons`.
     """
     if unsupported_reasons(model):
         return False
     dtype = next(model.parameters()).dtype
-    return not FUSED_BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), dtype)
+    table = ppd.BACKENDS if _is_pixelcnnpp(model) else FUSED_BACKENDS
+    return not table.not_supported_reasons("cpu", torch.device("cpu"), dtype)
+
+
+def _is_pixelcnnpp(model: nn.Module) -> bool:
+    from arkern.models.pixelcnnpp import PixelCNNpp
+    return isinstance(model, PixelCNNpp)
+
+
+def unsupported_reasons(model: nn.Module) -> list[str]:
+    """Why method="fused" cannot sample `model` (empty when it can): PixelCNN and GatedPixelCNN
+    (:mod:`arkern.ops.pixelcnn_decode`) and PixelCNN++ (:mod:`arkern.ops.pixelcnnpp_decode`)."""
+    if _is_pixelcnnpp(model):  # no slow fallback: the op has only its C++ backend
+        cpu = torch.device("cpu")
+        return ppd.unsupported_reasons(model) + ppd.BACKENDS.not_supported_reasons("cpu", cpu, torch.float32)
+    reasons = _pixelcnn_reasons(model)
+    if reasons and reasons[0].startswith("fused sampling supports"):
+        return [f"fused sampling supports PixelCNN, GatedPixelCNN and PixelCNNpp, not {type(model).__name__} "
+                "(use method='cached')"]
+    return reasons
 
 
 def draw_noise(model: nn.Module, batch_size: int, shape: tuple[int, int], *,
@@ -160,6 +181,8 @@ def _sample_fused(model: nn.Module, noise: torch.Tensor, condition: torch.Tensor
                   callback: Callable[[int, int, torch.Tensor], None] | None, progress: bool, warpers: dict,
                   weight_dtype: torch.dtype | None) -> torch.Tensor:
     """The fused sampler: all rows in one kernel call, or one call per row to report progress."""
+    if _is_pixelcnnpp(model):
+        return _sample_fused_pp(model, noise, callback, warpers, weight_dtype)
     packed = pack_pixelcnn(model, weight_dtype)
     n, c, height, width = noise.shape
     image = torch.zeros(n, c, height, width, dtype=torch.int64)
@@ -181,6 +204,26 @@ def _sample_fused(model: nn.Module, noise: torch.Tensor, condition: torch.Tensor
     return image
 
 
+def _sample_fused_pp(model: nn.Module, noise: torch.Tensor,
+                     callback: Callable[[int, int, torch.Tensor], None] | None, warpers: dict,
+                     weight_dtype: torch.dtype | None) -> torch.Tensor:
+    """PixelCNN++ through the fused kernel: whole images in one call (a callback runs afterwards, for every
+    pixel in raster order, on the finished image)."""
+    if warpers["top_k"] is not None or warpers["top_p"] is not None:
+        raise ValueError("PixelCNNpp: top_k / top_p do not apply to a logistic mixture (use temperature)")
+    if weight_dtype not in (None, torch.float32):
+        raise ValueError(f"sample_image: the fused PixelCNN++ kernel packs float32 weights only, got {weight_dtype}")
+    n, c, height, width = noise.shape
+    image = torch.zeros(n, model.image_channels, height, width, dtype=torch.int64)
+    ppd.pixelcnnpp_generate(ppd.pack_pixelcnnpp(model), image, noise.to(torch.float64).contiguous(),
+                            temperature=warpers["temperature"])
+    if callback is not None:
+        for i in range(height):
+            for j in range(width):
+                callback(i, j, image)
+    return image
+
+
 def teacher_forced_outputs(model: nn.Module, x: torch.Tensor, condition: torch.Tensor | None = None,
                            *, fill: float = 0.0, method: str = "cached") -> torch.Tensor:
     """Run the cached decoder over a known image, as the sampler would, and collect every output.
@@ -194,6 +237,13 @@ def teacher_forced_outputs(model: nn.Module, x: torch.Tensor, condition: torch.T
     `fill` does not apply).
     """
     model.check_image(x)
+    if method == "fused" and _is_pixelcnnpp(model):
+        model.check_condition(condition, x.shape[0])
+        noise = torch.zeros(model.noise_shape(x.shape[0], *x.shape[2:]), dtype=torch.float64)  # not read
+        with torch.no_grad():
+            params = ppd.pixelcnnpp_generate(ppd.pack_pixelcnnpp(model), torch.zeros_like(x), noise,
+                                             return_params=True, forced=x.contiguous())
+        return params.permute(0, 3, 1, 2)
     if method == "fused":
         model.check_condition(condition, x.shape[0])
         packed = pack_pixelcnn(model)

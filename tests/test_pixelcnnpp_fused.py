@@ -1,0 +1,127 @@
+"""The fused PixelCNN++ sampler (csrc/cpu/pixelcnnpp_decode.cpp) against the model: teacher-forced mixture
+parameters equal the full forward, and naive, cached and fused sampling return identical images from the
+same noise; grouping of batch rows over threads, the op's checks, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import arkern
+from arkern.decode.pixelcnn import draw_noise, fused_supported, sample_image, teacher_forced_outputs
+from arkern.models.pixelcnnpp import PixelCNNpp
+from arkern.ops.pixelcnnpp_decode import BACKENDS, pack_pixelcnnpp, pixelcnnpp_generate, unsupported_reasons
+from arkern.sampling import image_methods
+from arkern.testing import assert_close
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(bool(BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), torch.float32)),
+                       reason="the pixelcnnpp_generate C++ kernel is not built"),
+]
+
+
+def _pp(c: int = 3, filters: int = 8, resnets: int = 1, mixtures: int = 2, seed: int = 0) -> PixelCNNpp:
+    torch.manual_seed(seed)
+    model = PixelCNNpp(image_channels=c, filters=filters, num_resnets=resnets, num_mixtures=mixtures).eval()
+    with torch.no_grad():  # larger weights than the init: sharper mixtures, samples that depend on the past
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model
+
+
+CONFIGS = {
+    # name: (model kwargs, batch, (H, W))
+    "rgb": (dict(c=3, filters=8, resnets=1, mixtures=3), 2, (8, 12)),
+    "grey-deep": (dict(c=1, filters=16, resnets=2, mixtures=2), 1, (4, 8)),
+    "odd-filters": (dict(c=3, filters=5, resnets=0, mixtures=1), 3, (8, 8)),
+    "wide": (dict(c=3, filters=20, resnets=1, mixtures=5), 2, (12, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_teacher_forced_params_equal_forward(name):
+    kwargs, n, (h, w) = CONFIGS[name]
+    model = _pp(**kwargs)
+    x = torch.randint(0, 256, (n, model.image_channels, h, w))
+    with torch.no_grad():
+        expected = model(x)
+    assert_close(teacher_forced_outputs(model, x, method="fused"), expected, name="fused mixture params",
+                 dtype=torch.float32)
+
+
+@pytest.mark.parametrize("c,batch,shape,temperature", [(3, 1, (8, 8), 1.0), (3, 2, (16, 16), 1.0),
+                                                        (1, 2, (8, 12), 0.8), (3, 1, (12, 16), 1.3)])
+def test_naive_cached_fused_identical(c, batch, shape, temperature):
+    model = _pp(c=c, filters=8, resnets=1, mixtures=3, seed=c)
+    noise = draw_noise(model, batch, shape, seed=7)
+    runs = {m: sample_image(model, batch, shape=shape, method=m, noise=noise, temperature=temperature)
+            for m in ("naive", "cached", "fused")}
+    assert torch.equal(runs["naive"], runs["cached"])
+    assert torch.equal(runs["cached"], runs["fused"])
+    assert len(torch.unique(runs["fused"])) > 5
+
+
+def test_row_groups_and_threads_identical():
+    # five rows: one group of five with one thread, groups of two and three with two threads
+    model = _pp(c=3, filters=8, resnets=1, mixtures=2, seed=4)
+    noise = draw_noise(model, 5, (8, 8), seed=1)
+    one = sample_image(model, 5, shape=(8, 8), method="fused", noise=noise)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = sample_image(model, 5, shape=(8, 8), method="fused", noise=noise)
+    finally:
+        torch.set_num_threads(old)
+    single = sample_image(model, 1, shape=(8, 8), method="fused", noise=noise[3:4])
+    assert torch.equal(one, two)
+    assert torch.equal(one[3:4], single)
+
+
+def test_default_method_and_callback():
+    model = _pp(c=1, filters=8, resnets=1, mixtures=2)
+    assert fused_supported(model)
+    assert image_methods(model)[0] == "fused"
+    seen = []
+    img = arkern.generate(model, 2, shape=(4, 8), seed=3, callback=lambda rows, i: seen.append(i))
+    ref = sample_image(model, 2, shape=(4, 8), method="cached", noise=draw_noise(model, 2, (4, 8), seed=3))
+    assert torch.equal(img, ref)
+    assert seen == [0, 1, 2, 3]  # one call per finished image row
+
+
+def test_opcheck():
+    model = _pp(c=3, filters=5, resnets=1, mixtures=2)
+    packed = pack_pixelcnnpp(model)
+    image = torch.zeros(2, 3, 4, 4, dtype=torch.int64)
+    noise = torch.rand(2, 4, 4, 4, dtype=torch.float64)
+    args = (list(packed.config), list(packed.weights), list(packed.biases), image, noise, 1.0, True, None)
+    torch.library.opcheck(torch.ops.arkern.pixelcnnpp_generate.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_bad_input():
+    model = _pp(c=3, filters=5, resnets=1, mixtures=2)
+    packed = pack_pixelcnnpp(model)
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.int64)
+    noise = torch.rand(1, 4, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        sample_image(model, 1, shape=(6, 8), method="fused")
+    with pytest.raises(ValueError, match="noise must be float64 of shape"):
+        pixelcnnpp_generate(packed, image, noise[:, :3])
+    with pytest.raises(ValueError, match="image must be a contiguous int64"):
+        pixelcnnpp_generate(packed, image.float(), noise)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        pixelcnnpp_generate(packed, image, noise, temperature=0.0)
+    with pytest.raises(ValueError, match=r"forced levels must be in \[0, 256\)"):
+        pixelcnnpp_generate(packed, image, noise, forced=torch.full_like(image, 256))
+    with pytest.raises(ValueError, match="top_k / top_p do not apply"):
+        sample_image(model, 1, shape=(8, 8), method="fused", top_k=3)
+    with pytest.raises(ValueError, match="float32 weights only"):
+        sample_image(model, 1, shape=(8, 8), method="fused", weight_dtype=torch.bfloat16)
+    double = _pp(c=3, filters=5).double()
+    assert any("float32" in r for r in unsupported_reasons(double))
+    with pytest.raises(ValueError, match="cannot sample this model"):
+        sample_image(double, 1, shape=(8, 8), method="fused")
+    with pytest.raises(RuntimeError, match="packed weight"):  # the C++ check behind the Python one
+        torch.ops.arkern.pixelcnnpp_generate(list(packed.config), list(packed.weights[:-1]),
+                                             list(packed.biases[:-1]), image, noise, 1.0, False, None)
