@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 # TRITON_INTERPRET=1: the Triton kernels execute on CPU tensors in the interpreter (no GPU here)
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,rounds
