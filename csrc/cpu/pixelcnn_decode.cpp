@@ -158,10 +158,9 @@ struct Runner {
     const int64_t n_v = d.kind == 1 ? d.kh_a * d.kw_a * h : 0;
     // PixelCNN: per spatial conv, output group and column, the partial sums over the rows above.
     const int64_t part = d.kind == 0 ? (1 + d.depth) * d.C * W * max_mp : 0;
-    const int64_t n_above = d.kind == 0 ? std::max((d.kh_a / 2) * d.kw_a * d.C, (d.kh_b / 2) * d.kw_b * h) : 0;
     const int64_t per_row = max_n + max_mp + h + act + 2 * h + link + part;
     Scratch s;
-    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : kChunk * n_above), T(0));
+    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
     T* p = s.mem.data();
     const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
       v.resize(count);
@@ -178,8 +177,6 @@ struct Runner {
     if (d.kind == 1) {
       carve(s.pg, kChunk, n_v);
       carve(s.pv, kChunk, hp);
-    } else {
-      carve(s.pg, kChunk, n_above);
     }
     s.yp.resize(std::max(nb, kChunk));
     s.pstride = max_mp;
@@ -232,25 +229,37 @@ struct Runner {
   // all columns at once, so that many columns share each weight tile. Each pixel then adds only the taps
   // of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+    // Split over the columns when the batch gave the threads nothing to share (a group alone, outside any
+    // parallel region); inside one, at::parallel_for runs the whole range in this thread.
     const int64_t total = nb * W;
-    for (int64_t c = 0; c <= d.depth; ++c) {
-      const Conv cv = conv(c);
-      const int64_t na = cv.above * cv.kw * cv.cin;
-      if (na == 0) continue;
-      for (int64_t g = 0; g < d.C; ++g) {
-        const Mat<T, WT>& m = mats[px(cv.layer, g)];
-        for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
-          const int64_t n = std::min(kChunk, total - p0);
-          for (int64_t q = 0; q < n; ++q) {
-            const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-            ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, s.pg[q]);
-            s.in[q] = s.pg[q];
-            s.yp[q] = partial(s, b, c, g, j);
+    int64_t n_above = 0;
+    for (int64_t c = 0; c <= d.depth; ++c) n_above = std::max(n_above, conv(c).above * conv(c).kw * conv(c).cin);
+    if (n_above == 0) return;
+    const int64_t grain = std::max<int64_t>(8, (total + at::get_num_threads() - 1) / at::get_num_threads());
+    at::parallel_for(0, total, grain, [&](int64_t p_begin, int64_t p_end) {
+      std::vector<T> buf(kChunk * n_above);
+      std::vector<const T*> in(kChunk);
+      std::vector<T*> out(kChunk);
+      for (int64_t c = 0; c <= d.depth; ++c) {
+        const Conv cv = conv(c);
+        const int64_t na = cv.above * cv.kw * cv.cin;
+        if (na == 0) continue;
+        for (int64_t g = 0; g < d.C; ++g) {
+          const Mat<T, WT>& m = mats[px(cv.layer, g)];
+          for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunk) {
+            const int64_t n = std::min(kChunk, p_end - p0);
+            for (int64_t q = 0; q < n; ++q) {
+              const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+              T* dst = buf.data() + q * n_above;
+              ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, dst);
+              in[q] = dst;
+              out[q] = partial(s, b, c, g, j);
+            }
+            matvec_range(m, n, 0, na, in.data(), out.data());
           }
-          matvec_range(m, n, 0, na, s.in.data(), s.yp.data());
         }
       }
-    }
+    });
   }
 
   // Output group g of spatial conv c at (i, j) for the nb rows: the row-start partial sum plus the taps of
@@ -469,13 +478,18 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
     run.cond = cond.has_value() ? cond_c.data_ptr<T>() : nullptr;
     run.forced = forced.has_value() ? forced_c.data_ptr<int64_t>() : nullptr;
     run.logits_out = return_logits ? logits.data_ptr<T>() : nullptr;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const auto work = [&](int64_t g0, int64_t g1) {
       Sampler sampler(d.K, temperature, top_k, top_p);
       for (int64_t grp = g0; grp < g1; ++grp) {
         const int64_t b0 = grp * B / groups, b1 = (grp + 1) * B / groups;
         for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) run.run(r0, std::min(kMaxRows, b1 - r0), sampler);
       }
-    });
+    };
+    if (groups == 1) {
+      work(0, 1);  // outside a parallel region: the row pass may split its columns over the threads
+    } else {
+      at::parallel_for(0, groups, 1, work);
+    }
   };
   if (at_ == at::kDouble) {
     launch(double{}, double{});
