@@ -133,6 +133,8 @@ def test_empty_batch(kind, backend, stride):
 @pytest.mark.parametrize("backend", KERNELS)
 def test_larger_batch_uses_threads(kind, backend):
     # N >= threads runs images in parallel (and reduces weight gradients across threads)
+    if backend == "triton":
+        pytest.skip("threading is a property of the C++ kernel; the Triton cases run elsewhere in this file")
     _check(kind, backend, *_inputs(kind, 9, 8, 12, 16, 16, (2, 3), torch.float32), "down", 2, torch.float32)
 
 
