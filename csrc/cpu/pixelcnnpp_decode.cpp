@@ -389,6 +389,14 @@ struct Group {
       for (int64_t b = 0; b < nb; ++b) down_ul[s].write(b, r, c, ul_val(s, R, b));
   }
 
+  // The stride-2 conv of scale s - 1 at (r, c), then the up pass of scale s there.
+  void ul_level_from_below(int64_t s, int64_t r, int64_t c) {
+    pixel_positions(r, c);
+    for (int64_t b = 0; b < nb; ++b) yp[b] = ul_val(s, 0, b);
+    down_ul[s - 1].compute(pos.data(), nb, yp.data(), sc);
+    ul_level(s, r, c);
+  }
+
   // The down pass of the ul stream at (r, c) of scale s from src[b]; the result in dst[b].
   void ul_down(int64_t s, int64_t r, int64_t c) {
     const int64_t R = L.R, n = L.n_dn(s);
@@ -423,16 +431,10 @@ struct Group {
     ul_level(0, i, j);
     if (i % 2 == 0 && j % 2 == 0) {
       const int64_t r = i / 2, c = j / 2;
-      pixel_positions(r, c);
-      for (int64_t b = 0; b < nb; ++b) yp[b] = ul_val(1, 0, b);
-      down_ul[0].compute(pos.data(), nb, yp.data(), sc);
-      ul_level(1, r, c);
+      ul_level_from_below(1, r, c);
       if (r % 2 == 0 && c % 2 == 0) {
         const int64_t q = r / 2, p = c / 2;
-        pixel_positions(q, p);
-        for (int64_t b = 0; b < nb; ++b) yp[b] = ul_val(2, 0, b);
-        down_ul[1].compute(pos.data(), nb, yp.data(), sc);
-        ul_level(2, q, p);
+        ul_level_from_below(2, q, p);
         for (int64_t b = 0; b < nb; ++b) {
           src[b] = ul_val(2, R, b);
           dst[b] = map_at(ul_dn_map[2], 2, b, q, p);
