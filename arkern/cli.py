@@ -172,8 +172,17 @@ def _run(model: torch.nn.Module, batch: int, args: argparse.Namespace, parser: a
         if missing:
             parser.error(f"--distributed: start the command with torchrun, e.g. `torchrun --nproc_per_node=2 -m "
                          f"arkern sample ... --distributed` ({', '.join(missing)} not set)")
+        import torch.distributed as dist
+
+        from arkern.distributed import init_process_group_from_env
+
+        created = init_process_group_from_env(next(model.parameters()).device)
         start = time.perf_counter()
         out = generate_distributed(model, batch, **kwargs)
+        seconds = time.perf_counter() - start
+        if created:  # on success only: after a failed peer, tearing down could wait on it
+            dist.destroy_process_group()  # else gloo's threads may abort the process at exit
+        return out, seconds
     else:
         start = time.perf_counter()
         out = arkern.generate(model, batch, **kwargs)

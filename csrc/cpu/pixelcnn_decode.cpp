@@ -139,7 +139,7 @@ struct Runner {
   struct Scratch {
     std::vector<T> mem;
     std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv, part, yp;
-    int64_t pstride = 0;     // floats per partial-sum vector (the largest padded matrix height)
+    int64_t pstride = 0;     // floats per partial-sum vector (the largest padded spatial-conv height)
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
@@ -157,7 +157,13 @@ struct Runner {
     const int64_t link = d.kind == 1 ? L * W * hp : 0;
     const int64_t n_v = d.kind == 1 ? d.kh_a * d.kw_a * h : 0;
     // PixelCNN: per spatial conv, output group and column, the partial sums over the rows above.
-    const int64_t part = d.kind == 0 ? (1 + d.depth) * d.C * W * max_mp : 0;
+    int64_t part_mp = 0, n_above = 0;
+    if (d.kind == 0)
+      for (int64_t c = 0; c <= d.depth; ++c) {
+        n_above = std::max(n_above, conv(c).above);
+        for (int64_t g = 0; g < d.C; ++g) part_mp = std::max(part_mp, mats[px(conv(c).layer, g)].mp);
+      }
+    const int64_t part = n_above > 0 ? (1 + d.depth) * d.C * W * part_mp : 0;
     const int64_t per_row = max_n + max_mp + h + act + 2 * h + link + part;
     Scratch s;
     s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
@@ -179,7 +185,7 @@ struct Runner {
       carve(s.pv, kChunk, hp);
     }
     s.yp.resize(std::max(nb, kChunk));
-    s.pstride = max_mp;
+    s.pstride = part_mp;
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
     s.v.resize(nb);

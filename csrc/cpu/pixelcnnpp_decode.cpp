@@ -140,6 +140,16 @@ Layers build_layers(at::IntArrayRef config, int64_t H, int64_t W, const std::vec
 
 // ---------------------------------------------------------------- the draw (float64)
 
+// quantize then dequantize (arkern.distributions, float64): the level of x on the `bins` grid of [-1, 1]
+// into *level, and its value. A NaN (from broken parameters) lands on level 0.
+__attribute__((optimize("fp-contract=off"))) double grid_level(double x, int64_t bins, int64_t* level) {
+  double q = std::nearbyint((x + 1.0) * (bins - 1) / 2.0);
+  if (!(q == q)) q = 0.0;
+  q = std::min(std::max(q, 0.0), static_cast<double>(bins - 1));
+  *level = static_cast<int64_t>(q);
+  return q * (2.0 / (bins - 1)) - 1.0;
+}
+
 // The levels of one pixel from its mixture parameters and uniforms u[0] (component), u[1 + c] (channel c),
 // as arkern.distributions.sample_discretized_logistic_mixture decides them.
 __attribute__((optimize("fp-contract=off"))) void draw_pixel(const float* params, const double* u, int64_t ustride,
@@ -156,13 +166,7 @@ __attribute__((optimize("fp-contract=off"))) void draw_pixel(const float* params
     k = M - 1;
     while (k > 0 && e[k] == 0.0) --k;
   }
-  const double step = 2.0 / (L.bins - 1);
-  const auto grid = [&](double x, int64_t* level) {
-    double q = std::nearbyint((x + 1.0) * (L.bins - 1) / 2.0);
-    q = std::min(std::max(q, 0.0), static_cast<double>(L.bins - 1));
-    *level = static_cast<int64_t>(q);
-    return q * step - 1.0;
-  };
+  const auto grid = [&](double x, int64_t* level) { return grid_level(x, L.bins, level); };
   double x[3], v[3];
   for (int64_t ch = 0; ch < C; ++ch) {
     const double mu = params[M + ch * M + k];

@@ -110,7 +110,6 @@ void tile_group(const WT* blk, int64_t jn, int nb, const float* const* x, int64_
   }
 }
 
-inline void widen(const float*, int64_t, float*) {}
 inline void widen(const at::BFloat16* w, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(w[i]);
 }
@@ -128,7 +127,7 @@ void tile_rows(const WT* blk, int64_t ja, int64_t jb, int nb, const float* const
     const float* init = j0 == 0 ? bias : nullptr;
     if (std::is_same_v<WT, float> || nb <= 4) {
       tile_group<WT, V>(bp, jn, nb, x, j0 - xoff, y, m0, init);
-    } else {
+    } else if constexpr (!std::is_same_v<WT, float>) {
       alignas(64) float wide[kJBlock * 16 * V];
       widen(bp, jn * 16 * V, wide);
       tile_group<float, V>(wide, jn, nb, x, j0 - xoff, y, m0, init);
@@ -295,13 +294,15 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
       if (!past.empty() && d > 1) {
         // The past tap: every d steps, W_past x[t - d] for the next d steps, from the d inputs in the ring.
         float* pb = past[l].data();
-        if (s % d == 0) {
+        if (s % d == 0) {  // only the slots of the steps this call still runs
+          const int64_t n = std::min(d, steps - s);
           for (int b = 0; b < nb; ++b)
-            for (int64_t k = 0; k < d; ++k) {
-              past_x[b * d + k] = rings[l] + ((row0 + b) * d + k) * R;
-              past_y[b * d + k] = pb + (b * d + k) * two_rp;
+            for (int64_t k = 0; k < n; ++k) {
+              const int64_t slot = (t + k) % d;
+              past_x[b * n + k] = rings[l] + ((row0 + b) * d + slot) * R;
+              past_y[b * n + k] = pb + (b * d + slot) * two_rp;
             }
-          matvec_range<WT>(nb * static_cast<int>(d), wl, two_rp, 2 * R, 0, R, past_x.data(), past_y.data(), bl);
+          matvec_range<WT>(nb * static_cast<int>(n), wl, two_rp, 2 * R, 0, R, past_x.data(), past_y.data(), bl);
         }
         for (int b = 0; b < nb; ++b) {
           std::copy(x[b], x[b] + R, rings[l] + ((row0 + b) * d + pos) * R);
