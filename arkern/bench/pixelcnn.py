@@ -231,8 +231,8 @@ def cases(quick: bool = False) -> list[Case]:
             for batch in (1, 16, 64):
                 if (size, batch) != (16, 1) or name == "PixelCNN C=128 L=9":
                     out.append(_sampling_case(name, make, batch, size, FAST))
-    out += [_sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 1, 16, ("naive", "cached")),
-            _sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 16, 16, ("naive", "cached"))]
+    out += [_sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 1, 16, ("naive", "cached", "fused")),
+            _sampling_case("PixelCNNpp RGB f=32 R=1 M=5", pixelcnnpp_small, 16, 16, ("cached", "fused"))]
     return out
 
 
