@@ -19,15 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def _validate_warpers(temperature: float, top_k: int | None, top_p: float | None, who: str) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{who}: temperature must be a number > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"{who}: top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"{who}: top_p must be in (0, 1] or None, got {top_p!r}")
+from arkern.ops._validate import check_warpers as _validate_warpers
 
 
 def sample_categorical(logits: torch.Tensor, u: torch.Tensor, *, temperature: float = 1.0,

@@ -10,19 +10,11 @@ import wave
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from arkern.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding runs tiny per-step ops: one thread is as fast and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _arkern(*args: str) -> subprocess.CompletedProcess:

@@ -25,14 +25,7 @@ from arkern.models import GatedPixelCNN, WaveNet
 from arkern.pretrained import HERE, bundled, load_config, save
 from arkern.sampling import available_methods
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding runs tiny per-step ops: one thread is as fast and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_bundled_models_are_installed_and_small():

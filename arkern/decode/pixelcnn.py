@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from arkern.ops import pixelcnnpp_decode as ppd
+from arkern.ops._packcache import cached_pack
 from arkern.ops.pixelcnn_decode import BACKENDS as FUSED_BACKENDS
 from arkern.ops.pixelcnn_decode import condition_bias, pack_pixelcnn, pixelcnn_generate
 from arkern.ops.pixelcnn_decode import unsupported_reasons as _pixelcnn_reasons
@@ -215,7 +216,8 @@ def _sample_fused_pp(model: nn.Module, noise: torch.Tensor,
         raise ValueError(f"sample_image: the fused PixelCNN++ kernel packs float32 weights only, got {weight_dtype}")
     n, c, height, width = noise.shape
     image = torch.zeros(n, model.image_channels, height, width, dtype=torch.int64)
-    ppd.pixelcnnpp_generate(ppd.pack_pixelcnnpp(model), image, noise.to(torch.float64).contiguous(),
+    packed = cached_pack(model, "pixelcnnpp", lambda: ppd.pack_pixelcnnpp(model))
+    ppd.pixelcnnpp_generate(packed, image, noise.to(torch.float64).contiguous(),
                             temperature=warpers["temperature"])
     if callback is not None:
         for i in range(height):

@@ -13,7 +13,6 @@ uniforms, so they return the same samples.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from arkern.models.wavenet import WaveNet
+from arkern.ops._packcache import cached_pack
 from arkern.ops.wavenet_decode import WaveNetFused, pack_wavenet, wavenet_generate
 from arkern.sampling import sample_categorical
 
@@ -153,18 +153,11 @@ class WaveNetStepper:
 
 # ---------------------------------------------------------------- packed weights, cached per model
 
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def packed_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
     """The model packed for the fused kernel, re-packed only when a parameter changed."""
-    version = tuple(p._version for p in model.parameters()) + tuple(p.data_ptr() for p in model.parameters())
-    per_model = _packed.setdefault(model, {})
-    hit = per_model.get(dtype)
-    if hit is None or hit[0] != version:
-        hit = (version, pack_wavenet(model, dtype))
-        per_model[dtype] = hit
-    return hit[1]
+    return cached_pack(model, ("wavenet", dtype), lambda: pack_wavenet(model, dtype))
 
 
 # ---------------------------------------------------------------- the three samplers

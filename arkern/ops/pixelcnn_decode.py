@@ -21,7 +21,6 @@ packed tensors and caches. Decode op: no autograd.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,8 @@ from torch import nn
 
 from arkern.backends import OpBackends
 from arkern.ops._library import LIB
+from arkern.ops._packcache import cached_pack
+from arkern.ops._validate import check_warpers
 
 OP = "pixelcnn_generate"
 TILE = 64
@@ -307,7 +308,6 @@ def unsupported_reasons(model: nn.Module) -> list[str]:
     return reasons + _head_reasons(list(model.head), h, c, k)
 
 
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pack_pixelcnn(model: nn.Module, weight_dtype: torch.dtype | None = None) -> PixelCNNFused:
@@ -316,15 +316,8 @@ def pack_pixelcnn(model: nn.Module, weight_dtype: torch.dtype | None = None) -> 
     weight_dtype: the model's dtype (default) or torch.bfloat16 (float32 models; accumulation stays
     float32, so outputs differ from the model's by bfloat16 rounding of the weights).
     """
-    params = list(model.parameters())
-    weight_dtype = weight_dtype or params[0].dtype
-    version = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
-    per_model = _packed.setdefault(model, {})
-    hit = per_model.get(weight_dtype)
-    if hit is None or hit[0] != version:
-        hit = (version, _pack(model, weight_dtype))
-        per_model[weight_dtype] = hit
-    return hit[1]
+    weight_dtype = weight_dtype or next(model.parameters()).dtype
+    return cached_pack(model, ("pixelcnn", weight_dtype), lambda: _pack(model, weight_dtype))
 
 
 def condition_bias(model: nn.Module, packed: PixelCNNFused, condition: torch.Tensor | None) -> torch.Tensor | None:
@@ -464,12 +457,7 @@ def validate(packed: PixelCNNFused, caches: list[torch.Tensor], image: torch.Ten
                              f"got {c.dtype} {tuple(c.shape)}")
     if not (isinstance(row_begin, int) and isinstance(row_end, int) and 0 <= row_begin <= row_end <= H):
         raise ValueError(f"{OP}: rows [{row_begin}, {row_end}) must lie in [0, {H}]")
-    if not temperature > 0:
-        raise ValueError(f"{OP}: temperature must be > 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{OP}: top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"{OP}: top_p must be in (0, 1], got {top_p}")
+    check_warpers(temperature, top_k, top_p, OP)
     if cond is not None and (packed.config[0] != 1 or cond.dtype != packed.dtype
                              or tuple(cond.shape) != (B, depth, 2 * h)):
         raise ValueError(f"{OP}: cond must be {packed.dtype} ({B}, {depth}, {2 * h}) for a conditional "

@@ -25,6 +25,7 @@ from torch import nn
 from arkern.backends import OpBackends
 from arkern.distributions import mixture_params_size
 from arkern.ops._library import LIB
+from arkern.ops._validate import check_warpers
 from arkern.ops.pixelcnn_decode import tile_matrix
 
 OP = "pixelcnnpp_generate"
@@ -164,8 +165,7 @@ def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, 
     if noise.dtype != torch.float64 or tuple(noise.shape) != (n, 1 + c, h, w):
         raise ValueError(f"pixelcnnpp_generate: noise must be float64 of shape {(n, 1 + c, h, w)}, got "
                          f"{noise.dtype} {tuple(noise.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"pixelcnnpp_generate: temperature must be > 0, got {temperature}")
+    check_warpers(temperature, None, None, OP)
     if forced is not None:
         if forced.dtype != torch.int64 or forced.shape != image.shape:
             raise ValueError(f"pixelcnnpp_generate: forced must be int64 of shape {tuple(image.shape)}")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from arkern.backends import OpBackends
 from arkern.ops._library import LIB
+from arkern.ops._validate import check_warpers
 
 OP = "wavenet_generate"
 TILE = 64
@@ -229,12 +230,7 @@ def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor
                              f"strides {r.stride()}")
     if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
         raise ValueError(f"{OP}: t0 must be an int >= 0, got {t0!r}")
-    if not temperature > 0:
-        raise ValueError(f"{OP}: temperature must be > 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"{OP}: top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"{OP}: top_p must be in (0, 1], got {top_p}")
+    check_warpers(temperature, top_k, top_p, OP)
     if cond is not None:
         if cond.dtype != torch.float32 or cond.dim() != 4 or cond.shape[0] != B or cond.shape[2:] != (L, 2 * R):
             raise ValueError(f"{OP}: cond must be float32 ({B}, frames, {L}, {2 * R}), got {cond.dtype} "
