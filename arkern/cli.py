@@ -2,8 +2,10 @@
 
     arkern sample MODEL [--n N] [--label L] [--shape H W] [--seconds S] [--out PATH] [--method M] [--seed N]
                         [--temperature T] [--top-k K] [--top-p P] [--threads N] [--no-progress]
-                        [--compare [--compare-n N]] [--distributed]
-    arkern train {digits,tones} [--out DIR] [--epochs N] [--seed N] [--threads N]
+                        [--class-rows] [--compare [--compare-n N]] [--distributed]
+    arkern train {digits,tones,mnist,mnist-unconditional} [--out DIR] [--epochs N] [--seed N] [--threads N]
+                 [--no-progress]
+    arkern eval MODEL [--data NAME|PATH] [--batch N] [--threads N] [--no-progress]
     arkern bench [--quick] [--json PATH] [--plot PATH] [--threads 1 2] [--families NAME ...]
 
 MODEL is a bundled model ("digits", "tones") or a checkpoint (.json / .safetensors, see
@@ -45,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, help="class label for class-conditional image models "
                                              "(default: labels 0, 1, 2, ... one per grid column)")
     s.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="image size (default: the model's)")
+    s.add_argument("--class-rows", action="store_true",
+                   help="class-conditional models: one row per class (labels 0, 0, ..., 1, 1, ...; default: one "
+                        "column per class)")
     s.add_argument("--cols", type=int, help="images per row of the PNG grid")
     s.add_argument("--scale", type=int, help="PNG pixels per image pixel (default: images ~64 px wide)")
     s.add_argument("--seconds", type=float, help="audio length in seconds (default 2)")
@@ -66,11 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a bundled model's recipe and write NAME.json + NAME.safetensors",
                        description="Train a bundled model from scratch (the recipe that made the shipped "
                                    "weights; `--out arkern/pretrained` replaces them).")
-    t.add_argument("recipe", choices=("digits", "tones"), help="which model")
+    t.add_argument("recipe", choices=("digits", "tones", "mnist", "mnist-unconditional"),
+                   help="which model (mnist-unconditional: the same-size baseline without labels)")
     t.add_argument("--out", metavar="DIR", default=".", help="output directory (default: current directory)")
     t.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and data (default 0)")
     t.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="held-out negative log-likelihood of a model on a data set",
+                       description="Negative log-likelihood (nats per item, bits per dimension) of MODEL on "
+                                   "held-out data, from batched teacher-forced forwards.")
+    e.add_argument("model", metavar="MODEL", help="bundled model name (mnist, digits, tones) or checkpoint path")
+    e.add_argument("--data", default="mnist-test", metavar="NAME|PATH",
+                   help="a data set name (mnist-test, mnist-train, mnist-test-256, mnist-train-256, digits-valid, "
+                        "tones-valid; default mnist-test) or a .npy file of int items (images (N, C, H, W) or "
+                        "sequences (N, T))")
+    e.add_argument("--batch", type=int, default=100, help="items per forward (default 100)")
+    e.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time every op's kernels against their baselines; print the ratio table")
     b.add_argument("--quick", action="store_true", help="fewer, smaller configurations and shorter timing")
@@ -78,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PATH", help="draw a PNG of the speedups (needs matplotlib)")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default 1 2)")
     b.add_argument("--families", nargs="+", metavar="NAME", help="only these op families / models")
-    p.subcommands = {"sample": s, "train": t, "bench": b}  # so errors show the subcommand's usage
+    p.subcommands = {"sample": s, "train": t, "eval": e, "bench": b}  # so errors show the subcommand's usage
     return p
 
 
@@ -237,10 +256,17 @@ def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argp
     if num_labels:
         if args.label is not None and not 0 <= args.label < num_labels:
             parser.error(f"--label must be in [0, {num_labels}), got {args.label}")
-        condition = args.label if args.label is not None else [k % num_labels for k in range(n)]
-        cols = cols or (num_labels if args.label is None else None)
-    elif args.label is not None:
-        parser.error(f"--label: {type(model).__name__} {meta.get('name', '')} is not class-conditional")
+        if args.label is not None and args.class_rows:
+            parser.error("--class-rows draws every class; it cannot be combined with --label")
+        if args.class_rows:
+            per_class = math.ceil(n / num_labels)
+            condition, cols = [min(k // per_class, num_labels - 1) for k in range(n)], cols or per_class
+        else:
+            condition = args.label if args.label is not None else [k % num_labels for k in range(n)]
+            cols = cols or (num_labels if args.label is None else None)
+    elif args.label is not None or args.class_rows:
+        parser.error(f"--{'label' if args.label is not None else 'class-rows'}: {type(model).__name__} "
+                     f"{meta.get('name', '')} is not class-conditional")
     try:
         model.check_image_size(*shape)
     except ValueError as e:
@@ -272,6 +298,8 @@ def _sample_audio(model: torch.nn.Module, args: argparse.Namespace, parser: argp
     from arkern.audio import mulaw_decode, write_wav
 
     meta = model.meta
+    if args.class_rows:
+        parser.error("--class-rows applies to class-conditional image models; this is an audio model")
     for name in ("label", "shape", "cols", "scale"):
         if getattr(args, name) is not None:
             parser.error(f"--{name} applies to image models; this is an audio model (use --seconds, --n)")
@@ -329,10 +357,48 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         train(args.recipe, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads,
-              log=lambda line: print(line, flush=True))
+              progress=not args.no_progress, log=lambda line: print(line, flush=True))
     except ImportError as e:
         print(f"arkern train: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from arkern.datasets import NAMES
+    from arkern.evaluation import evaluate
+
+    data: object = args.data
+    if args.data not in NAMES:
+        if not args.data.endswith(".npy"):
+            parser.error(f"--data: {args.data!r} is neither a data set name ({', '.join(NAMES)}) nor a "
+                         f".npy file")
+        import numpy as np
+
+        try:
+            data = torch.from_numpy(np.load(args.data, allow_pickle=False))
+        except (OSError, ValueError) as err:
+            parser.error(f"--data: cannot read {args.data}: {err}")
+    model = _load(args, parser)
+    start = time.perf_counter()
+    try:
+        result = evaluate(model, data, batch=args.batch, progress=not args.no_progress)
+    except ImportError as err:
+        print(f"arkern eval: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as err:
+        parser.error(f"--data: {err}")
+    seconds = time.perf_counter() - start
+    print(f"{model.meta.get('name', type(model).__name__)} on {args.data}: {result['count']} items, "
+          f"{'class-conditional' if result['conditional'] else 'unconditional'}: NLL {result['nll_nats']:.2f} "
+          f"nats per item, {result['bits_per_dim']:.4f} bits/dim ({result['dims']} dims; batch {args.batch}, "
+          f"{_where()}, {seconds:.1f} s)")
     return 0
 
 
@@ -361,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser.subcommands[args.command]
-    commands = {"sample": _sample, "train": _train, "bench": _bench}
+    commands = {"sample": _sample, "train": _train, "eval": _eval, "bench": _bench}
     return commands[args.command](args, sub)
 
 

@@ -1,6 +1,7 @@
-"""Training recipes of the bundled models (``arkern train digits|tones``).
+"""Training recipes of the bundled models (``arkern train digits|tones|mnist``).
 
-Each recipe module (:mod:`arkern.training.digits`, :mod:`arkern.training.tones`) builds its data set
+Each recipe module (:mod:`arkern.training.digits`, :mod:`arkern.training.tones`, :mod:`arkern.training.mnist`;
+``mnist-unconditional`` is the mnist recipe without labels, the baseline of the same size) builds its data set
 locally (no download), trains with :func:`fit` and writes a checkpoint with :func:`arkern.pretrained.save`.
 ``arkern train NAME --out arkern/pretrained`` reproduces the bundled weights (bit-exactly only with the
 same torch build and thread count; float reductions depend on both).
@@ -17,16 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-RECIPES = ("digits", "tones")
+RECIPES = ("digits", "tones", "mnist", "mnist-unconditional")
 
 __all__ = ["RECIPES", "train", "fit"]
 
 
 def train(name: str, out: str | Path = ".", *, epochs: int | None = None, seed: int = 0,
-          threads: int | None = None, log: Callable[[str], None] = print) -> tuple[Path, Path]:
+          threads: int | None = None, progress: bool = True, log: Callable[[str], None] = print
+          ) -> tuple[Path, Path]:
     """Run recipe `name` and write ``OUT/NAME.json`` + ``OUT/NAME.safetensors``; returns both paths.
 
-    epochs: None = the recipe's default (what the bundled model used); threads: torch intra-op threads.
+    epochs: None = the recipe's default (what the bundled model used); threads: torch intra-op threads;
+    progress: a per-epoch progress bar (the recipes that have one: mnist).
     """
     if name not in RECIPES:
         raise ValueError(f"train: unknown recipe {name!r}; choose from {RECIPES}")
@@ -34,8 +37,9 @@ def train(name: str, out: str | Path = ".", *, epochs: int | None = None, seed: 
         raise ValueError(f"train: epochs must be an int >= 1, got {epochs!r}")
     if threads is not None:
         torch.set_num_threads(threads)
-    recipe = importlib.import_module(f"arkern.training.{name}")
-    return recipe.train(Path(out), epochs=epochs or recipe.EPOCHS, seed=seed, log=log)
+    recipe = importlib.import_module(f"arkern.training.{name.split('-')[0]}")
+    options = {"progress": progress, "conditional": name == "mnist"} if name.startswith("mnist") else {}
+    return recipe.train(Path(out), epochs=epochs or recipe.EPOCHS, seed=seed, log=log, **options)
 
 
 def fit(model: nn.Module, loss_fn: Callable[[object], torch.Tensor], batches: Callable[[int], Iterable[object]],
