@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 import torch
 
-METHODS = ("fused", "cached", "naive")
+from arkern.decode.methods import METHODS
+from arkern.families import ModelFamily, family_of
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,37 +164,32 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torch.nn
         parser.error(f"MODEL: {e}")
 
 
-def _pick_method(model: torch.nn.Module, method: str | None, parser: argparse.ArgumentParser) -> str:
-    from arkern.sampling import available_methods
-
-    available = available_methods(model)
+def _pick_method(model: torch.nn.Module, family: ModelFamily, method: str | None,
+                 parser: argparse.ArgumentParser) -> str:
+    available = family.methods(model)
     if method is None:
         return available[0]
     if method not in available:
+        reason = family.method_reasons(model).get(method)
         parser.error(f"--method {method}: not available for {type(model).__name__} in this build "
-                     f"(available: {', '.join(available)})")
+                     f"({f'{reason}; ' if reason else ''}available: {', '.join(available)})")
     return method
 
 
 def _run(model: torch.nn.Module, batch: int, args: argparse.Namespace, parser: argparse.ArgumentParser,
          **kwargs: object) -> tuple[torch.Tensor | None, float]:
     """Sample (locally or with arkern.distributed) and time it -> (samples or None off rank 0, seconds)."""
-    import arkern
+    from arkern.distributed import TORCHRUN_ENV, generate_distributed, init_process_group_from_env
+    from arkern.sampling import generate
 
     kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                   progress=not args.no_progress)
     if args.distributed:
-        try:
-            from arkern.distributed import TORCHRUN_ENV, generate_distributed
-        except ImportError as e:
-            parser.error(f"--distributed: arkern.distributed is not available ({e})")
         missing = [name for name in TORCHRUN_ENV if name not in os.environ]
         if missing:
             parser.error(f"--distributed: start the command with torchrun, e.g. `torchrun --nproc_per_node=2 -m "
                          f"arkern sample ... --distributed` ({', '.join(missing)} not set)")
         import torch.distributed as dist
-
-        from arkern.distributed import init_process_group_from_env
 
         created = init_process_group_from_env(next(model.parameters()).device)
         start = time.perf_counter()
@@ -204,7 +200,7 @@ def _run(model: torch.nn.Module, batch: int, args: argparse.Namespace, parser: a
         return out, seconds
     else:
         start = time.perf_counter()
-        out = arkern.generate(model, batch, **kwargs)
+        out = generate(model, batch, **kwargs)
     return out, time.perf_counter() - start
 
 
@@ -221,15 +217,14 @@ def _is_main_process() -> bool:
 def _compare(model: torch.nn.Module, args: argparse.Namespace, unit: str, per_item: int, what: str,
              **kwargs: object) -> None:
     """Time every available method on the same batch and noise; print samples/s and the speedup vs naive."""
-    import arkern
-    from arkern.sampling import available_methods
+    from arkern.sampling import generate
 
     batch = args.compare_n
     seed = 0 if args.seed is None else args.seed  # every method must see the same noise
     times, outs = {}, {}
-    for method in available_methods(model):
+    for method in family_of(model).methods(model):
         start = time.perf_counter()
-        outs[method] = arkern.generate(model, batch, method=method, seed=seed, temperature=args.temperature,
+        outs[method] = generate(model, batch, method=method, seed=seed, temperature=args.temperature,
                                        top_k=args.top_k, top_p=args.top_p, progress=False, **kwargs)
         times[method] = time.perf_counter() - start
     print(f"speed of every method on the same {batch} {unit} {what} ({_where()}):")
@@ -243,7 +238,8 @@ def _compare(model: torch.nn.Module, args: argparse.Namespace, unit: str, per_it
     print("  all methods drew identical samples" if same else "  WARNING: the methods drew different samples")
 
 
-def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Namespace,
+                  parser: argparse.ArgumentParser) -> int:
     meta = model.meta
     if args.seconds is not None:
         parser.error("--seconds applies to audio models; this is an image model (use --n, --shape)")
@@ -251,7 +247,7 @@ def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argp
     if len(shape) != 2:
         parser.error("--shape H W is needed: the model's config gives no image size")
     n = args.n or 64
-    num_labels = getattr(model, "num_labels", None)
+    num_labels = family.num_labels(model)
     condition, cols = None, args.cols
     if num_labels:
         if args.label is not None and not 0 <= args.label < num_labels:
@@ -268,10 +264,10 @@ def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argp
         parser.error(f"--{'label' if args.label is not None else 'class-rows'}: {type(model).__name__} "
                      f"{meta.get('name', '')} is not class-conditional")
     try:
-        model.check_image_size(*shape)
+        family.check_size(model, shape)
     except ValueError as e:
         parser.error(f"--shape: {e}")
-    method = _pick_method(model, args.method, parser)
+    method = _pick_method(model, family, args.method, parser)
     out = args.out or f"{meta.get('name', 'samples')}.png"
     if not out.lower().endswith(".png"):
         parser.error(f"--out: image models write a PNG; the path must end in .png, got {out!r}")
@@ -294,7 +290,8 @@ def _sample_image(model: torch.nn.Module, args: argparse.Namespace, parser: argp
     return 0
 
 
-def _sample_audio(model: torch.nn.Module, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _sample_audio(model: torch.nn.Module, family: ModelFamily, args: argparse.Namespace,
+                  parser: argparse.ArgumentParser) -> int:
     from arkern.audio import mulaw_decode, write_wav
 
     meta = model.meta
@@ -308,7 +305,7 @@ def _sample_audio(model: torch.nn.Module, args: argparse.Namespace, parser: argp
         parser.error("MODEL: the model's config gives no audio sample_rate")
     n = args.n or 1
     length = max(1, round((args.seconds or 2.0) * rate))
-    method = _pick_method(model, args.method, parser)
+    method = _pick_method(model, family, args.method, parser)
     out = args.out or f"{meta.get('name', 'samples')}.wav"
     if not out.lower().endswith(".wav"):
         parser.error(f"--out: audio models write a WAV; the path must end in .wav, got {out!r}")
@@ -339,11 +336,11 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.seed = int(torch.randint(0, 2**31 - 1, (1,)))
         print(f"seed {args.seed} (pass --seed {args.seed} to reproduce)")
     model = _load(args, parser)
-    from arkern.models import WaveNet
-
-    if isinstance(model, WaveNet):
-        return _sample_audio(model, args, parser)
-    return _sample_image(model, args, parser)
+    family = family_of(model)
+    # sequence families are audio (μ-law classes at the model's sample_rate); image families write a PNG
+    if family.size_argument == "length":
+        return _sample_audio(model, family, args, parser)
+    return _sample_image(model, family, args, parser)
 
 
 # ---------------------------------------------------------------- train, bench

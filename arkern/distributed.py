@@ -185,28 +185,19 @@ class _Comm:
 # ---------------------------------------------------------------- noise, per-row arguments, fingerprints
 
 def _full_noise(model: torch.nn.Module, batch_size: int, kwargs: dict, rank: int) -> tuple[torch.Tensor, bool]:
-    """The noise of the whole batch, drawn exactly as arkern.sampling.generate draws it (pops generator, seed
-    and noise from `kwargs`). Returns (noise, from_rank0): without generator, seed and noise, only rank 0's
-    draw counts (each rank's global generator is its own) and the caller broadcasts it."""
-    family = sampling._family(model)
-    size_arg = getattr(family, "size", "length")  # "length" (sequences) or "shape" (images)
-    if kwargs.get(size_arg) is None:
-        raise TypeError(f"generate_distributed: {type(model).__name__} needs {size_arg}= as for arkern.generate")
-    shape = tuple(family.noise_shape(model, batch_size, kwargs[size_arg]))
-    device = next(model.parameters()).device
+    """The noise of the whole batch, prepared exactly as :func:`arkern.sampling.generate` prepares it (pops
+    generator, seed and noise from `kwargs`). Returns (noise, from_rank0): without generator, seed and noise,
+    only rank 0's draw counts (each rank's global generator is its own) and the caller broadcasts it."""
     generator, seed, noise = kwargs.pop("generator", None), kwargs.pop("seed", None), kwargs.pop("noise", None)
-    if noise is not None:
-        if generator is not None or seed is not None:
-            raise ValueError("generate_distributed: pass noise, or generator/seed to draw it, not both")
-        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
-            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(f"generate_distributed: noise must be the whole batch's, shape {shape}, got {got}")
-        return noise, False
-    if generator is None and seed is None:
-        if rank == 0:
-            return sampling.draw_uniforms(shape, device=device), True
-        return torch.empty(shape, dtype=torch.float64, device=device), True
-    return sampling.draw_uniforms(shape, generator=generator, seed=seed, device=device), False
+    warpers = {k: kwargs[k] for k in ("temperature", "top_k", "top_p") if k in kwargs}
+    run = sampling.prepare_run(model, batch_size, length=kwargs.get("length"), shape=kwargs.get("shape"),
+                               method=kwargs.get("method"), generator=generator, seed=seed, noise=noise,
+                               who="generate_distributed", **warpers)
+    if run.noise is not None:
+        return run.noise, False
+    if rank == 0:
+        return sampling.draw_run_noise(model, run.noise_shape), True
+    return torch.empty(run.noise_shape, dtype=torch.float64, device=next(model.parameters()).device), True
 
 
 def _rows_of(name: str, value: object, batch_size: int, start: int, stop: int) -> object:

@@ -1,10 +1,12 @@
-"""Per-pixel distributions that sample from pre-drawn uniforms (so every sampler can share the noise).
+"""Every draw arkern makes, from pre-drawn uniforms (so every sampler can share the noise).
 
 Every draw here is a deterministic function of (parameters, uniforms): given the same network outputs
 and the same noise, the naive, cached and fused samplers pick the same values. Uniforms are in [0, 1).
 
-- :func:`sample_categorical`: K-way softmax by inverse CDF, with temperature / top-k / top-p (the one
-  sampler of :mod:`arkern.sampling`, shared with WaveNet and the fused kernels, re-exported here).
+- :func:`sample_categorical`: K-way softmax by inverse CDF, with temperature / top-k / top-p (the draw of
+  WaveNet and the PixelCNN family; the fused kernels make the same float64 decisions), and
+  :func:`check_warpers`, the one check of temperature / top_k / top_p;
+- :func:`draw_uniforms`: the noise itself (float64 uniforms from a generator or a seed);
 - :func:`sample_bernoulli`: binary pixels from one logit.
 - :func:`sample_discretized_logistic_mixture` and :func:`discretized_logistic_mixture_log_prob`:
   the PixelCNN++ output (Salimans et al. 2017), for images scaled to [-1, 1].
@@ -17,13 +19,69 @@ import math
 import torch
 import torch.nn.functional as F
 
-from arkern.sampling import sample_categorical
-
-__all__ = ["sample_categorical", "sample_bernoulli", "sample_discretized_logistic_mixture",
-           "discretized_logistic_mixture_log_prob", "mixture_params_size", "quantize", "dequantize",
-           "bits_per_dim"]
+__all__ = ["sample_categorical", "check_warpers", "draw_uniforms", "sample_bernoulli",
+           "sample_discretized_logistic_mixture", "discretized_logistic_mixture_log_prob",
+           "mixture_params_size", "quantize", "dequantize", "bits_per_dim"]
 
 _TINY = 1e-12
+
+
+def check_warpers(temperature: float, top_k: int | None, top_p: float | None, who: str) -> None:
+    """Sampling warpers: temperature > 0, top_k an int >= 1 or None, top_p in (0, 1] or None."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{who}: temperature must be a number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"{who}: top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"{who}: top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_categorical(logits: torch.Tensor, u: torch.Tensor, *, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Draw one class per row of `logits` by inverse CDF at the uniforms `u`.
+
+    Shapes: logits (..., K), u (...) in [0, 1) -> (...) int64 in [0, K).
+
+    In float64: z = logits / temperature; top_k keeps z >= the k-th largest; e = exp(z - max z); top_p
+    keeps, in order of decreasing e (ties: lower class first), the classes whose preceding probability
+    mass is < top_p (the smallest set reaching top_p); then the first class whose running sum of kept e
+    exceeds u * (sum of kept e). top_k >= K and top_p == 1 change nothing.
+    """
+    check_warpers(temperature, top_k, top_p, "sample_categorical")
+    if logits.dim() < 1:
+        raise ValueError("sample_categorical: logits must have a class dimension (..., K)")
+    if tuple(u.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"sample_categorical: u must have shape {tuple(logits.shape[:-1])} (logits without the "
+                         f"class dimension), got {tuple(u.shape)}")
+    k = logits.shape[-1]
+    z = logits.to(torch.float64) / temperature
+    if top_k is not None and top_k < k:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, -torch.inf)
+    e = torch.exp(z - z.amax(-1, keepdim=True))
+    if top_p is not None and top_p < 1:
+        total = torch.cumsum(e, -1)[..., -1:]  # a sequential sum, as in the C++ kernels
+        p_sorted, order = torch.sort(e / total, dim=-1, descending=True, stable=True)
+        before = torch.cumsum(p_sorted, -1)
+        before = torch.cat([torch.zeros_like(before[..., :1]), before[..., :-1]], -1)
+        drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        e = e.masked_fill(drop, 0.0)
+    cdf = torch.cumsum(e, -1)
+    target = (u.to(torch.float64).unsqueeze(-1) * cdf[..., -1:]).contiguous()
+    idx = torch.searchsorted(cdf.contiguous(), target, right=True).squeeze(-1)
+    last_kept = (k - 1) - torch.argmax((e.flip(-1) > 0).to(torch.int8), dim=-1)
+    return torch.where(idx >= k, last_kept, idx)
+
+
+def draw_uniforms(shape: tuple[int, ...], *, generator: torch.Generator | None = None, seed: int | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """float64 uniforms in [0, 1) of `shape`, from `generator`, or a fresh generator seeded with `seed`."""
+    if generator is not None and seed is not None:
+        raise ValueError("draw_uniforms: pass generator or seed, not both")
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
 
 
 def _check_uniforms(u: torch.Tensor, shape: torch.Size | tuple, name: str) -> None:

@@ -4,12 +4,14 @@
     # {'nll_nats': ..., 'bits_per_dim': ..., 'count': 500, 'dims': 784, 'conditional': True, 'data': 'mnist-test'}
 
 The NLL comes from one batched teacher-forced forward per batch (the models' default, fastest backends;
-no sampling): image models (PixelCNN, GatedPixelCNN, PixelCNN++) through their ``log_prob``; WaveNet, which
-gives teacher-forced logits but no ``log_prob``, through the cross-entropy of its logits with the sequence.
+no sampling), as the model's family computes it (:meth:`arkern.families.ModelFamily.log_prob`): image models
+(PixelCNN, GatedPixelCNN, PixelCNN++) through their ``log_prob``; WaveNet, which gives teacher-forced logits
+but no ``log_prob``, through the cross-entropy of its logits with the sequence.
 ``nll_nats`` is the mean over items of -log p(item) in nats (per image, or per sequence for WaveNet);
 ``bits_per_dim`` divides it by the dimensions of an item (C*H*W sub-pixels, or T samples) and ln 2.
 
-Data that does not fit the model is refused before any forward runs, naming both sides: a different image
+Data that does not fit the model is refused before any forward runs, naming both sides (the family's
+:meth:`~arkern.families.ModelFamily.check_items`, and the labels here): a different image
 size, channel count or number of levels (e.g. 256-level grey digits into a binary model), images into an
 audio model or sequences into an image model, labels outside a conditional model's classes, or no labels
 for a conditional model.
@@ -18,36 +20,15 @@ for a conditional model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from arkern.families import family_of
 
 __all__ = ["evaluate", "Data"]
 
 Data = str | torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
-
-
-def _wavenet_log_prob(model: nn.Module, y: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-    """log p(y) in nats per sequence from WaveNet's teacher-forced logits. y (B, T) int64 -> (B,)."""
-    return -F.cross_entropy(model(y), y, reduction="none").sum(1)
-
-
-def _image_log_prob(model: nn.Module, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-    """log p(x) in nats per image from the image model's own log_prob. x (N, C, H, W) int -> (N,)."""
-    return model.log_prob(x, condition)
-
-
-def _family(model: nn.Module) -> str:
-    """"audio" (WaveNet: sequences (B, T)) or "image" (the PixelCNN family: images (N, C, H, W))."""
-    from arkern.models import WaveNet
-
-    return "audio" if isinstance(model, WaveNet) else "image"
-
-
-LOG_PROB: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "audio": _wavenet_log_prob, "image": _image_log_prob}
 
 
 def _model_name(model: nn.Module) -> str:
@@ -73,45 +54,9 @@ def _resolve(data: Data) -> tuple[torch.Tensor, torch.Tensor | None, int | None,
                     f"{type(data).__name__}")
 
 
-def _check_image_data(model: nn.Module, x: torch.Tensor, levels: int | None, what: str) -> None:
-    name = _model_name(model)
-    c, k = model.image_channels, model.num_classes
-    if x.dim() != 4:
-        raise ValueError(f"evaluate: {what} has shape {tuple(x.shape)}, but {name} models images "
-                         f"(N, {c}, H, W)")
-    if x.shape[1] != c:
-        raise ValueError(f"evaluate: {what} has {x.shape[1]} channel(s) {tuple(x.shape)}, {name} models "
-                         f"{c}-channel images")
-    shape = tuple((getattr(model, "meta", None) or {}).get("shape") or ())
-    if len(shape) == 2 and tuple(x.shape[2:]) != shape:
-        raise ValueError(f"evaluate: {what} images are {x.shape[2]}x{x.shape[3]}, {name} was trained on "
-                         f"{shape[0]}x{shape[1]} images")
-    model.check_image_size(x.shape[2], x.shape[3])
-    top = int(x.max()) if x.numel() else 0
-    if levels is not None and levels != k:
-        raise ValueError(f"evaluate: {what} has {levels} levels per pixel, {name} models {k} levels")
-    if x.numel() and (int(x.min()) < 0 or top >= k):
-        raise ValueError(f"evaluate: {what} values span [{int(x.min())}, {top}] (at least {top + 1} levels), "
-                         f"{name} models {k} levels [0, {k - 1}]")
-
-
-def _check_audio_data(model: nn.Module, y: torch.Tensor, levels: int | None, what: str) -> None:
-    name = _model_name(model)
-    k = model.config.num_classes
-    if y.dim() != 2:
-        raise ValueError(f"evaluate: {what} has shape {tuple(y.shape)}, but {name} models sequences (B, T)")
-    if model.config.cond_channels or model.config.global_channels:
-        raise ValueError(f"evaluate: {name} needs conditioning features, which evaluate does not supply")
-    if levels is not None and levels != k:
-        raise ValueError(f"evaluate: {what} has {levels} levels, {name} models {k} classes")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
-        raise ValueError(f"evaluate: {what} values span [{int(y.min())}, {int(y.max())}], {name} models "
-                         f"{k} classes [0, {k - 1}]")
-
-
 def _check_labels(model: nn.Module, labels: torch.Tensor | None, n: int, what: str) -> torch.Tensor | None:
     """The labels to condition on: None for an unconditional model, else validated (n,) int64."""
-    num_labels = getattr(model, "num_labels", None)
+    num_labels = family_of(model).num_labels(model)
     name = _model_name(model)
     if not num_labels:
         return None  # an unconditional model ignores the labels that come with a data set
@@ -153,13 +98,12 @@ def evaluate(model: nn.Module, data: Data, *, batch: int = 100, progress: bool =
     items, labels, levels, what = _resolve(data)
     if items.is_floating_point() or items.is_complex() or items.dtype == torch.bool:
         raise TypeError(f"evaluate: {what} must hold integer levels, got dtype {items.dtype}")
-    family = _family(model)
-    (_check_audio_data if family == "audio" else _check_image_data)(model, items, levels, what)
+    family = family_of(model)
+    family.check_items(model, items, levels, what, _model_name(model))
     n = items.shape[0]
     if n == 0:
         raise ValueError(f"evaluate: {what} is empty")
-    labels = _check_labels(model, labels, n, what) if family == "image" else None
-    log_prob = LOG_PROB[family]
+    labels = _check_labels(model, labels, n, what)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -174,7 +118,7 @@ def evaluate(model: nn.Module, data: Data, *, batch: int = 100, progress: bool =
             for s in starts:
                 x = items[s:s + batch].to(device=device, dtype=torch.int64)
                 cond = None if labels is None else labels[s:s + batch].to(device)
-                total -= float(log_prob(model, x, cond).double().sum())
+                total -= float(family.log_prob(model, x, cond).double().sum())
     finally:
         model.train(was_training)
     dims = math.prod(items.shape[1:])

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arkern.decode.pixelcnn import draw_noise, sample_image, teacher_forced_outputs
+from arkern.decode.image import sample_raster
+from arkern.decode.pixelcnn import GatedPixelCNNDecoder
+from arkern.families import draw_noise
 from arkern.models.gated_pixelcnn import GatedPixelCNN
+from arkern.sampling import sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,17 +53,12 @@ def test_vertical_stack_once_per_row_horizontal_once_per_pixel():
     model = _model(3, layers=2)
     h, w = 4, 5
     calls = {"row": 0, "pixel": 0}
-    original = GatedPixelCNN.decoder
-
-    def counting_decoder(self):
-        dec = original(self)
-        view_row, view_step = dec.v_convs[0].step_row, dec.h_convs[0].step
-        dec.v_convs[0].step_row = lambda *a: (calls.__setitem__("row", calls["row"] + 1), view_row(*a))[1]
-        dec.h_convs[0].step = lambda *a: (calls.__setitem__("pixel", calls["pixel"] + 1), view_step(*a))[1]
-        return dec
-
-    model.decoder = counting_decoder.__get__(model)
-    sample_image(model, 1, shape=(h, w), seed=0)
+    dec = GatedPixelCNNDecoder(model)
+    view_row, view_step = dec.v_convs[0].step_row, dec.h_convs[0].step
+    dec.v_convs[0].step_row = lambda *a: (calls.__setitem__("row", calls["row"] + 1), view_row(*a))[1]
+    dec.h_convs[0].step = lambda *a: (calls.__setitem__("pixel", calls["pixel"] + 1), view_step(*a))[1]
+    with torch.no_grad():
+        sample_raster(model, draw_noise(model, 1, (h, w), seed=0), decoder=dec)
     assert calls == {"row": h - 1, "pixel": h * w * 3}  # row 0 needs no vertical pass
 
 

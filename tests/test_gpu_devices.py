@@ -19,6 +19,7 @@ from arkern.backends import OpBackends, triton_interpret
 from arkern.decode import wavenet as dw
 from arkern.masks import made_mask
 from arkern.models import WaveNet
+from arkern.models.wavenet import pack_wavenet
 from arkern.ops import (
     causal_conv1d,
     causal_conv1d_update,
@@ -28,7 +29,6 @@ from arkern.ops import (
     shifted_conv_transpose2d,
     wavenet_generate,
 )
-from arkern.ops.wavenet_decode import pack_wavenet
 from arkern.testing import assert_close, noncontiguous
 
 GPU_BACKENDS = ("triton", "cuda")

@@ -10,15 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import arkern.nn as ann
-from arkern.decode.incremental import (
-    ConcatELU,
-    DownShift,
-    Gate,
-    Residual,
-    RightShift,
-    incremental,
-    run_incremental,
-)
+from arkern.decode.incremental import incremental, run_incremental
+from arkern.nn import ConcatELU, DownShift, Gate, Residual, RightShift
 from arkern.testing import assert_close, noncontiguous
 
 pytestmark = pytest.mark.usefixtures("one_thread")

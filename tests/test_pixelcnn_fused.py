@@ -7,17 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arkern.decode.pixelcnn import draw_noise, fused_supported, sample_image, teacher_forced_outputs
+from arkern.families import draw_noise, family_of
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
-from arkern.ops.pixelcnn_decode import (
-    BACKENDS,
-    condition_bias,
-    pack_pixelcnn,
-    pixelcnn_generate,
-    unsupported_reasons,
-)
+from arkern.ops.pixelcnn_decode import BACKENDS, pixelcnn_generate
+from arkern.sampling import available_methods, sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
 from tests.conftest import kernel_backends
 
@@ -26,6 +21,25 @@ needs_cpu = pytest.mark.skipif(not CPU or bool(CPU[0].marks), reason="the cpu pi
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pack_pixelcnn(model: torch.nn.Module, weight_dtype: torch.dtype | None = None):
+    """The model's packed weights for its fused op, through its family."""
+    return family_of(model).pack(model, weight_dtype)
+
+
+def condition_bias(model: torch.nn.Module, packed, labels: torch.Tensor | None):
+    """The fused op's conditioning input for `labels` (None for an unconditional model)."""
+    return family_of(model).fused_condition(model, packed, labels)
+
+
+def unsupported_reasons(model: torch.nn.Module) -> list[str]:
+    return family_of(model).fused_reasons(model)
+
+
+def fused_supported(model: torch.nn.Module) -> bool:
+    """A default (method=None) picks the fused sampler."""
+    return available_methods(model)[0] == "fused"
 
 
 def _model(kind: str, c: int, dtype: torch.dtype = torch.float32, labels: int | None = None, k: int = 7,
@@ -180,7 +194,8 @@ def test_kernel_validates_before_running_and_opcheck():
     noise = torch.rand(2, 3, 3, 4, dtype=torch.float64)
     cond = condition_bias(model, packed, torch.tensor([0, 1]))
     op = torch.ops.arkern.pixelcnn_generate.default
-    args = [packed.config, packed.weights, packed.biases, caches, image, noise, cond, 0, 3, 1.0, 0, 1.0, True, None]
+    args = [list(packed.layout), packed.weights, packed.biases, caches, image, noise, cond, 0, 3, 1.0, 0, 1.0, True,
+            None]
     bad = {1: packed.weights[:-1], 2: [b[:-1] for b in packed.biases], 3: caches[:-1], 6: cond[:, :1],
            8: 4, 4: image[:, :2].contiguous(), 5: noise.float()}
     for index, value in bad.items():

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import arkern
-from arkern.decode.pixelcnn import draw_noise, fused_supported, sample_image, teacher_forced_outputs
+from arkern.families import draw_noise, family_of
 from arkern.models.pixelcnnpp import PixelCNNpp
-from arkern.ops.pixelcnnpp_decode import BACKENDS, pack_pixelcnnpp, pixelcnnpp_generate, unsupported_reasons
-from arkern.sampling import image_methods
+from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp, pixelcnnpp_fused_reasons
+from arkern.ops.pixelcnnpp_decode import BACKENDS, pixelcnnpp_generate
+from arkern.sampling import available_methods, sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
 
 pytestmark = [
@@ -80,8 +81,8 @@ def test_row_groups_and_threads_identical():
 
 def test_default_method_and_callback():
     model = _pp(c=1, filters=8, resnets=1, mixtures=2)
-    assert fused_supported(model)
-    assert image_methods(model)[0] == "fused"
+    assert not family_of(model).method_reasons(model)
+    assert available_methods(model)[0] == "fused"
     seen = []
     img = arkern.generate(model, 2, shape=(4, 8), seed=3, callback=lambda rows, i: seen.append(i))
     ref = sample_image(model, 2, shape=(4, 8), method="cached", noise=draw_noise(model, 2, (4, 8), seed=3))
@@ -94,7 +95,7 @@ def test_opcheck():
     packed = pack_pixelcnnpp(model)
     image = torch.zeros(2, 3, 4, 4, dtype=torch.int64)
     noise = torch.rand(2, 4, 4, 4, dtype=torch.float64)
-    args = (list(packed.config), list(packed.weights), list(packed.biases), image, noise, 1.0, True, None)
+    args = (list(packed.layout), list(packed.weights), list(packed.biases), image, noise, 1.0, True, None)
     torch.library.opcheck(torch.ops.arkern.pixelcnnpp_generate.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -119,9 +120,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="float32 weights only"):
         sample_image(model, 1, shape=(8, 8), method="fused", weight_dtype=torch.bfloat16)
     double = _pp(c=3, filters=5).double()
-    assert any("float32" in r for r in unsupported_reasons(double))
+    assert any("float32" in r for r in pixelcnnpp_fused_reasons(double))
     with pytest.raises(ValueError, match="cannot sample this model"):
         sample_image(double, 1, shape=(8, 8), method="fused")
     with pytest.raises(RuntimeError, match="packed weight"):  # the C++ check behind the Python one
-        torch.ops.arkern.pixelcnnpp_generate(list(packed.config), list(packed.weights[:-1]),
+        torch.ops.arkern.pixelcnnpp_generate(list(packed.layout), list(packed.weights[:-1]),
                                              list(packed.biases[:-1]), image, noise, 1.0, False, None)

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arkern import audio
-from arkern.sampling import Family, draw_uniforms, generate, register_family, sample_categorical
+from arkern.distributions import draw_uniforms, sample_categorical
+from arkern.families import ModelFamily, family_of, register_family
+from arkern.sampling import available_methods, generate
 
 
 def _grid(n: int) -> torch.Tensor:
@@ -109,27 +111,50 @@ class _Counter(torch.nn.Module):
         self.p = torch.nn.Parameter(torch.zeros(1))
 
 
-def test_register_family_dispatch():
-    seen = {}
+class _CounterFamily(ModelFamily):
+    """A family declared in one class: sequences, one uniform per step, no fused op (so no "fused")."""
 
-    def run(model, noise, *, method, temperature, top_k, top_p, condition, callback, progress, **options):
-        seen.update(method=method, options=options)
+    name = "counter"
+    model_types = (_Counter,)
+    size_argument = "length"
+
+    def __init__(self) -> None:
+        self.seen: dict = {}
+
+    def method_reasons(self, model):
+        return {"fused": "the counter has no fused kernel"}
+
+    def noise_shape(self, model, batch_size, size):
+        return (batch_size, size)
+
+    def sample(self, model, noise, *, size, method, temperature, top_k, top_p, condition, callback, progress,
+               **options):
+        self.seen.update(method=method, size=size, options=options)
         ys = torch.cumsum((noise < 0.5).to(torch.int64), 1)
         if callback is not None:
             callback(ys, 0)
         return ys
 
-    register_family(_Counter, Family(lambda m, b, n: (b, n), run))
+
+def test_register_family_dispatch():
+    family = _CounterFamily()
+    register_family(family)
+    assert family_of(_Counter()) is family
+    assert available_methods(_Counter()) == ("cached", "naive")
     chunks = []
-    out = generate(_Counter(), 2, length=6, method="cached", seed=3, progress=False,
-                   callback=lambda ys, s: chunks.append(s), chunk_size=2)
+    out = generate(_Counter(), 2, length=6, seed=3, progress=False, callback=lambda ys, s: chunks.append(s),
+                   chunk_size=2)
     noise = draw_uniforms((2, 6), seed=3)
     assert torch.equal(out, torch.cumsum((noise < 0.5).to(torch.int64), 1))
-    assert seen == {"method": "cached", "options": {"chunk_size": 2}} and chunks == [0]
+    assert family.seen == {"method": "cached", "size": 6, "options": {"chunk_size": 2}} and chunks == [0]
+    with pytest.raises(ValueError, match="no fused kernel"):
+        generate(_Counter(), 1, length=3, method="fused", progress=False)
     with pytest.raises(ValueError, match="batch_size must be"):
         generate(_Counter(), 0, length=3, progress=False)
     with pytest.raises(ValueError, match="length must be"):
         generate(_Counter(), 1, length=-1, progress=False)
+    with pytest.raises(TypeError, match="no model family for Linear"):
+        generate(torch.nn.Linear(1, 1), 1, length=1)
 
 
 # ---------------------------------------------------------------- audio

@@ -22,9 +22,11 @@ import torch
 import arkern
 from arkern.backends import triton_interpret
 from arkern.decode import wavenet as dw
+from arkern.distributions import draw_uniforms, sample_categorical
 from arkern.models import WaveNet
-from arkern.ops.wavenet_decode import BACKENDS, pack_wavenet, wavenet_generate
-from arkern.sampling import draw_uniforms, generate, sample_categorical
+from arkern.models.wavenet import pack_wavenet
+from arkern.ops.wavenet_decode import BACKENDS, wavenet_generate
+from arkern.sampling import generate
 from arkern.testing import assert_close
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -77,7 +79,7 @@ def test_teacher_forced_logits_and_ring_buffers(name):
     B, T = 3, 11  # T not a multiple of the dilations: the rings have wrapped
     y = torch.randint(0, model.config.num_classes, (B, T))
     local, glob = _condition(model, B, T)
-    expected, inputs = model.run(y, local, glob)
+    expected, inputs = model.forward_with_layer_inputs(y, local, glob)
     state = dw.WaveNetState.new(model, B, cond=local, gcond=glob, length=T, dtype=torch.float32)
     samples, logits = wavenet_generate(pack_wavenet(model), state.rings, state.prev, 0,
                                        torch.rand(B, T, dtype=torch.float64), cond=state.cond,

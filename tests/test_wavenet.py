@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from arkern.decode import wavenet as dw
+from arkern.distributions import draw_uniforms, sample_categorical
 from arkern.models import WaveNet
-from arkern.ops.wavenet_decode import BACKENDS, pack_wavenet, wavenet_generate
-from arkern.sampling import draw_uniforms, generate, sample_categorical
+from arkern.models.wavenet import pack_wavenet
+from arkern.ops.wavenet_decode import BACKENDS, wavenet_generate
+from arkern.sampling import generate
 from arkern.testing import assert_close
 from tests.conftest import kernel_backends
 
@@ -71,8 +73,8 @@ def test_cached_logits_match_forward_float64(name, ops):
     local, glob = _condition(model, batch, T)
     expected = model(y, local, glob).transpose(1, 2)
     noise = torch.rand(batch, T, dtype=torch.float64)
-    _, logits = dw.generate(model, noise, method="cached", ops=ops, forced=y, return_logits=True,
-                            condition=_cond_arg(local, glob))
+    _, logits = dw.sample(model, noise, method="cached", ops=ops, forced=y, return_logits=True, cond=local,
+                          gcond=glob)
     assert_close(logits, expected, name=f"cached logits ({ops})", dtype=torch.float64, scale=10)  # 1e-9
 
 
@@ -215,7 +217,7 @@ def test_ring_buffers_hold_last_inputs(method):
     T = 27  # not a multiple of any dilation: the rings have wrapped
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, _ = _condition(model, batch, T)
-    _, inputs = model.run(y, local)
+    _, inputs = model.forward_with_layer_inputs(y, local)
     state = dw.WaveNetState.new(model, batch, cond=local, length=T, dtype=torch.float32)
     if method == "cached":
         stepper = dw.WaveNetStepper(model)
@@ -310,7 +312,7 @@ def test_bad_op_input():
         wavenet_generate(packed, state.rings, state.prev, 0, noise, cond=torch.zeros(batch, 1, 5, 48), cond_hop=2)
     with pytest.raises(TypeError, match="dtype must be float32 or bfloat16"):
         pack_wavenet(model, torch.float16)
-    with pytest.raises(TypeError, match="no sampler for"):
+    with pytest.raises(TypeError, match="no model family for"):
         generate(torch.nn.Linear(2, 2), 1, length=3, progress=False)
 
 

@@ -25,11 +25,12 @@ from torch import nn
 
 import arkern.nn as ann
 from arkern.bench.harness import Case, machine_info
-from arkern.decode.incremental import Residual, masked_conv_mask
-from arkern.decode.pixelcnn import draw_noise, sample_image, unsupported_reasons
+from arkern.families import draw_noise, family_of
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
+from arkern.nn import Residual, masked_conv_mask
+from arkern.sampling import sample_image
 
 
 def _flatten(module: nn.Module) -> list:
@@ -155,13 +156,13 @@ def eager_cached_sample_gated(model: GatedPixelCNN, noise: torch.Tensor,
     return image
 
 
+# the plain-PyTorch eager cached sampler of a family (noise -> images); PixelCNN++ has none here
+EAGER_SAMPLERS = {"pixelcnn": eager_cached_sample, "gated_pixelcnn": eager_cached_sample_gated}
+
+
 def eager_sampler(model: nn.Module):
-    """The plain-PyTorch eager cached sampler for `model` (noise -> images), or None if there is none."""
-    if isinstance(model, PixelCNN):
-        return eager_cached_sample
-    if isinstance(model, GatedPixelCNN):
-        return eager_cached_sample_gated
-    return None
+    """The plain-PyTorch eager cached sampler for `model`'s family (noise -> images), or None if there is none."""
+    return EAGER_SAMPLERS.get(family_of(model).name)
 
 
 def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ...]) -> dict:
@@ -171,11 +172,12 @@ def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ..
     run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
                                                     **kw)
     eager = eager_sampler(model)
-    fusable = not unsupported_reasons(model)
-    pp = isinstance(model, PixelCNNpp)  # its fused kernel packs float32 weights only
+    family = family_of(model)
+    fusable = "fused" not in family.method_reasons(model)
+    bf16 = torch.bfloat16 in family.fused_weight_dtypes(model)
     fns = {"naive": run("naive"), "cached": run("cached"),
            "fused": run("fused") if fusable else None,
-           "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable and not pp else None,
+           "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable and bf16 else None,
            "eager": (lambda: eager(model, noise)) if eager is not None else None}
     return {p: fns[p] for p in providers if fns[p] is not None}
 

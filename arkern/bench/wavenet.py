@@ -12,6 +12,8 @@ import torch
 
 from arkern.bench.harness import Case
 from arkern.decode import wavenet as dw
+from arkern.distributions import sample_categorical
+from arkern.families import family_of
 from arkern.models import WaveNet
 from arkern.ops.wavenet_decode import matrix_elements, wavenet_generate
 
@@ -22,7 +24,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _roofline(model: WaveNet, batch: int, dtype: torch.dtype, steps: int):
     """One pass over a matrix with as many elements as the packed weights, per sample (batch columns)."""
-    packed = dw.packed_weights(model, dtype)
+    packed = family_of(model).pack(model, weight_dtype=dtype)
     n = 256
     w = torch.randn(matrix_elements(packed) // n, n).to(dtype)
     if batch == 1:
@@ -40,7 +42,7 @@ def wavenet_case(batch: int, dtype: torch.dtype = torch.float32, *, skip_channel
     def setup():
         torch.manual_seed(0)
         model = WaveNet(skip_channels=skip_channels).eval()
-        packed = dw.packed_weights(model, dtype)
+        packed = family_of(model).pack(model, weight_dtype=dtype)
         noise = torch.rand(batch, steps, dtype=torch.float64)
         fused_state = dw.WaveNetState.new(model, batch, dtype=torch.float32)
         cached_state = dw.WaveNetState.new(model, batch)
@@ -57,7 +59,7 @@ def wavenet_case(batch: int, dtype: torch.dtype = torch.float32, *, skip_channel
                 with torch.no_grad():
                     for s in range(steps):
                         logits = stepper.step(state)
-                        stepper.push(state, dw.sample_categorical(logits, noise[:, s]))
+                        stepper.push(state, sample_categorical(logits, noise[:, s]))
             return run
 
         fns = {"eager": stepped(eager_step, eager_state), "fused": fused,
@@ -65,7 +67,7 @@ def wavenet_case(batch: int, dtype: torch.dtype = torch.float32, *, skip_channel
         if dtype == torch.float32:  # the Python-driven samplers do not use packed bf16 weights
             fns["cached"] = stepped(arkern_step, cached_state)
         if naive:
-            fns["naive"] = lambda: dw.generate(model, noise, method="naive")
+            fns["naive"] = lambda: dw.sample(model, noise, method="naive")
         return fns
 
     return Case("wavenet", name, setup, baseline="eager", items=batch * steps,

@@ -1,7 +1,8 @@
-"""Cached autoregressive decoding: state objects, per-model steppers and the naive reference samplers."""
+"""Cached autoregressive decoding: the incremental layer protocol, decoding state, per-family decoders and the
+drivers of the fused samplers. Which family uses which is declared in :mod:`arkern.families`."""
 
 from arkern.decode.incremental import IncrementalLayer, incremental, run_incremental
-from arkern.decode.pixelcnn import sample_image
+from arkern.decode.methods import METHODS
 from arkern.decode.wavenet import WaveNetState, WaveNetStepper
 
-__all__ = ["WaveNetState", "WaveNetStepper", "IncrementalLayer", "incremental", "run_incremental", "sample_image"]
+__all__ = ["METHODS", "WaveNetState", "WaveNetStepper", "IncrementalLayer", "incremental", "run_incremental"]

@@ -1,9 +1,9 @@
 """Generic layer-level incremental (cached) decoding for image models built from arkern.nn layers.
 
-Principle (DESIGN.md §4): the output of a masked / shifted conv at pixel (i, j) depends only on inputs at
-pixels that come earlier in raster order (or on earlier rows). So each layer keeps a cache of its *input*
-map, and one decoding step writes the new input column at (i, j) and computes only the output column at
-(i, j) over the taps the layer keeps (zero outside the image).
+Principle (docs/design.md, "Cached decoding"): the output of a masked / shifted conv at pixel (i, j) depends
+only on inputs at pixels that come earlier in raster order (or on earlier rows). So each layer keeps a cache
+of its *input* map, and one decoding step writes the new input column at (i, j) and computes only the output
+column at (i, j) over the taps the layer keeps (zero outside the image).
 
 Every decodable layer gets an :class:`IncrementalLayer` view through :func:`incremental`:
 
@@ -16,9 +16,9 @@ Calling ``step`` again at the same (i, j) overwrites the cached input there: tha
 work (a pixel is C sub-steps; output group g at (i, j) is exact once the inputs of groups <= g are known).
 
 Supported out of the box: ``arkern.nn.MaskedConv2d``, ``arkern.nn.ShiftedConv2d`` (stride 1), 1x1
-``nn.Conv2d``, pointwise activations, ``nn.Sequential``, and the wrappers below (:class:`Residual`,
-:class:`DownShift`, :class:`RightShift`, :class:`Gate`, :class:`ConcatELU`). A user's own module opts in by
-defining ``incremental() -> IncrementalLayer`` or, if it acts on each pixel independently, by setting
+``nn.Conv2d``, pointwise activations, ``nn.Sequential``, and the blocks of :mod:`arkern.nn.blocks`
+(:class:`Residual`, :class:`DownShift`, :class:`RightShift`, :class:`Gate`, :class:`ConcatELU`). A user's own
+module opts in by defining ``incremental() -> IncrementalLayer`` or, if it acts on each pixel independently, by setting
 ``arkern_pointwise = True``.
 """
 
@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import arkern.masks as _masks
-import arkern.nn as _ann
+from arkern.nn.blocks import DownShift, Residual, RightShift
+from arkern.nn.masked_conv2d import MaskedConv2d, masked_conv_mask
+from arkern.nn.shifted_conv2d import ShiftedConv2d
+
+__all__ = ["IncrementalLayer", "incremental", "run_incremental", "POINTWISE_TYPES"]
 
 # Modules that act on every pixel independently (so on an (N, C) vector as on an (N, C, H, W) map).
 POINTWISE_TYPES: tuple[type, ...] = (
@@ -64,74 +67,6 @@ class IncrementalLayer:
         exact inputs at (i, j) (their group g depends only on image groups < g there).
         """
         raise TypeError(f"{type(self).__name__} has no input cache to write")
-
-
-# ----------------------------------------------------------------------------------------- wrappers
-
-
-class Residual(nn.Module):
-    """y = x + body(x). Shapes: (N, C, H, W) -> (N, C, H, W)."""
-
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-    def incremental(self) -> IncrementalLayer:
-        return _IncrementalResidual(incremental(self.body))
-
-
-class DownShift(nn.Module):
-    """Shift a map down by one row (zero first row): y[..., i, :] = x[..., i-1, :]. (N,C,H,W) -> same."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, 0, 1, 0))[..., :-1, :]
-
-    def incremental(self) -> IncrementalLayer:
-        return _IncrementalShift(rows=1, cols=0)
-
-
-class RightShift(nn.Module):
-    """Shift a map right by one column (zero first column): y[..., j] = x[..., j-1]. (N,C,H,W) -> same."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (1, 0))[..., :-1]
-
-    def incremental(self) -> IncrementalLayer:
-        return _IncrementalShift(rows=0, cols=1)
-
-
-class Gate(nn.Module):
-    """Gated unit tanh(a) * sigmoid(b), channel-split per colour group.
-
-    The 2C input channels form `groups` contiguous blocks; in each block the first half is `a`, the
-    second half `b`, so output group g depends only on input group g (colour causality is kept).
-    Shapes: (N, 2C, ...) -> (N, C, ...).
-    """
-
-    arkern_pointwise = True
-
-    def __init__(self, groups: int = 1) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c2 = x.shape[:2]
-        if c2 % (2 * self.groups):
-            raise ValueError(f"Gate: channels ({c2}) must be divisible by 2 * groups ({2 * self.groups})")
-        v = x.reshape(n, self.groups, 2, c2 // (2 * self.groups), *x.shape[2:])
-        return (torch.tanh(v[:, :, 0]) * torch.sigmoid(v[:, :, 1])).reshape(n, c2 // 2, *x.shape[2:])
-
-
-class ConcatELU(nn.Module):
-    """concat_elu of PixelCNN++: elu(cat([x, -x], channel)). Shapes: (N, C, ...) -> (N, 2C, ...)."""
-
-    arkern_pointwise = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(torch.cat([x, -x], dim=1))
 
 
 # ---------------------------------------------------------------------------------- incremental views
@@ -320,16 +255,6 @@ class _IncrementalShift(IncrementalLayer):
 # ------------------------------------------------------------------------------------------ dispatch
 
 
-def masked_conv_mask(layer: nn.Module) -> torch.Tensor:
-    """The (Cout, Cin, kH, kW) bool mask of an ``arkern.nn.MaskedConv2d`` (from its `mask()` if it has one)."""
-    mask = getattr(layer, "mask", None)
-    mask = mask() if callable(mask) else mask
-    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(layer.weight.shape):
-        return mask.to(torch.bool)
-    return _masks.pixelcnn_mask(layer.out_channels, layer.in_channels, tuple(layer.kernel_size),
-                                layer.mask_type, layer.color_groups).to(torch.bool)
-
-
 def _masked_conv(layer: nn.Module) -> IncrementalLayer:
     kh, kw = layer.kernel_size
     dh, dw = layer.dilation
@@ -367,15 +292,19 @@ def incremental(module: nn.Module) -> IncrementalLayer:
 
     The view reads the module's parameters at :meth:`IncrementalLayer.reset`, so train first, then reset.
     """
-    masked = getattr(_ann, "MaskedConv2d", None)
-    shifted = getattr(_ann, "ShiftedConv2d", None)
-    if callable(getattr(module, "incremental", None)):
+    if callable(getattr(module, "incremental", None)):  # a user layer that implements the protocol
         return module.incremental()
-    if masked is not None and isinstance(module, masked):
+    if isinstance(module, Residual):
+        return _IncrementalResidual(incremental(module.body))
+    if isinstance(module, DownShift):
+        return _IncrementalShift(rows=1, cols=0)
+    if isinstance(module, RightShift):
+        return _IncrementalShift(rows=0, cols=1)
+    if isinstance(module, MaskedConv2d):
         if getattr(module, "padding_mode", "zeros") != "zeros":
             raise TypeError("incremental: MaskedConv2d needs padding_mode='zeros'")
         return _masked_conv(module)
-    if shifted is not None and isinstance(module, shifted):
+    if isinstance(module, ShiftedConv2d):
         return _shifted_conv(module)
     if isinstance(module, nn.Sequential):
         return _IncrementalSequential([incremental(m) for m in module])

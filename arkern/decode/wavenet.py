@@ -1,4 +1,4 @@
-"""Cached WaveNet decoding (Fast WaveNet, DESIGN.md §4): state, steppers and the three samplers.
+"""Cached WaveNet decoding (Fast WaveNet; docs/design.md, "Cached decoding"): state, steppers, samplers.
 
 - ``naive``: re-run :meth:`WaveNet.forward` over everything generated so far, take the newest logits.
 - ``cached``: :class:`WaveNetState` keeps per layer a ring buffer of its last ``d_l`` inputs (kernel 2, so
@@ -6,27 +6,23 @@
   (``causal_conv1d_update``), or with plain PyTorch (``ops="eager"``, the baseline users would write).
 - ``fused``: ``torch.ops.arkern.wavenet_generate`` runs many steps per call in C++ on the same state.
 
-All three draw with :func:`arkern.sampling.sample_categorical` semantics from the same pre-drawn
+All three draw with :func:`arkern.distributions.sample_categorical` semantics from the same pre-drawn
 uniforms, so they return the same samples.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from arkern.models.wavenet import WaveNet
-from arkern.ops._packcache import cached_pack
-from arkern.ops.wavenet_decode import WaveNetFused, pack_wavenet, wavenet_generate
-from arkern.sampling import sample_categorical
-
-log = logging.getLogger("arkern")
-METHODS = ("naive", "cached", "fused")
-_warned: list[bool] = []
+from arkern.decode.methods import METHODS
+from arkern.distributions import sample_categorical
+from arkern.models.wavenet import WaveNet, packed_weights
+from arkern.ops.causal_conv1d import causal_conv1d_update
+from arkern.ops.wavenet_decode import wavenet_generate
 
 
 @dataclass
@@ -80,14 +76,6 @@ class WaveNetState:
         return ring[:, :, cols]
 
 
-def _conv1d_update() -> Callable | None:
-    try:
-        from arkern.ops.causal_conv1d import causal_conv1d_update
-    except ImportError:
-        return None
-    return causal_conv1d_update
-
-
 class WaveNetStepper:
     """One cached decoding step of a WaveNet: O(layers) work, independent of how much was generated.
 
@@ -99,11 +87,7 @@ class WaveNetStepper:
         if ops not in ("arkern", "eager"):
             raise ValueError(f"WaveNetStepper: ops must be 'arkern' or 'eager', got {ops!r}")
         self.model = model
-        self.update = _conv1d_update() if ops == "arkern" else None
-        if ops == "arkern" and self.update is None and not _warned:
-            _warned.append(True)
-            log.warning("arkern: arkern.ops.causal_conv1d_update is not available; the cached WaveNet step "
-                        "uses plain PyTorch ring-buffer indexing")
+        self.update = causal_conv1d_update if ops == "arkern" else None
         with torch.no_grad():
             # the eager step's fused [x(t-d); x(t)] -> 2R matrices, built once
             self.w_cat = [torch.cat([c.weight[:, :, 0], c.weight[:, :, 1]], 1) for c in model.dilated]
@@ -151,43 +135,21 @@ class WaveNetStepper:
         state.t += 1
 
 
-# ---------------------------------------------------------------- packed weights, cached per model
-
-
-
-def packed_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
-    """The model packed for the fused kernel, re-packed only when a parameter changed."""
-    return cached_pack(model, ("wavenet", dtype), lambda: pack_wavenet(model, dtype))
-
-
 # ---------------------------------------------------------------- the three samplers
 
-def _split_condition(condition: object) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if condition is None or isinstance(condition, torch.Tensor):
-        return condition, None
-    if isinstance(condition, dict) and set(condition) <= {"local", "global"}:
-        return condition.get("local"), condition.get("global")
-    raise TypeError("generate: condition must be a (B, C, frames) tensor or a dict with keys 'local'/'global'")
-
-
-def noise_shape(model: WaveNet, batch_size: int, length: int) -> tuple[int, int]:
-    """Uniforms a WaveNet run consumes: one per sample."""
-    return (batch_size, length)
-
-
 @torch.no_grad()
-def generate(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, condition: object = None,
-             callback: Callable[[torch.Tensor, int], None] | None = None, progress: Callable[[int], None] | None = None,
-             chunk_size: int = 1024, weight_dtype: torch.dtype = torch.float32, ops: str = "arkern",
-             forced: torch.Tensor | None = None, return_logits: bool = False
-             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, cond: torch.Tensor | None = None,
+           gcond: torch.Tensor | None = None, callback: Callable[[torch.Tensor, int], None] | None = None,
+           progress: Callable[[int], None] | None = None, chunk_size: int = 1024,
+           weight_dtype: torch.dtype = torch.float32, ops: str = "arkern", forced: torch.Tensor | None = None,
+           return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample len = noise.shape[1] steps for B = noise.shape[0] rows; returns (B, len) int64 samples.
 
     Args:
         noise: (B, len) float64 uniforms, one per sample.
         method: "naive", "cached" or "fused".
-        condition: local (B, C, ceil(len / cond_hop)) tensor, or {"local": ..., "global": (B, G)}.
+        cond: local conditioning (B, C, ceil(len / cond_hop)); gcond: global conditioning (B, G).
         callback: called as callback(samples (B, n), start) after every chunk of n <= chunk_size steps.
         progress: called with the number of steps done after every chunk (e.g. a tqdm update).
         weight_dtype: packed weight dtype for "fused" (float32 or bfloat16).
@@ -196,9 +158,9 @@ def generate(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temp
         return_logits: also return the (B, len, A) logits of every step.
     """
     if method not in METHODS:
-        raise ValueError(f"generate: method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"sample: method must be one of {METHODS}, got {method!r}")
     B, T = noise.shape
-    local, glob = _split_condition(condition)
+    local, glob = cond, gcond
     if chunk_size < 1:
         raise ValueError(f"generate: chunk_size must be >= 1, got {chunk_size}")
     if forced is not None and (forced.dtype != torch.int64 or tuple(forced.shape) != (B, T)):

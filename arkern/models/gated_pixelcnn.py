@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import arkern.nn as ann
-from arkern.decode.incremental import DownShift, Gate, incremental
 from arkern.models.pixelcnn import CategoricalImageModel
+from arkern.nn import DownShift, Gate
 
 
 class GatedPixelCNN(CategoricalImageModel):
@@ -108,61 +108,3 @@ class GatedPixelCNN(CategoricalImageModel):
             h_out = self.h_outs[layer](self.h_gate(h_pre))
             hs = h_out if layer == 0 else hs + h_out
         return self.head(hs)
-
-    def decoder(self) -> GatedPixelCNNDecoder:
-        """The cached decoder (vertical stack once per row, horizontal stack once per pixel)."""
-        return GatedPixelCNNDecoder(self)
-
-
-class GatedPixelCNNDecoder:
-    """Cached decoding of a :class:`GatedPixelCNN` built from the generic incremental layer views."""
-
-    def __init__(self, model: GatedPixelCNN) -> None:
-        self.model = model
-        self.v_convs = [incremental(m) for m in model.v_convs]
-        self.h_convs = [incremental(m) for m in model.h_convs]
-        self.links = [incremental(m) for m in model.links]
-        self.h_outs = [incremental(m) for m in model.h_outs]
-        self.head = incremental(model.head)
-        self.views = self.v_convs + self.h_convs + self.links + self.h_outs + [self.head]
-
-    def reset(self, batch: int, height: int, width: int, condition: torch.Tensor | None = None) -> None:
-        """New images of (height, width); condition (N,) labels for a conditional model."""
-        p = next(self.model.parameters())
-        for view in self.views:
-            view.reset(batch, height, width, dtype=p.dtype, device=p.device)
-        self.batch, self.width, self.dtype, self.device = batch, width, p.dtype, p.device
-        self.cond = self.model.layer_bias(condition)
-        self.link_rows: list[torch.Tensor] = []
-
-    def start_row(self, i: int, xf: torch.Tensor) -> None:
-        """Run the vertical stack on image row i-1 (xf (N, C, H, W) float, rows < i final) and keep, per
-        layer, the 1x1 link of its shifted pre-activations for row i: (N, 2h, W)."""
-        h2 = 2 * self.model.hidden_channels
-        if i == 0:
-            zero = torch.zeros(self.batch, h2, self.width, dtype=self.dtype, device=self.device)
-            self.link_rows = [link.step_row(zero, 0) for link in self.links]
-            return
-        v = xf[:, :, i - 1, :]
-        self.link_rows = []
-        for layer, cond in enumerate(self.cond):
-            v_pre = self.v_convs[layer].step_row(v, i - 1)
-            if cond is not None:
-                v_pre = v_pre + cond[:, :, None]
-            self.link_rows.append(self.links[layer].step_row(v_pre, i))
-            v = self.model.v_gate(v_pre)
-
-    def step(self, pixel: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        """pixel (N, C) float input at (i, j) -> (N, C*K) logits at (i, j)."""
-        hs = pixel
-        for layer, cond in enumerate(self.cond):
-            h_pre = self.h_convs[layer].step(hs, i, j) + self.link_rows[layer][:, :, j]
-            if cond is not None:
-                h_pre = h_pre + cond
-            h_out = self.h_outs[layer].step(self.model.h_gate(h_pre), i, j)
-            hs = h_out if layer == 0 else hs + h_out
-        return self.head.step(hs, i, j)
-
-    def commit(self, pixel: torch.Tensor, i: int, j: int) -> None:
-        """pixel (N, C): the final (fully sampled) input at (i, j), written into the first conv's cache."""
-        self.h_convs[0].write(pixel, i, j)

@@ -2,8 +2,8 @@
 mask-B head and per-channel K-way logits; RGB via colour groups (R sees nothing of the current pixel, G
 sees its R, B sees its R and G).
 
-Also :class:`CategoricalImageModel`, the small protocol every image model here implements so one sampler
-(:func:`arkern.decode.pixelcnn.sample_image`) drives them all, naive or cached.
+Also :class:`CategoricalImageModel`, the small protocol every image model here implements so one raster
+sampler (:func:`arkern.decode.image.sample_raster`) drives them all, naive or cached.
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import arkern.nn as ann
-from arkern.decode.incremental import Residual, incremental
 from arkern.distributions import sample_categorical
+from arkern.nn import Residual
 
 
 class CategoricalImageModel(nn.Module):
     """Base of the image models with per-channel K-way softmax outputs, drawn one colour group at a time.
 
-    The sampler protocol (see :mod:`arkern.decode.pixelcnn`):
+    The sampler protocol (see :mod:`arkern.decode.image`):
     - ``image_channels`` C, ``num_classes`` K, ``color_steps`` (sub-steps per pixel = C);
     - ``prepare(x)``: int levels (N, C, H, W) -> network input in [-1, 1] (same shape, float);
     - ``output_map(xf, condition)``: (N, C, H, W) float -> (N, D, H, W) raw outputs (the naive sampler);
-    - ``decoder()``: the cached decoder (``reset``, ``start_row``, ``step``);
+    - the cached decoder (``reset``, ``start_row``, ``step``, ``commit``) is in :mod:`arkern.decode`, and the
+      model's family (:mod:`arkern.families`) names it;
     - ``noise_shape(N, H, W)``, ``draw(out, u, step)``, ``check_image_size``, ``check_condition``.
     Output layout: D = C*K, channel c's logits are out[:, c*K:(c+1)*K] (colour group c of the last conv).
     """
@@ -136,31 +137,3 @@ class PixelCNN(CategoricalImageModel):
     def output_map(self, xf: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C, H, W) float in [-1, 1] -> (N, C*K, H, W) logits, channel-major."""
         return self.net(xf)
-
-    def decoder(self) -> PixelCNNDecoder:
-        """The cached decoder (one new position per layer per sub-step)."""
-        return PixelCNNDecoder(self)
-
-
-class PixelCNNDecoder:
-    """Cached decoding of a :class:`PixelCNN`: the generic incremental view of its layer stack."""
-
-    def __init__(self, model: PixelCNN) -> None:
-        self.model = model
-        self.view = incremental(model.net)
-
-    def reset(self, batch: int, height: int, width: int, condition: torch.Tensor | None = None) -> None:
-        """New images of (height, width); PixelCNN takes no condition."""
-        p = next(self.model.parameters())
-        self.view.reset(batch, height, width, dtype=p.dtype, device=p.device)
-
-    def start_row(self, i: int, xf: torch.Tensor) -> None:
-        """Nothing to do per row: every layer is decoded pixel by pixel."""
-
-    def step(self, pixel: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        """pixel (N, C) float input at (i, j) -> (N, C*K) logits at (i, j)."""
-        return self.view.step(pixel, i, j)
-
-    def commit(self, pixel: torch.Tensor, i: int, j: int) -> None:
-        """pixel (N, C): the final (fully sampled) input at (i, j), written into the input cache."""
-        self.view.write(pixel, i, j)

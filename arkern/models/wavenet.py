@@ -1,4 +1,4 @@
-"""WaveNet as in NVIDIA's nv-wavenet / Deep Voice (DESIGN.md §5), teacher-forced and trainable.
+"""WaveNet as in NVIDIA's nv-wavenet / Deep Voice (docs/design.md, "Models"), teacher-forced and trainable.
 
 Per time step t the network sees the two previous samples y[t-1], y[t-2] (μ-law classes, the start
 value ``A // 2`` before the sequence), as the sum of two embeddings (an A×R table each). Then L gated
@@ -17,15 +17,15 @@ per layer to 2R and added at every step.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger("arkern")
-_warned: set[str] = set()
+from arkern.models._packcache import cached_pack
+from arkern.ops.causal_conv1d import causal_conv1d
+from arkern.ops.wavenet_decode import WaveNetFused, pack_matrix, pad_vector
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,6 @@ class WaveNetConfig:
         """Dilation of every layer: 1, 2, 4, ..., max_dilation, 1, 2, ..."""
         cycle = max(1, self.max_dilation.bit_length())
         return [2 ** (i % cycle) for i in range(self.num_layers)]
-
-
-def _causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
-    """x (B, Cin, T), weight (Cout, Cin, K) -> (B, Cout, T) causal dilated conv, via arkern.ops when present."""
-    try:
-        from arkern.ops.causal_conv1d import causal_conv1d
-    except ImportError:
-        if "causal_conv1d" not in _warned:
-            _warned.add("causal_conv1d")
-            log.warning("arkern: arkern.ops.causal_conv1d is not available; WaveNet uses F.conv1d instead")
-        pad = (weight.shape[-1] - 1) * dilation
-        return F.conv1d(F.pad(x, (pad, 0)), weight, bias, dilation=dilation)
-    return causal_conv1d(x, weight, bias, dilation=dilation)
 
 
 class WaveNet(nn.Module):
@@ -151,10 +138,10 @@ class WaveNet(nn.Module):
 
     def forward(self, y: torch.Tensor, cond: torch.Tensor | None = None,
                 gcond: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits; see :meth:`run`."""
-        return self.run(y, cond, gcond)[0]
+        """Teacher-forced logits; see :meth:`forward_with_layer_inputs`."""
+        return self.forward_with_layer_inputs(y, cond, gcond)[0]
 
-    def run(self, y: torch.Tensor, cond: torch.Tensor | None = None,
+    def forward_with_layer_inputs(self, y: torch.Tensor, cond: torch.Tensor | None = None,
             gcond: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher-forced logits and every layer's input sequence.
 
@@ -179,7 +166,7 @@ class WaveNet(nn.Module):
         inputs = []
         for i, (conv, d) in enumerate(zip(self.dilated, self.dilations)):
             inputs.append(x)
-            pre = _causal_conv1d(x, conv.weight, conv.bias, d)
+            pre = causal_conv1d(x, conv.weight, conv.bias, dilation=d)
             if frames is not None:
                 per_sample = frames[:, :, i].repeat_interleave(self.config.cond_hop, dim=1)[:, :T]
                 pre = pre + per_sample.transpose(1, 2)
@@ -190,3 +177,36 @@ class WaveNet(nn.Module):
             if i < len(self.res):
                 x = x + self.res[i](g)
         return self.head(skip), inputs
+
+
+# ---------------------------------------------------------------- packed weights for the fused sampler
+
+@torch.no_grad()
+def pack_wavenet(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
+    """Pack an :class:`arkern.models.WaveNet` once for the fused kernel; dtype float32 or bfloat16."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"pack_wavenet: dtype must be float32 or bfloat16, got {dtype}")
+    cfg = model.config
+    L, R, S, A = cfg.num_layers, cfg.residual_channels, cfg.skip_channels, cfg.num_classes
+    emb = torch.stack([model.embed_prev.weight, model.embed_cur.weight]).to(torch.float32).contiguous()
+    w_dil, b_dil, w_rs, b_rs = [], [], [], []
+    for i in range(L):
+        conv = model.dilated[i]
+        w = torch.cat([conv.weight[:, :, 0], conv.weight[:, :, 1]], dim=1)  # (2R, 2R) on [x(t-d); x(t)]
+        w_dil.append(pack_matrix(w, [R, R], dtype))
+        b_dil.append(pad_vector(conv.bias, [R, R]))
+        has_res = i < len(model.res)
+        wr = model.res[i].weight[:, :, 0] if has_res else conv.weight.new_zeros(R, R)
+        br = model.res[i].bias if has_res else conv.bias.new_zeros(R)
+        w_rs.append(pack_matrix(torch.cat([wr, model.skip[i].weight[:, :, 0]]), [R, S], dtype))
+        b_rs.append(pad_vector(torch.cat([br, model.skip[i].bias]), [R, S]))
+    return WaveNetFused(
+        emb=emb, w_dil=torch.cat(w_dil), b_dil=torch.stack(b_dil), w_rs=torch.cat(w_rs), b_rs=torch.stack(b_rs),
+        w_out=pack_matrix(model.out.weight[:, :, 0], None, dtype), b_out=pad_vector(model.out.bias, [A]),
+        w_end=pack_matrix(model.end.weight[:, :, 0], None, dtype), b_end=pad_vector(model.end.bias, [A]),
+        dilations=list(model.dilations), residual_channels=R, skip_channels=S, num_classes=A)
+
+
+def packed_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
+    """The model packed for ``arkern.ops.wavenet_generate``, re-packed only when a parameter changed."""
+    return cached_pack(model, ("wavenet", dtype), lambda: pack_wavenet(model, dtype))

@@ -77,3 +77,13 @@ def _pair(name: str, value: int | tuple[int, ...]) -> tuple[int, int]:
     if isinstance(value, tuple | list) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return int(value[0]), int(value[1])
     raise ValueError(f"MaskedConv2d: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def masked_conv_mask(layer: nn.Module) -> torch.Tensor:
+    """The (Cout, Cin, kH, kW) bool mask of an ``arkern.nn.MaskedConv2d`` (from its `mask()` if it has one)."""
+    mask = getattr(layer, "mask", None)
+    mask = mask() if callable(mask) else mask
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == tuple(layer.weight.shape):
+        return mask.to(torch.bool)
+    return pixelcnn_mask(layer.out_channels, layer.in_channels, tuple(layer.kernel_size),
+                                layer.mask_type, layer.color_groups).to(torch.bool)

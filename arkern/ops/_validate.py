@@ -64,14 +64,3 @@ def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -
     """Check that `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"{op}: {name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_warpers(temperature: float, top_k: int | None, top_p: float | None, who: str) -> None:
-    """Sampling warpers: temperature > 0, top_k an int >= 1 or None, top_p in (0, 1] or None."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{who}: temperature must be a number > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"{who}: top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"{who}: top_p must be in (0, 1] or None, got {top_p!r}")

@@ -6,27 +6,25 @@ all columns, the ``ul`` stream once per pixel, each stride-2 layer only where it
 then the output conv and the discretized logistic mixture draw (float64, the decisions of
 :func:`arkern.distributions.sample_discretized_logistic_mixture`) for every pixel.
 
-:func:`pack_pixelcnnpp` packs a float32 model into :class:`PixelCNNppFused`: one matrix per conv (columns
-ordered kernel row, kernel column, input channel), one per tap of each transposed conv plus its bias
-alone, tiled as :func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases padded to 16.
+It takes the network as :class:`PixelCNNppFused` (packed by the model:
+:func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`): one float32 matrix per conv (columns ordered kernel
+row, kernel column, input channel), one per tap of each transposed conv plus its bias alone, tiled as
+:func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases padded to 16.
 
 Backends: "cpu" only. The reference this kernel is tested against is the model itself (naive sampling
-and the cached decoder, tests/test_pixelcnnpp_fused.py). Decode op: no autograd.
+and the cached decoder). Decode op: no autograd.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from arkern.backends import OpBackends
-from arkern.distributions import mixture_params_size
+from arkern.distributions import check_warpers, mixture_params_size
 from arkern.ops._library import LIB
-from arkern.ops._validate import check_warpers
-from arkern.ops.pixelcnn_decode import tile_matrix
 
 OP = "pixelcnnpp_generate"
 
@@ -44,118 +42,33 @@ def _fake(config, weights, biases, image, noise, temperature, return_params, for
     return biases[0].new_empty((b, h, w, _params_size(config)) if return_params else (0,))
 
 
+class PixelCNNppLayout(NamedTuple):
+    """The architecture the fused PixelCNN++ kernel runs (the op's ``config`` ints, in this order)."""
+
+    channels: int  # image channels C (1 or 3)
+    mixtures: int  # logistic mixture components M
+    bins: int  # levels per channel
+    filters: int  # feature channels f of both streams
+    resnets: int  # gated resnet blocks per scale
+
+
 @dataclass(frozen=True)
 class PixelCNNppFused:
     """A PixelCNN++ packed for the fused sampler.
 
-    config: [C, M, bins, f, R] (image channels, mixture components, levels, filters, resnets per scale).
-    weights / biases: the tiled float32 matrices and their padded biases, in the kernel's order.
+    layout: the architecture. weights / biases: the tiled float32 matrices and their padded biases, in
+    the kernel's order (the order :func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp` adds them).
     """
 
-    config: tuple[int, ...]
+    layout: PixelCNNppLayout
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor, ...]
-
-
-def _pad16(n: int) -> int:
-    return (n + 15) // 16 * 16
-
-
-class _Packer:
-    def __init__(self) -> None:
-        self.weights: list[torch.Tensor] = []
-        self.biases: list[torch.Tensor] = []
-
-    def add(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
-        """W (m × n) and its bias (m,) or None (zeros)."""
-        m = w.shape[0]
-        bias = torch.zeros(m) if b is None else b.detach().float()
-        self.weights.append(tile_matrix(w.detach().float(), torch.float32) if w.shape[1] else torch.zeros(0))
-        self.biases.append(F.pad(bias, (0, _pad16(m) - m)).contiguous())
-
-    def conv(self, layer: nn.Module) -> None:
-        """A (shifted) conv, weight (Cout, Cin, kH, kW) -> columns (kH, kW, Cin)."""
-        w = layer.weight
-        self.add(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), layer.bias)
-
-    def block(self, blk: nn.Module) -> None:
-        self.conv(blk.conv_in)
-        if blk.nin_aux is not None:
-            self.conv(blk.nin_aux)
-        self.conv(blk.conv_out)
-
-    def transpose(self, layer: nn.Module) -> None:
-        """A transposed conv, weight (Cin, Cout, kH, kW): one (Cout × Cin) matrix per tap, then its bias."""
-        w = layer.weight
-        for kh in range(w.shape[2]):
-            for kw in range(w.shape[3]):
-                self.add(w[:, :, kh, kw].t(), None)
-        self.add(w.new_zeros(w.shape[1], 0), layer.bias)
-
-
-def unsupported_reasons(model: nn.Module) -> list[str]:
-    """Why the fused kernel cannot sample `model` (empty when it can), one readable reason per item.
-
-    Supported: :class:`arkern.models.PixelCNNpp` as its constructor builds it (grey or RGB, any filters,
-    resnets, up to 64 mixture components), float32 parameters on the CPU, unchanged ``output_map``.
-    """
-    from arkern.models.pixelcnnpp import PixelCNNpp
-
-    if not isinstance(model, PixelCNNpp):
-        return [f"the fused PixelCNN++ sampler needs a PixelCNNpp, not {type(model).__name__}"]
-    reasons = []
-    if type(model).output_map is not PixelCNNpp.output_map:
-        reasons.append(f"{type(model).__name__} overrides output_map, which the fused kernel cannot follow")
-    params = list(model.parameters())
-    if any(p.dtype != torch.float32 for p in params):
-        reasons.append("the fused PixelCNN++ kernel needs float32 parameters")
-    if any(p.device.type != "cpu" for p in params):
-        reasons.append("the fused kernel runs on the CPU only")
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        reasons.append("forward hooks are not run by the fused kernel")
-    if model.image_channels not in (1, 3):
-        reasons.append(f"image_channels must be 1 or 3, got {model.image_channels}")
-    if model.num_mixtures > 64:
-        reasons.append(f"at most 64 mixture components, got {model.num_mixtures}")
-    kernels = {"u_init": (2, 3), "ul_init_down": (1, 3), "ul_init_right": (2, 1)}
-    for name, k in kernels.items():
-        if tuple(getattr(model, name).kernel_size) != k:
-            reasons.append(f"{name} must have kernel {k} as PixelCNNpp builds it")
-    return reasons
-
-
-def pack_pixelcnnpp(model: nn.Module) -> PixelCNNppFused:
-    """Pack a float32 :class:`arkern.models.PixelCNNpp` for :func:`pixelcnnpp_generate`."""
-    reasons = unsupported_reasons(model)
-    if reasons:
-        raise ValueError("pack_pixelcnnpp: " + "; ".join(reasons))
-    m = model
-    p = _Packer()
-    with torch.no_grad():
-        for layer in (m.u_init, m.ul_init_down, m.ul_init_right):
-            p.conv(layer)
-        for stream in (m.up_u, m.up_ul):
-            for scale in range(3):
-                for blk in stream[scale]:
-                    p.block(blk)
-        for layer in (*m.down_u, *m.down_ul):
-            p.conv(layer)
-        for stream in (m.dn_u, m.dn_ul):
-            for scale in range(3):  # the kernel's scale s is the model's down-pass stage 2 - s
-                for blk in stream[2 - scale]:
-                    p.block(blk)
-        for scale in range(2):  # up-sampling into scale s is the model's stage 1 - s
-            p.transpose(m.up_sample_u[1 - scale])
-            p.transpose(m.up_sample_ul[1 - scale])
-        p.conv(m.out)
-    config = (m.image_channels, m.num_mixtures, m.num_classes, m.u_init.out_channels, len(m.up_u[0]))
-    return PixelCNNppFused(config, tuple(p.weights), tuple(p.biases))
 
 
 def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, temperature: float,
              forced: torch.Tensor | None) -> None:
     """Raise a clear error for inputs the kernel cannot run (names the argument)."""
-    c, _, bins = packed.config[:3]
+    c, bins = packed.layout.channels, packed.layout.bins
     if image.dtype != torch.int64 or image.dim() != 4 or image.shape[1] != c or not image.is_contiguous():
         raise ValueError(f"pixelcnnpp_generate: image must be a contiguous int64 (N, {c}, H, W) tensor, got "
                          f"{image.dtype} {tuple(image.shape)}")
@@ -186,7 +99,7 @@ def pixelcnnpp_generate(packed: PixelCNNppFused, image: torch.Tensor, noise: tor
     """Sample whole images in place.
 
     Args:
-        packed: from :func:`pack_pixelcnnpp`.
+        packed: the network's packed weights (:class:`PixelCNNppFused`).
         image: (N, C, H, W) int64, receives the drawn levels (mutated).
         noise: (N, 1 + C, H, W) float64 uniforms: noise[:, 0] picks the mixture component of each pixel,
             noise[:, 1 + c] is channel c's logistic draw.
@@ -200,8 +113,8 @@ def pixelcnnpp_generate(packed: PixelCNNppFused, image: torch.Tensor, noise: tor
     """
     validate(packed, image, noise, temperature, forced)
     kernel = BACKENDS.select(backend, image.device, torch.float32)
-    return kernel.fn(list(packed.config), list(packed.weights), list(packed.biases), image, noise.contiguous(),
+    return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), image, noise.contiguous(),
                      float(temperature), bool(return_params), None if forced is None else forced.contiguous())
 
 
-__all__ = ["PixelCNNppFused", "pack_pixelcnnpp", "pixelcnnpp_generate", "unsupported_reasons", "BACKENDS"]
+__all__ = ["PixelCNNppFused", "PixelCNNppLayout", "pixelcnnpp_generate", "BACKENDS"]

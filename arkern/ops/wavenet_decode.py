@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from arkern.backends import OpBackends
+from arkern.distributions import check_warpers
 from arkern.ops._library import LIB
-from arkern.ops._validate import check_warpers
+from arkern.reference import wavenet_decode as ref
+from arkern.reference.wavenet_decode import TILE, pad16, unpack_matrix
 
 OP = "wavenet_generate"
-TILE = 64
 
 LIB.define("wavenet_generate(Tensor emb, Tensor w_dil, Tensor b_dil, Tensor w_rs, Tensor b_rs, Tensor w_out, "
            "Tensor b_out, Tensor w_end, Tensor b_end, int[] dilations, Tensor(a!)[] rings, Tensor(b!) prev, "
@@ -43,10 +44,6 @@ def _fake(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, 
     return prev.new_empty((b, t)), logits
 
 
-def _pad16(n: int) -> int:
-    return (n + 15) // 16 * 16
-
-
 def pack_matrix(w: torch.Tensor, row_blocks: list[int] | None = None, dtype: torch.dtype = torch.float32
                 ) -> torch.Tensor:
     """Pack W (M × N) into the kernel's tiled layout (flat, Mp × N elements).
@@ -57,27 +54,17 @@ def pack_matrix(w: torch.Tensor, row_blocks: list[int] | None = None, dtype: tor
     blocks = row_blocks or [w.shape[0]]
     parts, r = [], 0
     for n in blocks:
-        parts.append(F.pad(w[r:r + n], (0, 0, 0, _pad16(n) - n)))
+        parts.append(F.pad(w[r:r + n], (0, 0, 0, pad16(n) - n)))
         r += n
     wp = torch.cat(parts).to(torch.float32)
     tiles = [wp[m0:m0 + TILE].t().contiguous().reshape(-1) for m0 in range(0, wp.shape[0], TILE)]
     return torch.cat(tiles).to(dtype)
 
 
-def unpack_matrix(packed: torch.Tensor, mp: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_matrix` up to the padding: flat tiles -> (Mp × N) float32."""
-    rows, off = [], 0
-    for m0 in range(0, mp, TILE):
-        width = min(TILE, mp - m0)
-        rows.append(packed[off:off + width * n].to(torch.float32).reshape(n, width).t())
-        off += width * n
-    return torch.cat(rows)
-
-
-def _pad_vec(v: torch.Tensor, blocks: list[int]) -> torch.Tensor:
+def pad_vector(v: torch.Tensor, blocks: list[int]) -> torch.Tensor:
     parts, r = [], 0
     for n in blocks:
-        parts.append(F.pad(v[r:r + n], (0, _pad16(n) - n)))
+        parts.append(F.pad(v[r:r + n], (0, pad16(n) - n)))
         r += n
     return torch.cat(parts).to(torch.float32)
 
@@ -116,81 +103,8 @@ class WaveNetFused:
                 self.w_end, self.b_end)
 
 
-@torch.no_grad()
-def pack_wavenet(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> WaveNetFused:
-    """Pack an :class:`arkern.models.WaveNet` once for the fused kernel; dtype float32 or bfloat16."""
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"pack_wavenet: dtype must be float32 or bfloat16, got {dtype}")
-    cfg = model.config
-    L, R, S, A = cfg.num_layers, cfg.residual_channels, cfg.skip_channels, cfg.num_classes
-    emb = torch.stack([model.embed_prev.weight, model.embed_cur.weight]).to(torch.float32).contiguous()
-    w_dil, b_dil, w_rs, b_rs = [], [], [], []
-    for i in range(L):
-        conv = model.dilated[i]
-        w = torch.cat([conv.weight[:, :, 0], conv.weight[:, :, 1]], dim=1)  # (2R, 2R) on [x(t-d); x(t)]
-        w_dil.append(pack_matrix(w, [R, R], dtype))
-        b_dil.append(_pad_vec(conv.bias, [R, R]))
-        has_res = i < len(model.res)
-        wr = model.res[i].weight[:, :, 0] if has_res else conv.weight.new_zeros(R, R)
-        br = model.res[i].bias if has_res else conv.bias.new_zeros(R)
-        w_rs.append(pack_matrix(torch.cat([wr, model.skip[i].weight[:, :, 0]]), [R, S], dtype))
-        b_rs.append(_pad_vec(torch.cat([br, model.skip[i].bias]), [R, S]))
-    return WaveNetFused(
-        emb=emb, w_dil=torch.cat(w_dil), b_dil=torch.stack(b_dil), w_rs=torch.cat(w_rs), b_rs=torch.stack(b_rs),
-        w_out=pack_matrix(model.out.weight[:, :, 0], None, dtype), b_out=_pad_vec(model.out.bias, [A]),
-        w_end=pack_matrix(model.end.weight[:, :, 0], None, dtype), b_end=_pad_vec(model.end.bias, [A]),
-        dilations=list(model.dilations), residual_channels=R, skip_channels=S, num_classes=A)
-
-
-def _reference(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise,
-               cond, cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
-    """Plain-PyTorch loop over the packed tensors, float32 arithmetic, same semantics as the C++ kernel."""
-    from arkern.sampling import sample_categorical
-
-    A, R = emb.shape[1], emb.shape[2]
-    L, Rp, Ap = len(dilations), _pad16(R), _pad16(A)
-    Sp = b_rs.shape[1] - Rp
-    S = w_out.numel() // Ap
-    wd = [unpack_matrix(w, 2 * Rp, 2 * R) for w in w_dil.reshape(L, -1)]
-    wrs = [unpack_matrix(w, Rp + Sp, R) for w in w_rs.reshape(L, -1)]
-    wo, we = unpack_matrix(w_out, Ap, S)[:A], unpack_matrix(w_end, Ap, A)[:A]
-    B, T = noise.shape
-    samples = prev.new_empty((B, T))
-    logits_all = []
-    rows = torch.arange(B, device=emb.device)
-    for s in range(T):
-        t = t0 + s
-        x = emb[0, prev[:, 0]] + emb[1, prev[:, 1]]
-        skip = torch.zeros(B, S, dtype=torch.float32, device=emb.device)
-        for i, d in enumerate(dilations):
-            past = rings[i][:, :, t % d].clone()
-            rings[i][:, :, t % d] = x
-            pre = torch.cat([past, x], 1) @ wd[i].t() + b_dil[i]
-            pre = torch.cat([pre[:, :R], pre[:, Rp:Rp + R]], 1)
-            if cond is not None:
-                pre = pre + cond[rows, t // cond_hop, i]
-            if gbias is not None:
-                pre = pre + gbias[:, i]
-            g = torch.tanh(pre[:, :R]) * torch.sigmoid(pre[:, R:])
-            rs = g @ wrs[i].t() + b_rs[i]
-            x = x + rs[:, :R]
-            skip = skip + rs[:, Rp:Rp + S]
-        logits = F.relu(F.relu(skip) @ wo.t() + b_out[:A]) @ we.t() + b_end[:A]
-        if forced is not None:
-            y = forced[:, s]
-        else:
-            y = sample_categorical(logits, noise[:, s], temperature=temperature, top_k=top_k or None,
-                                   top_p=top_p if top_p < 1 else None)
-        samples[:, s] = y
-        prev[:, 0] = prev[:, 1]
-        prev[:, 1] = y
-        logits_all.append(logits)
-    out = torch.stack(logits_all, 1) if return_logits and T else emb.new_empty((B, T, A) if return_logits else 0)
-    return samples, out
-
-
 BACKENDS = OpBackends(OP)
-BACKENDS.register("reference", _reference, (torch.float32, torch.bfloat16))
+BACKENDS.register("reference", ref.wavenet_generate, (torch.float32, torch.bfloat16))
 BACKENDS.register("cpu", lambda *args: torch.ops.arkern.wavenet_generate(*args), (torch.float32, torch.bfloat16),
                   torch_op="arkern::wavenet_generate")
 
@@ -291,4 +205,4 @@ def matrix_elements(packed: WaveNetFused) -> int:
     return sum(t.numel() for t in (packed.w_dil, packed.w_rs, packed.w_out, packed.w_end))
 
 
-__all__ = ["WaveNetFused", "pack_wavenet", "wavenet_generate", "BACKENDS"]
+__all__ = ["WaveNetFused", "pack_matrix", "unpack_matrix", "pad_vector", "wavenet_generate", "BACKENDS"]

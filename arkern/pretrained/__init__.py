@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from arkern.families import checkpoint_model_type, checkpoint_type_name, checkpoint_type_names, family_of
 
 FORMAT = "arkern-checkpoint"
 VERSION = 1
@@ -33,13 +34,8 @@ HERE = Path(__file__).resolve().parent
 __all__ = ["load", "save", "load_config", "build_model", "bundled", "checkpoint_paths", "MODEL_TYPES"]
 
 
-def _model_types() -> dict[str, type[nn.Module]]:
-    from arkern.models import GatedPixelCNN, PixelCNN, PixelCNNpp, WaveNet
-
-    return {"GatedPixelCNN": GatedPixelCNN, "PixelCNN": PixelCNN, "PixelCNNpp": PixelCNNpp, "WaveNet": WaveNet}
-
-
-MODEL_TYPES = ("GatedPixelCNN", "PixelCNN", "PixelCNNpp", "WaveNet")
+# the model types a checkpoint may name: the classes the registered families declare (arkern.families)
+MODEL_TYPES = checkpoint_type_names()
 
 
 def bundled() -> list[str]:
@@ -87,8 +83,9 @@ def _read_config(json_path: Path) -> dict:
     if config.get("version") != VERSION:
         raise ValueError(f"{json_path}: unsupported checkpoint version {config.get('version')!r} "
                          f"(this arkern reads version {VERSION})")
-    if config.get("model") not in MODEL_TYPES:
-        raise ValueError(f"{json_path}: unknown model type {config.get('model')!r}; expected one of {MODEL_TYPES}")
+    if not isinstance(config.get("model"), str) or checkpoint_model_type(config["model"]) is None:
+        raise ValueError(f"{json_path}: unknown model type {config.get('model')!r}; expected one of "
+                         f"{checkpoint_type_names()}")
     if not isinstance(config.get("kwargs"), dict):
         raise ValueError(f"{json_path}: \"kwargs\" must be an object of constructor arguments")
     weights = config.get("weights")
@@ -101,10 +98,10 @@ def _read_config(json_path: Path) -> dict:
 
 def build_model(model_type: str, kwargs: dict) -> nn.Module:
     """A freshly initialised model of `model_type` (one of MODEL_TYPES) from its constructor arguments."""
-    types = _model_types()
-    if model_type not in types:
-        raise ValueError(f"build_model: unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
-    return types[model_type](**kwargs)
+    cls = checkpoint_model_type(model_type)
+    if cls is None:
+        raise ValueError(f"build_model: unknown model type {model_type!r}; expected one of {checkpoint_type_names()}")
+    return cls(**kwargs)
 
 
 def _sha256(path: Path) -> str:
@@ -196,14 +193,14 @@ def save(model: nn.Module, path: str | os.PathLike, *, kwargs: dict | None = Non
     """
     from safetensors.torch import save_file
 
-    types = _model_types()
-    model_type = next((name for name, cls in types.items() if type(model) is cls), None)
+    model_type = checkpoint_type_name(model)
     if model_type is None:
-        raise TypeError(f"save: unsupported model type {type(model).__name__}; expected one of {MODEL_TYPES}")
+        raise TypeError(f"save: unsupported model type {type(model).__name__}; expected one of "
+                        f"{checkpoint_type_names()}")
     if kwargs is None:
-        if model_type != "WaveNet":
+        kwargs = family_of(model).constructor_kwargs(model)
+        if kwargs is None:
             raise ValueError(f"save: pass kwargs= (the constructor arguments of the {model_type})")
-        kwargs = asdict(model.config)
     base = Path(os.fspath(path))
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from arkern.ops.wavenet_decode import TILE
+from arkern.reference.wavenet_decode import TILE
 
 
 @triton.jit
