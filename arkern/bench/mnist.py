@@ -55,22 +55,23 @@ def naive_seconds(model: torch.nn.Module, batch: int, labels: torch.Tensor, step
 def measure(unconditional: str | None, *, model_path: str = "mnist", per_class: int = 100, batch: int = 100,
             threads: int = 1, naive_steps: int = 3, seed: int = 0, log=print) -> dict:
     """Run every measurement of this module's docstring; returns the figures as a dict."""
-    import arkern
     from arkern.datasets import mnist
     from arkern.evaluation import evaluate
+    from arkern.pretrained import load
+    from arkern.sampling import generate
 
     torch.set_num_threads(threads)
     figures: dict = {"threads": threads, "batch": batch, "torch": torch.__version__, "machine": platform.machine(),
                      "dtype": "float32"}
     train_x, train_y = mnist("train")
     test_x, test_y = mnist("test")
-    model = arkern.load(model_path)
+    model = load(model_path)
 
     # 1. held-out NLL
     nll = {"bernoulli": bernoulli_nll(train_x, test_x)}
     nll["class-conditional (bundled)"] = evaluate(model, "mnist-test", batch=batch)["nll_nats"]
     if unconditional:
-        nll["unconditional, same size"] = evaluate(arkern.load(unconditional), "mnist-test", batch=batch)["nll_nats"]
+        nll["unconditional, same size"] = evaluate(load(unconditional), "mnist-test", batch=batch)["nll_nats"]
     figures["heldout_nll_nats"] = nll
     for name, value in nll.items():
         log(f"held-out NLL {name:28s} {value:7.2f} nats/image  ({value / (784 * math.log(2)):.4f} bits/dim)")
@@ -89,7 +90,7 @@ def measure(unconditional: str | None, *, model_path: str = "mnist", per_class: 
         wanted = torch.arange(10).repeat_interleave(per_class)
         samples = []
         for s in range(0, len(wanted), batch):
-            samples.append(arkern.generate(model, len(wanted[s:s + batch]), shape=(28, 28),
+            samples.append(generate(model, len(wanted[s:s + batch]), shape=(28, 28),
                                            condition=wanted[s:s + batch], seed=seed + s, method="fused",
                                            progress=False))
         samples = torch.cat(samples)
@@ -109,8 +110,8 @@ def measure(unconditional: str | None, *, model_path: str = "mnist", per_class: 
     times, outs = {}, {}
     for method in ("fused", "cached"):
         start = time.perf_counter()
-        outs[method] = arkern.generate(model, batch, shape=(28, 28), condition=labels, noise=noise, method=method,
-                                       progress=False)
+        outs[method] = generate(model, batch, shape=(28, 28), condition=labels, noise=noise, method=method,
+                                progress=False)
         times[method] = time.perf_counter() - start
     times["naive (extrapolated)"] = naive_seconds(model, batch, labels, naive_steps)
     same = torch.equal(outs["fused"], outs["cached"])
