@@ -1,6 +1,8 @@
 """Drop-in replacement for the `causal_conv1d` package (Dao-AILab): same functions, same semantics.
 
-    from arkern.compat.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+    from arkern.compat.causal_conv1d import causal_conv1d_fn, causal_conv1d_update, causal_conv1d_varlen_states
+
+Code that imports the package itself runs unchanged after an opt-in ``install()`` (see its docstring).
 
 Differences from the original: any width (not only 2-4), every arkern backend (the C++ CPU kernel
 first), float32 / float64 / float16 / bfloat16 inputs (half inputs are computed in float32 and rounded
@@ -14,8 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from arkern import __version__ as _arkern_version
+from arkern.compat.install import install_shim
 from arkern.ops import causal_conv1d as _conv
 from arkern.ops import causal_conv1d_update as _update
+from arkern.ops import causal_conv1d_varlen_states as _varlen_states
+from arkern.reference.causal_conv1d_varlen import causal_conv1d_varlen_states as causal_conv1d_varlen_states_ref
 
 _ACTIVATIONS = (None, "silu", "swish")
 _HALF = (torch.float16, torch.bfloat16)
@@ -164,3 +170,45 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     if state is not conv_state:
         conv_state.copy_(state)
     return y.to(x.dtype)
+
+
+def causal_conv1d_varlen_states(x: torch.Tensor, cu_seqlens: torch.Tensor, state_len: int) -> torch.Tensor:
+    """The conv states of every sequence of a packed varlen batch (to prefill decode caches).
+
+    Args:
+        x: (total_tokens, dim), any strides; float32, float64, float16 or bfloat16.
+        cu_seqlens: (batch + 1,) int32 or int64 cumulative sequence lengths starting from 0 (non-decreasing,
+            last value total_tokens); sequence i is ``x[cu_seqlens[i]:cu_seqlens[i + 1]]``.
+        state_len: tokens kept per sequence (>= 1): the last ``state_len`` tokens, zero-padded on the left.
+
+    Returns:
+        (batch, dim, state_len) in x's dtype, laid out channel-last (strides (state_len * dim, 1, dim)).
+    """
+    return _varlen_states(x, cu_seqlens, state_len)
+
+
+# what `import causal_conv1d` and its submodules provide after install()
+_SHIM_MODULES = {
+    "causal_conv1d": {"__version__": f"1.6.0+arkern{_arkern_version}", "causal_conv1d_fn": causal_conv1d_fn,
+                      "causal_conv1d_update": causal_conv1d_update},
+    "causal_conv1d.causal_conv1d_interface": {"causal_conv1d_fn": causal_conv1d_fn,
+                                              "causal_conv1d_update": causal_conv1d_update},
+    "causal_conv1d.causal_conv1d_varlen": {"causal_conv1d_varlen_states": causal_conv1d_varlen_states,
+                                           "causal_conv1d_varlen_states_ref": causal_conv1d_varlen_states_ref},
+}
+
+
+def install() -> str:
+    """Opt in: make ``import causal_conv1d`` resolve to these functions when the real package is not installed.
+
+    Afterwards ``from causal_conv1d import causal_conv1d_fn, causal_conv1d_update``,
+    ``causal_conv1d.causal_conv1d_interface`` and ``from causal_conv1d.causal_conv1d_varlen import
+    causal_conv1d_varlen_states`` work unchanged. An installed causal-conv1d is never shadowed (Python's own
+    import path is always searched first). The shim modules have ``__arkern_shim__ = True`` and a
+    ``__version__`` ending in ``+arkern<version>``.
+
+    Returns:
+        "arkern" if ``import causal_conv1d`` now gives arkern, "causal_conv1d" if the installed package stays in
+        charge. The same is logged (INFO) on the "arkern" logger.
+    """
+    return install_shim("causal_conv1d", _SHIM_MODULES)
