@@ -146,13 +146,15 @@ def test_property_cpu_vs_reference_update(B, groups, cpg, depthwise, K, d, extra
 
 @pytest.mark.parametrize("K", [2, 3, 4, 5])
 @pytest.mark.parametrize("pad", [False, True])
-def test_update_float32_large_batch(K, pad):
-    # the common decode step: depthwise, S = K-1, one token, float32, many channels (vectorised path)
+@pytest.mark.parametrize("extra", [0, 1])
+def test_update_float32_large_batch(K, pad, extra):
+    # the common decode step: depthwise, S = K-1 (or K: Mamba's d_conv-wide cache), one token, float32,
+    # many channels (vectorised path)
     if UPDATE_BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), torch.float32):
         pytest.skip("cpu backend unavailable")
     w, b = _conv(600, 600, 600, K, torch.float32)
     x = torch.randn(16, 600, dtype=torch.float32)
-    state = torch.randn(18, 600, K - 1)
+    state = torch.randn(18, 600, K - 1 + extra)
     idx = torch.randperm(18)[:16].to(torch.int32)
     idx[3] = -1
     idx = idx if pad else None

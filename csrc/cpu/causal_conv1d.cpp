@@ -422,19 +422,20 @@ void store_tokens(T* st, int64_t sss, const T* xr, int64_t t, const PastSlot& sl
 }
 
 // One shift-register step (t == 1) for depthwise channels [c0, c1) of one row, the common decode case, when
-// the state is exactly the receptive field (S = K-1, dilation 1, rows of S contiguous values): everything
-// is compile-time, so the shift is register moves instead of a memmove call per channel, and it vectorises.
-template <typename T, int KC>
+// the state is the receptive field (S = K-1) or Mamba's d_conv-wide cache (S = K), dilation 1, rows of S
+// contiguous values: everything is compile-time, so the shift is register moves instead of a memmove call
+// per channel, and it vectorises.
+template <typename T, int KC, int S>
 void shift_step_tight(const T* __restrict xb, T* __restrict sb, const T* __restrict w, const T* bias,
                       T* __restrict yb, int64_t c0, int64_t c1) {
-  constexpr int S = KC - 1;
+  static_assert(S >= KC - 1, "the state must hold the receptive field");
 #pragma omp simd
   for (int64_t c = c0; c < c1; ++c) {
     T* st = sb + c * S;
     const T* wc = w + c * KC;
     const T v = xb[c];
     T acc = (bias ? bias[c] : T(0)) + wc[KC - 1] * v;
-    for (int k = 0; k < S; ++k) acc += wc[k] * st[k];
+    for (int k = 0; k < KC - 1; ++k) acc += wc[k] * st[S - (KC - 1) + k];
     yb[c] = acc;
     for (int j = 0; j + 1 < S; ++j) st[j] = st[j + 1];
     st[S - 1] = v;
@@ -488,11 +489,11 @@ bool update_kernel(const at::Tensor& x, at::Tensor& state, const at::Tensor& w, 
         }
         const T* xb = xp + b * a.Cin;
         T* sb = sp + row * ssb;
-        const bool tight = d == 1 && S == K - 1 && ssc == S;
+        const bool tight = d == 1 && ssc == S && (S == K - 1 || S == K);
         if (tight && K == 4) {
-          shift_step_tight<T, 4>(xb, sb, wp, bias, yb, c0, c1);
+          (S == 3 ? shift_step_tight<T, 4, 3> : shift_step_tight<T, 4, 4>)(xb, sb, wp, bias, yb, c0, c1);
         } else if (tight && K == 3) {
-          shift_step_tight<T, 3>(xb, sb, wp, bias, yb, c0, c1);
+          (S == 2 ? shift_step_tight<T, 3, 2> : shift_step_tight<T, 3, 3>)(xb, sb, wp, bias, yb, c0, c1);
         } else {
           switch (K) {
             case 2: shift_step<T, 2>(xb, sb, ssc, wp, bias, yb, c0, c1, S, K, d); break;
