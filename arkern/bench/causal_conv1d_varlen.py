@@ -33,11 +33,10 @@ def pytorch_varlen_states(x: torch.Tensor, cu_seqlens: torch.Tensor, state_len: 
 
 
 def gather_varlen_states(x: torch.Tensor, cu_seqlens: torch.Tensor, state_len: int) -> torch.Tensor:
-    """Vectorised pure PyTorch: one index_select of the kept token rows (row 0 of a zero-padded copy for
-    the empty slots)."""
+    """Vectorised pure PyTorch: one index_select of the kept token rows, zero slots masked out (x non-empty)."""
     src = varlen_state_sources(cu_seqlens, state_len)  # (batch, state_len), -1 = zero slot
-    padded = torch.cat([x.new_zeros(1, x.shape[1]), x])
-    return padded.index_select(0, (src + 1).flatten()).view(*src.shape, x.shape[1]).transpose(1, 2)
+    rows = x.index_select(0, src.clamp(min=0).flatten()).view(*src.shape, x.shape[1])
+    return rows.masked_fill_((src < 0).unsqueeze(-1), 0).transpose(1, 2)
 
 
 def pytorch_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -15,6 +15,10 @@
 #include <cstring>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace {
 
 template <typename I>
@@ -39,6 +43,17 @@ std::vector<int64_t> checked_bounds(const at::Tensor& cu_seqlens, int64_t total)
   TORCH_CHECK(b.back() == total, "causal_conv1d_varlen_states: cu_seqlens must end at the number of tokens in x (",
               total, "), got last value ", b.back());
   return b;
+}
+
+// Large outputs ask for transparent huge pages before their first touch (with THP in "madvise" mode the
+// first-touch page faults of a fresh multi-MB output otherwise cost as much as the copy). Advisory only.
+void advise_huge_pages(const at::Tensor& t) {
+#ifdef __linux__
+  const uintptr_t huge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr()), bytes = t.nbytes();
+  const uintptr_t lo = (p + huge - 1) & ~(huge - 1), hi = (p + bytes) & ~(huge - 1);
+  if (bytes >= 4 * huge && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#endif
 }
 
 // n elements of type U from src (stride `stride`, in elements) to contiguous dst.
@@ -76,6 +91,7 @@ at::Tensor causal_conv1d_varlen_states_cpu(const at::Tensor& x, const at::Tensor
   auto states = at::empty_strided({batch, dim, state_len}, {state_len * dim, 1, dim}, x.options());
   const int64_t rows = batch * state_len;
   if (rows == 0 || dim == 0) return states;
+  advise_huge_pages(states);
 
   const int64_t size = static_cast<int64_t>(x.element_size());
   const int64_t sx_tok = x.stride(0), sx_dim = x.stride(1);
