@@ -23,6 +23,7 @@ from arkern.models.wavenet import pack_wavenet
 from arkern.ops import (
     causal_conv1d,
     causal_conv1d_update,
+    causal_conv1d_varlen_states,
     masked_conv2d,
     masked_linear,
     shifted_conv2d,
@@ -143,6 +144,13 @@ def check_wavenet_generate(backend: str, device: torch.device, dtype: torch.dtyp
         assert_close(a, e, name=f"ring {i}", dtype=torch.float32)
 
 
+def check_causal_conv1d_varlen_states(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    cu = torch.tensor([0, 5, 5, 6, 15], dtype=torch.int32, device=device)  # longer, empty, shorter, longer
+    t = _randn(device, dtype, x=(15, 20))
+    t["x"] = noncontiguous(t["x"])
+    _forward_backward(lambda x, backend: causal_conv1d_varlen_states(x, cu, 4, backend=backend), t, backend, dtype)
+
+
 def _table(module: str, name: str = "BACKENDS") -> OpBackends:
     return getattr(importlib.import_module(f"arkern.ops.{module}"), name)
 
@@ -156,6 +164,7 @@ OPS: dict[str, tuple[OpBackends, Callable[..., None]]] = {
     "causal_conv1d_update": (_table("causal_conv1d", "UPDATE_BACKENDS"), check_causal_conv1d_update),
     "masked_linear": (_table("masked_linear"), check_masked_linear),
     "wavenet_generate": (_table("wavenet_decode"), check_wavenet_generate),
+    "causal_conv1d_varlen_states": (_table("causal_conv1d_varlen"), check_causal_conv1d_varlen_states),
 }
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
