@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from arkern import __version__ as _arkern_version
 from arkern.compat.install import install_shim
 from arkern.ops import causal_conv1d as _conv
 from arkern.ops import causal_conv1d_update as _update
@@ -189,7 +188,7 @@ def causal_conv1d_varlen_states(x: torch.Tensor, cu_seqlens: torch.Tensor, state
 
 # what `import causal_conv1d` and its submodules provide after install()
 _SHIM_MODULES = {
-    "causal_conv1d": {"__version__": f"1.6.0+arkern{_arkern_version}", "causal_conv1d_fn": causal_conv1d_fn,
+    "causal_conv1d": {"__version__": "1.6.0+arkern", "causal_conv1d_fn": causal_conv1d_fn,
                       "causal_conv1d_update": causal_conv1d_update},
     "causal_conv1d.causal_conv1d_interface": {"causal_conv1d_fn": causal_conv1d_fn,
                                               "causal_conv1d_update": causal_conv1d_update},
@@ -205,7 +204,7 @@ def install() -> str:
     ``causal_conv1d.causal_conv1d_interface`` and ``from causal_conv1d.causal_conv1d_varlen import
     causal_conv1d_varlen_states`` work unchanged. An installed causal-conv1d is never shadowed (Python's own
     import path is always searched first). The shim modules have ``__arkern_shim__ = True`` and a
-    ``__version__`` ending in ``+arkern<version>``.
+    ``__version__`` of ``1.6.0+arkern``.
 
     Returns:
         "arkern" if ``import causal_conv1d`` now gives arkern, "causal_conv1d" if the installed package stays in
