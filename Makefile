@@ -19,12 +19,13 @@ $(STAMP): $(SOURCES)
 
 install: $(STAMP)
 
-# sample the bundled digits model to out/digits.png, then time every sampler on the same 16 images
-# (--compare: speedups vs naive, and a check that all methods draw identical samples). One thread: the
-# decode steps are small ops, and two threads on a busy 2-core machine oversubscribe it badly.
+# the MNIST demo: 100 class-conditional samples of the bundled mnist model (one row per digit) to out/mnist.png,
+# then every sampler timed on the same 10 digits (--compare: speedups vs naive, and a check that all methods
+# draw identical samples). One thread: the decode steps are small ops, and two threads on a busy 2-core
+# machine oversubscribe it badly.
 demo: $(STAMP)
-	$(PY) -m arkern sample digits --n 100 --seed 0 --out out/digits.png --compare --compare-n 16 --threads 1 \
-		--no-progress
+	$(PY) -m arkern sample mnist --n 100 --class-rows --seed 0 --out out/mnist.png --compare --compare-n 10 \
+		--threads 1 --no-progress
 
 # TRITON_INTERPRET=1: the Triton kernels execute on CPU tensors in the interpreter (no GPU here)
 test: $(STAMP)

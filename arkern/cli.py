@@ -8,7 +8,7 @@
     arkern eval MODEL [--data NAME|PATH] [--batch N] [--threads N] [--no-progress]
     arkern bench [--quick] [--json PATH] [--plot PATH] [--threads 1 2] [--families NAME ...]
 
-MODEL is a bundled model ("digits", "tones") or a checkpoint (.json / .safetensors, see
+MODEL is a bundled model ("mnist", "digits", "tones") or a checkpoint (.json / .safetensors, see
 :mod:`arkern.pretrained`). Image models write a PNG grid, audio models a 16-bit WAV. Bad arguments exit
 with code 2 and a message.
 
@@ -38,9 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="sample a bundled or saved model to a PNG grid (images) or a WAV (audio)",
-                       description="Sample a model; prints the sampling speed. MODEL: digits, tones, or a "
+                       description="Sample a model; prints the sampling speed. MODEL: mnist, digits, tones, or a "
                                    "checkpoint path (.json / .safetensors).")
-    s.add_argument("model", metavar="MODEL", help="bundled model name (digits, tones) or checkpoint path")
+    s.add_argument("model", metavar="MODEL", help="bundled model name (mnist, digits, tones) or checkpoint path")
     s.add_argument("--out", metavar="PATH", help="output file: .png for image models, .wav for audio models "
                                                  "(default: MODEL.png / MODEL.wav in the current directory)")
     s.add_argument("--n", "-n", "--num-samples", dest="n", type=int, default=None,

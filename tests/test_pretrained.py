@@ -1,4 +1,5 @@
-"""The bundled models (arkern.load("digits"), arkern.load("tones")), the checkpoint format and its errors.
+"""The bundled models (arkern.load("digits"), arkern.load("tones"); mnist: tests/test_mnist.py), the checkpoint
+format and its errors.
 
 Quality checks on the bundled weights (no time is asserted):
 - digits: a logistic-regression classifier trained here on the same data and preprocessing (scikit-learn's
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_bundled_models_are_installed_and_small():
-    assert bundled() == ["digits", "tones"]
+    assert bundled() == ["mnist", "digits", "tones"]
     for name in ("digits", "tones"):
         weights = HERE / f"{name}.safetensors"
         assert weights.stat().st_size < 5e6

@@ -1,6 +1,7 @@
 """Trained models shipped with arkern, and the checkpoint format: safetensors weights + a JSON config.
 
-    model = arkern.load("digits")     # class-conditional GatedPixelCNN, 16x16 handwritten digits, 4 grey levels
+    model = arkern.load("mnist")      # class-conditional GatedPixelCNN, binarised 28x28 MNIST digits
+    model = arkern.load("digits")     # class-conditional GatedPixelCNN, 8x8 handwritten digits, 4 grey levels
     model = arkern.load("tones")      # WaveNet, 8 kHz synthetic melody (μ-law, 256 classes)
     model = arkern.load("out/digits.safetensors")   # or "out/digits.json", or "out/digits"
 
@@ -10,7 +11,7 @@ file's name and sha256, and a free ``meta`` section: data, sampling defaults, tr
 the problem: a missing file is a FileNotFoundError; a corrupted or truncated weights file, a checksum
 mismatch, a config that does not describe the weights, a non-finite weight are ValueErrors.
 
-The bundled models are reproduced by ``arkern train digits|tones --out arkern/pretrained``
+The bundled models are reproduced by ``arkern train mnist|digits|tones --out arkern/pretrained``
 (:mod:`arkern.training`).
 """
 
@@ -28,7 +29,7 @@ from arkern.families import checkpoint_model_type, checkpoint_type_name, checkpo
 
 FORMAT = "arkern-checkpoint"
 VERSION = 1
-BUNDLED = ("digits", "tones")
+BUNDLED = ("mnist", "digits", "tones")
 HERE = Path(__file__).resolve().parent
 
 __all__ = ["load", "save", "load_config", "build_model", "bundled", "checkpoint_paths", "MODEL_TYPES"]
@@ -39,7 +40,7 @@ MODEL_TYPES = checkpoint_type_names()
 
 
 def bundled() -> list[str]:
-    """Names of the bundled models present in this installation (e.g. ["digits", "tones"])."""
+    """Names of the bundled models present in this installation (e.g. ["mnist", "digits", "tones"])."""
     return [name for name in BUNDLED if (HERE / f"{name}.json").is_file()]
 
 
@@ -152,7 +153,7 @@ def _check_matches(tensors: dict[str, torch.Tensor], model: nn.Module, weights_p
 
 
 def load(name_or_path: str | os.PathLike, *, device: torch.device | str | None = None) -> nn.Module:
-    """Load a bundled model ("digits", "tones") or a checkpoint file, ready to sample (eval mode).
+    """Load a bundled model ("mnist", "digits", "tones") or a checkpoint file, ready to sample (eval mode).
 
     The returned model has a ``meta`` dict attribute: the config's meta section (data, sampling defaults
     such as the image ``shape`` or the audio ``sample_rate``, training figures) plus ``name``/``path``.
