@@ -26,10 +26,19 @@ __all__ = ["sample_categorical", "check_warpers", "draw_uniforms", "sample_berno
 _TINY = 1e-12
 
 
+MIN_TEMPERATURE = 1e-6  # below, logits / temperature overflow float32 (top_k=1 samples greedily)
+
+
 def check_warpers(temperature: float, top_k: int | None, top_p: float | None, who: str) -> None:
-    """Sampling warpers: temperature > 0, top_k an int >= 1 or None, top_p in (0, 1] or None."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"{who}: temperature must be a number > 0, got {temperature!r}")
+    """Sampling warpers: temperature finite and >= 1e-6, top_k an int >= 1 or None, top_p in (0, 1] or None.
+
+    An infinite temperature or a denormal one (5e-324) would turn the scaled logits into NaN or inf, where
+    the float32 fused kernels and the float64 Python samplers would draw differently.
+    """
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not MIN_TEMPERATURE <= temperature < math.inf):
+        raise ValueError(f"{who}: temperature must be a finite number >= {MIN_TEMPERATURE:g} (top_k=1 samples "
+                         f"greedily), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"{who}: top_k must be an int >= 1 or None, got {top_k!r}")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))

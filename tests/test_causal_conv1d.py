@@ -236,3 +236,46 @@ def test_bad_input(call, exc, match):
     x, w, b, i = _inputs(2, 6, 6, 6, 3, 2, 9, torch.float64, init=True)
     with pytest.raises(exc, match=match):
         call(x, w, b, i)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("groups,cout", [(4, 4), (1, 6)])
+@pytest.mark.parametrize("dilation", [5, 10**9, 2**62])
+def test_taps_before_time_zero_cost_nothing(backend, groups, cout, dilation):
+    # With no initial state, taps lagging >= T read only zeros: dilation >= T leaves the last tap alone (the
+    # current input), with no memory or error that grows with the dilation; the dropped taps get zero grad.
+    x, w, b, _ = _inputs(2, 4, cout, groups, 3, 1, 5, torch.float64)
+    x, w, b = _leaves((x, w, b))
+    y = causal_conv1d(x, w, b, dilation, groups, backend=backend)
+    xe, we, be = _leaves((x, w, b))
+    if dilation < 5:
+        ye = ref.causal_conv1d(xe, we, be, dilation, groups)
+    else:
+        ye = ref.causal_conv1d(xe, we[..., -1:], be, 1, groups)
+    assert_close(y, ye, name="y", dtype=torch.float64)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ye.backward(g)
+    assert_close(x.grad, xe.grad, name="grad x", dtype=torch.float64)
+    assert_close(w.grad, we.grad, name="grad weight", dtype=torch.float64)
+    if dilation >= 5:
+        assert torch.equal(w.grad[..., :-1], torch.zeros_like(w.grad[..., :-1]))
+
+
+def test_kernel_checks_dilation_overflow_directly():
+    if not _cpu_available():
+        pytest.skip("cpu backend unavailable")
+    x, w = torch.randn(1, 1, 8), torch.randn(1, 1, 3)
+    with pytest.raises(RuntimeError, match="dilation"):
+        torch.ops.arkern.causal_conv1d(x, w, None, None, 2**62, 1, False)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+def test_float32_silu_at_the_extremes(backend):
+    # the vectorised exp of the C++ kernel clamped its argument: silu(-1e37) came out as -0.061
+    v = torch.tensor([-3e38, -1e37, -1e4, -100.0, -89.0, -88.5, -87.5, -20.0, 0.0, 20.0, 1e30, float("inf"),
+                      float("-inf"), float("nan")])
+    x = v.view(1, -1, 1)
+    y = causal_conv1d(x, torch.ones(v.numel(), 1, 1), None, 1, v.numel(), "silu", backend=backend).flatten()
+    assert_close(y, torch.nn.functional.silu(v), name="silu", dtype=torch.float32)
+    assert torch.equal(torch.signbit(y[:5]), torch.signbit(torch.nn.functional.silu(v[:5])))

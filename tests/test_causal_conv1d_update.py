@@ -228,3 +228,84 @@ def test_kernel_rejects_out_of_range_index_directly():
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.arkern.causal_conv1d_update(torch.randn(2, 6, 1, dtype=F64), torch.zeros(2, 6, 4, dtype=F64), w, b,
                                               2, 6, False, None, torch.tensor([0, 2], dtype=I32))
+
+
+def _step(backend, state, **kw):
+    w, b = _conv(6, 6, 6, 3)
+    return causal_conv1d_update(torch.randn(state.shape[0], 6, dtype=F64), state, w, b, 1, 6, backend=backend, **kw)
+
+
+def _direct(state, idx=None, x=None):
+    w, b = _conv(6, 6, 6, 3)
+    x = torch.randn(2, 6, 1, dtype=F64) if x is None else x
+    return torch.ops.arkern.causal_conv1d_update(x, state, w, b, 1, 6, False, None, idx)
+
+
+CALLS = [pytest.param(lambda s, b=b: _step(b, s), id=b) for b in ["reference", "cpu", "triton"]] + [
+    pytest.param(_direct, id="torch.ops")]
+
+
+def _runnable(call_id):
+    backend = "cpu" if call_id == "torch.ops" else call_id
+    reasons = UPDATE_BACKENDS.not_supported_reasons(backend, torch.device("cpu"), F64)
+    if reasons:
+        pytest.skip("; ".join(reasons))
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_state_write_is_visible_to_autograd(call, request):
+    # the write of conv_state bumps its version counter: a backward that saved the old state fails
+    # instead of silently using the new values (torch's rule for every in-place op)
+    _runnable(request.node.callspec.id)
+    a = torch.randn(2, 6, 2, dtype=F64, requires_grad=True)
+    state = torch.randn(2, 6, 2, dtype=F64)
+    loss = (a * state).sum()  # saves state for the gradient of a
+    version = state._version
+    call(state)
+    assert state._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_state_must_not_be_a_leaf_requiring_grad(call, request):
+    _runnable(request.node.callspec.id)
+    state = torch.zeros(2, 6, 2, dtype=F64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        call(state)
+    with torch.no_grad():  # allowed there, as for any in-place op
+        call(state)
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_inference_state_only_inside_inference_mode(call, request):
+    _runnable(request.node.callspec.id)
+    with torch.inference_mode():
+        state = torch.zeros(2, 6, 2, dtype=F64)
+        call(state)  # fine inside
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        call(state)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_expanded_state_is_refused(backend):
+    # an expand()-ed state would have its rows written over each other
+    state = torch.zeros(1, 6, 2, dtype=F64).expand(2, 6, 2)
+    with pytest.raises(ValueError, match="conv_state has internal overlap"):
+        _step(backend, state)
+
+
+def test_kernel_checks_its_own_preconditions():
+    # whoever calls the C++ op directly: a repeated state row, an overlapping state, a state on another
+    # device (meta) are refused before anything is written
+    if UPDATE_BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), F64):
+        pytest.skip("cpu backend unavailable")
+    with pytest.raises(RuntimeError, match="repeats state row 1"):
+        _direct(torch.zeros(3, 6, 2, dtype=F64), torch.tensor([1, 1], dtype=I32))
+    with pytest.raises(RuntimeError, match="conv_state has internal overlap"):
+        _direct(torch.zeros(1, 6, 2, dtype=F64).expand(2, 6, 2))
+    with pytest.raises(ValueError, match="conv_state on meta"):
+        _direct(torch.zeros(2, 6, 2, dtype=F64, device="meta"))
+    state = torch.zeros(2, 6, 2, dtype=F64)
+    with pytest.raises(RuntimeError, match="must not share memory with x"):
+        _direct(state, x=state.view(-1)[:12].view(2, 6, 1))

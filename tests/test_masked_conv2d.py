@@ -262,3 +262,41 @@ def test_cuda_backward_formula_matches_cpu_backward(mask_type, groups, dilation)
                                    .sum(), (xr, wr, br))
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_future_pixel_stays_in_the_future(backend, mask_type, bad):
+    # a masked tap must be skipped, not multiplied by zero (0 * NaN = NaN): pixel (i, j) of colour group g
+    # makes non-finite only outputs that may see it -- later pixels, and at (i, j) the later groups
+    x, w, b = _inputs(1, 6, 6, 5, 5, 3, torch.float64)
+    i, j, c = 2, 3, 2  # colour group 1 of 3
+    x[0, c, i, j] = bad
+    y = masked_conv2d(x, w, b, mask_type, 3, backend=backend)
+    finite = torch.isfinite(y[0])
+    later = torch.zeros(5, 5, dtype=torch.bool)
+    later.view(-1)[i * 5 + j + 1:] = True
+    assert finite[:, ~later & ~(torch.arange(25).view(5, 5) == i * 5 + j)].all()
+    first_seen = 2 if mask_type == "A" else 1  # first output group that sees input group 1 at the centre
+    assert finite[: 2 * first_seen, i, j].all()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("dilation", [3, 10_000, 2**31, 2**62])
+def test_taps_outside_the_image_cost_nothing(backend, dilation):
+    # a 3x3 image with a huge dilation: only the centre tap reaches inside; no memory, padding or 32-bit
+    # limit grows with the dilation, and the cropped-away taps get exactly zero gradient
+    x, w, b = (t.requires_grad_() for t in _inputs(2, 3, 6, 3, 3, 5, torch.float64))
+    y = masked_conv2d(x, w, b, "B", 3, dilation, backend=backend)
+    xe, we, be = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    ye = masked_conv2d(xe, we[:, :, 2:3, 2:3], be, "B", 3, 1, backend="reference")
+    assert_close(y, ye, name="y", dtype=torch.float64)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ye.backward(g)
+    for name, a, e in (("grad x", x, xe), ("grad weight", w, we), ("grad bias", b, be)):
+        assert_close(a.grad, e.grad, name=name, dtype=torch.float64)
+    outside = torch.ones(5, 5, dtype=torch.bool)
+    outside[2, 2] = False
+    assert torch.equal(w.grad[:, :, outside], torch.zeros_like(w.grad[:, :, outside]))

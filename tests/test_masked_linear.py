@@ -145,3 +145,14 @@ def test_compile_fullgraph():
     x = torch.randn(5, 12)
     compiled = torch.compile(layer, fullgraph=True)
     assert_close(compiled(x), layer(x), name="compiled")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input_reaches_only_unmasked_outputs(backend, bad):
+    # masked entries are skipped, not multiplied by zero (0 * NaN = NaN)
+    x, w, b, mask = _inputs(3, 9, 12, torch.float64)
+    x[1, 4] = bad
+    y = masked_linear(x, w, b, mask, backend=backend)
+    assert torch.isfinite(y[[0, 2]]).all()
+    assert torch.equal(torch.isfinite(y[1]), ~mask[:, 4])

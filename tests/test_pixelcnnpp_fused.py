@@ -111,7 +111,7 @@ def test_bad_input():
         pixelcnnpp_generate(packed, image, noise[:, :3])
     with pytest.raises(ValueError, match="image must be a contiguous int64"):
         pixelcnnpp_generate(packed, image.float(), noise)
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
         pixelcnnpp_generate(packed, image, noise, temperature=0.0)
     with pytest.raises(ValueError, match=r"forced levels must be in \[0, 256\)"):
         pixelcnnpp_generate(packed, image, noise, forced=torch.full_like(image, 256))

@@ -21,6 +21,7 @@ from arkern.ops import causal_conv1d as _conv
 from arkern.ops import causal_conv1d_update as _update
 from arkern.ops import causal_conv1d_varlen_states as _varlen_states
 from arkern.reference.causal_conv1d_varlen import causal_conv1d_varlen_states as causal_conv1d_varlen_states_ref
+from arkern.ops._validate import check_tensor
 
 _ACTIVATIONS = (None, "silu", "swish")
 _HALF = (torch.float16, torch.bfloat16)
@@ -70,7 +71,10 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"causal_conv1d_fn: x must be (batch, dim, seqlen), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_tensor("causal_conv1d_fn", "x", x, ndim=3)  # a float dtype: an integer x would be truncated
     _check_weight(x, weight, bias)
+    if final_states_out is not None:
+        check_tensor("causal_conv1d_fn", "final_states_out", final_states_out, ndim=3)
     if seq_idx is not None and initial_states is not None:
         raise ValueError("causal_conv1d_fn: initial_states cannot be used together with seq_idx")
     dtype = _compute_dtype(x, weight)
@@ -159,6 +163,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     act = _activation(activation)
     if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
         raise ValueError("causal_conv1d_update: x must be (batch, dim) or (batch, dim, seqlen)")
+    check_tensor("causal_conv1d_update", "x", x, ndim=(2, 3))
     _check_weight(x, weight, bias)
     # half-precision states are updated in a float32 copy and written back (accumulation in float32)
     state = conv_state.float() if conv_state.dtype in _HALF else conv_state

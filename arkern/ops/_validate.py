@@ -64,3 +64,44 @@ def check_choice(op: str, name: str, value: object, choices: Sequence[object]) -
     """Check that `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"{op}: {name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_writable(op: str, name: str, t: torch.Tensor, **inputs: torch.Tensor | None) -> None:
+    """Check a tensor an op writes in place, before anything is written.
+
+    No two of its elements may share one address (an ``expand()``-ed tensor: the writes would land on each
+    other), it must not share storage with the tensors the op reads (`inputs`), and, as torch requires of
+    every in-place op, it must not be an inference tensor outside inference mode nor a leaf that requires
+    grad while grad mode is on (the Triton kernels write raw memory, so torch would not check these).
+    """
+    if torch.compiler.is_compiling():  # memory layout is not traceable; the kernels re-check it
+        pass
+    elif torch._debug_has_internal_overlap(t) == 1:  # 1: certainly overlapping (2: too hard to tell, fine)
+        raise ValueError(f"{op}: {name} has internal overlap: more than one element of the written-to tensor "
+                         f"refers to a single memory location (strides {t.stride()}, e.g. an expand()-ed "
+                         f"tensor); clone() it before passing it")
+    else:
+        for other, o in inputs.items():
+            if o is not None and o.device == t.device and t.device.type != "meta" and torch._C._overlaps(t, o):
+                raise ValueError(f"{op}: {name} shares storage with {other}, which the op reads while writing "
+                                 f"{name}")
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{op}: Inplace update to inference tensor outside InferenceMode is not allowed "
+                           f"({name} was created in inference mode; clone() it, or run under inference_mode)")
+    if t.requires_grad and t.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: {name} is a leaf Variable that requires grad and is being used in an in-place "
+                           f"operation (torch forbids that); pass {name}.detach() or run under torch.no_grad()")
+
+
+def check_uniforms(op: str, noise: object, device: torch.device, name: str = "noise") -> None:
+    """Pre-drawn uniforms: a float64 tensor on `device` with every value in [0, 1) (NaN, inf and values
+    outside would make the samplers pick levels differently, or read out of their tables)."""
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(noise).__name__}")
+    if noise.dtype != torch.float64:
+        raise TypeError(f"{op}: {name} must be float64 uniforms, got {_dt(noise.dtype)}")
+    if noise.device != device:
+        raise ValueError(f"{op}: {name} is on {noise.device}, expected {device} (where the samples are written)")
+    if noise.numel() and not torch.compiler.is_compiling() and not bool(((noise >= 0) & (noise < 1)).all()):
+        raise ValueError(f"{op}: {name} must hold uniforms in [0, 1), got values in "
+                         f"[{float(noise.min())}, {float(noise.max())}] (or NaN)")

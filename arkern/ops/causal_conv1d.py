@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 
 from arkern.backends import OpBackends
-from arkern.ops._library import LIB, optional_grads
-from arkern.ops._validate import check_choice, check_int, check_same, check_shape, check_tensor
+from arkern.ops._library import LIB, optional_grads, same_device
+from arkern.ops._validate import check_choice, check_int, check_same, check_shape, check_tensor, check_writable
 from arkern.reference import causal_conv1d as ref
 
 OP = "causal_conv1d"
 OP_UPDATE = "causal_conv1d_update"
 ACTIVATIONS = (None, "silu")
+MAX_STATE_BYTES = 1 << 48  # a final state this large (256 TiB) cannot be allocated anywhere
 
 LIB.define("causal_conv1d(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_state, int dilation, int groups, "
            "bool silu) -> Tensor")
@@ -30,6 +31,7 @@ LIB.define("causal_conv1d_update(Tensor x, Tensor(a!) conv_state, Tensor weight,
 
 @torch.library.register_fake("arkern::causal_conv1d")
 def _fake(x, weight, bias, initial_state, dilation, groups, silu):
+    same_device(OP, x=x, weight=weight, bias=bias, initial_state=initial_state)
     return x.new_empty((x.shape[0], weight.shape[0], x.shape[2]))
 
 
@@ -44,6 +46,8 @@ def _fake_backward(grad_out, x, weight, bias, initial_state, dilation, groups, s
 
 @torch.library.register_fake("arkern::causal_conv1d_update")
 def _fake_update(x, conv_state, weight, bias, dilation, groups, silu, cache_seqlens, conv_state_indices):
+    same_device(OP_UPDATE, x=x, conv_state=conv_state, weight=weight, bias=bias, cache_seqlens=cache_seqlens,
+                conv_state_indices=conv_state_indices)
     return x.new_empty((x.shape[0], weight.shape[0], x.shape[2]))
 
 
@@ -94,10 +98,26 @@ def _triton(*args):
     return kernel(*args)
 
 
-def _triton_update(*args):
-    from arkern.triton.causal_conv1d import causal_conv1d_update as kernel
+@torch.library.custom_op("arkern::causal_conv1d_update_triton", mutates_args=("conv_state",))
+def _triton_update_op(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      dilation: int, groups: int, silu: bool, cache_seqlens: torch.Tensor | None,
+                      conv_state_indices: torch.Tensor | None) -> torch.Tensor:
+    # A custom op declaring the write of conv_state, so that torch bumps its version counter and refuses an
+    # inference tensor outside inference mode, as for the C++ kernels (the Triton kernel writes raw memory).
+    from arkern.triton.causal_conv1d import causal_conv1d_update as kernel  # Triton is imported lazily
 
-    return kernel(*args)
+    return kernel(x, conv_state, weight, bias, dilation, groups, "silu" if silu else None, cache_seqlens,
+                  conv_state_indices)
+
+
+@_triton_update_op.register_fake
+def _fake_triton_update(x, conv_state, weight, bias, dilation, groups, silu, cache_seqlens, conv_state_indices):
+    return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
+
+
+def _triton_update(x, conv_state, weight, bias, dilation, groups, activation, cache_seqlens, conv_state_indices):
+    return _triton_update_op(x, conv_state, weight, bias, dilation, groups, activation == "silu", cache_seqlens,
+                             conv_state_indices)
 
 
 _ALL = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -141,17 +161,24 @@ def _check_conv(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, groups: int,
-             activation: str | None, initial_state: torch.Tensor | None) -> None:
-    """Check a causal_conv1d call (raises ValueError/TypeError naming the argument)."""
+             activation: str | None, initial_state: torch.Tensor | None, return_final_state: bool = False) -> int:
+    """Check a causal_conv1d call (raises ValueError/TypeError naming the argument). Returns S0."""
     check_tensor(OP, "x", x, ndim=3)
     s0 = _check_conv(OP, x, weight, bias, dilation, groups, activation)
     if x.shape[2] < 1:
         raise ValueError(f"{OP}: x must have at least one time step, got shape {tuple(x.shape)}")
+    if not isinstance(return_final_state, bool):
+        raise TypeError(f"{OP}: return_final_state must be a bool, got {type(return_final_state).__name__}")
+    if return_final_state and x.shape[0] * x.shape[1] * s0 * x.element_size() >= MAX_STATE_BYTES:
+        raise ValueError(f"{OP}: dilation={dilation} with K={weight.shape[-1]} gives a final state of "
+                         f"(K-1)*dilation = {s0} steps per channel, too large to return; use "
+                         f"return_final_state=False (the output itself costs nothing extra)")
     if initial_state is not None:
         check_tensor(OP, "initial_state", initial_state, ndim=3)
         check_same(OP, "x", x, initial_state=initial_state)
         check_shape(OP, "initial_state", initial_state, (x.shape[0], x.shape[1], s0),
                     "(B, Cin, (K-1)*dilation)")
+    return s0
 
 
 def validate_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -164,6 +191,7 @@ def validate_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Ten
     check_same(OP_UPDATE, "x", x, conv_state=conv_state)
     B, cin = x.shape[:2]
     pool, c_state, S = conv_state.shape
+    check_writable(OP_UPDATE, "conv_state", conv_state, x=x, weight=weight, bias=bias)
     if c_state != cin or S < s0:
         raise ValueError(f"{OP_UPDATE}: conv_state must have shape (pool, {cin}, S) with S >= (K-1)*dilation = "
                          f"{s0}, got {tuple(conv_state.shape)}")
@@ -208,9 +236,27 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Returns:
         y (B, Cout, T), or (y, final_state) when return_final_state.
     """
-    validate(x, weight, bias, dilation, groups, activation, initial_state)
+    s0 = validate(x, weight, bias, dilation, groups, activation, initial_state, return_final_state)
     kernel = BACKENDS.select(backend, x.device, x.dtype)
-    return kernel.fn(x, weight, bias, dilation, groups, activation, initial_state, return_final_state)
+    w, d = (weight, dilation) if initial_state is not None else taps_inside(weight, dilation, x.shape[-1])
+    y = kernel.fn(x, w, bias, d, groups, activation, initial_state, False)
+    return (y, final_state(x, initial_state, s0)) if return_final_state else y
+
+
+def taps_inside(weight: torch.Tensor, dilation: int, T: int) -> tuple[torch.Tensor, int]:
+    """Drop the taps that read only the zeros before time 0 (lag (K-1-k)*dilation >= T, no initial state).
+
+    They add exactly zero to every output and their weight gradient is zero, which slicing the weight keeps
+    (autograd fills the dropped taps' gradient with zeros). The work and memory of a call then depend on T,
+    not on the dilation: with dilation >= T only the last tap (the current input) remains.
+
+    Returns (weight[..., k0:], dilation), the dilation 1 when one tap is left.
+    """
+    K = weight.shape[-1]
+    k0 = max(0, K - 1 - (T - 1) // dilation)  # first tap with lag <= T - 1
+    if k0 == 0:
+        return weight, dilation
+    return weight[..., k0:], dilation if K - k0 > 1 else 1
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,

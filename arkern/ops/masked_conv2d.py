@@ -144,4 +144,22 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise TypeError(f"{OP}: x has dtype {str(x.dtype).replace('torch.', '')}, which backend {forced!r} does "
                         f"not support (supported: {names})")
     kernel = BACKENDS.select(backend, x.device, x.dtype)
-    return kernel.fn(x, weight, bias, mask_type, color_groups, dilation)
+    w, d = taps_inside(weight, dilation, x.shape[2], x.shape[3])
+    return kernel.fn(x, w, bias, mask_type, color_groups, d)
+
+
+def taps_inside(weight: torch.Tensor, dilation: int, H: int, W: int) -> tuple[torch.Tensor, int]:
+    """Crop the kernel to the taps that can reach inside an H x W image (offset |(a - kH//2) * dilation| < H).
+
+    The others read only the zero padding. The crop is centred, so the mask of the cropped kernel is the
+    crop of the mask, and slicing keeps autograd exact (the dropped taps' gradient is zero). Work, memory
+    and padding then depend on the image, not on the dilation: with dilation >= H and W only the centre
+    tap is left. Returns (weight crop, dilation), the dilation 1 for a 1x1 crop.
+    """
+    kh, kw = weight.shape[2:]
+    rh = min(kh // 2, max(0, H - 1) // dilation)
+    rw = min(kw // 2, max(0, W - 1) // dilation)
+    if rh == kh // 2 and rw == kw // 2:
+        return weight, dilation
+    crop = weight[:, :, kh // 2 - rh: kh // 2 + rh + 1, kw // 2 - rw: kw // 2 + rw + 1]
+    return crop, dilation if rh or rw else 1

@@ -74,6 +74,9 @@ def validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m
     check_same(OP, "x", x, weight=weight, bias=bias)
     check_tensor(OP, "mask", mask, ndim=2, dtypes=(torch.bool,))
     out_f, in_f = weight.shape
+    if in_f < 1 or out_f < 1:
+        raise ValueError(f"{OP}: weight must have in_features >= 1 and out_features >= 1, got shape "
+                         f"{tuple(weight.shape)}")
     if x.shape[-1] != in_f:
         raise ValueError(f"{OP}: x has {x.shape[-1]} features in its last dimension but weight expects "
                          f"{in_f} (weight shape {tuple(weight.shape)})")

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
-from arkern.ops._library import LIB
+from arkern.ops._library import LIB, same_device
+from arkern.ops._validate import check_uniforms
 from arkern.reference import pixelcnn_decode as ref
 from arkern.reference.pixelcnn_decode import (
     TILE,
@@ -49,6 +50,8 @@ LIB.define("pixelcnn_generate(int[] config, Tensor[] weights, Tensor[] biases, T
 @torch.library.register_fake("arkern::pixelcnn_generate")
 def _fake(config, weights, biases, caches, image, noise, cond, row_begin, row_end, temperature, top_k, top_p,
           return_logits, forced):
+    same_device(OP, image=image, noise=noise, cond=cond, forced=forced, weight=weights[0],
+                cache=caches[0] if caches else None)
     b, c, _, w = image.shape
     shape = (b, row_end - row_begin, w, c * config[2]) if return_logits else (0,)
     return biases[0].new_empty(shape)
@@ -120,8 +123,7 @@ def validate(packed: PixelCNNFused, caches: list[torch.Tensor], image: torch.Ten
     if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != tuple(image.shape):
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"{OP}: noise must have the image's shape {tuple(image.shape)}, got {got}")
-    if noise.dtype != torch.float64:
-        raise TypeError(f"{OP}: noise must be float64 uniforms, got {noise.dtype}")
+    check_uniforms(OP, noise, image.device)
     specs = cache_specs(packed.layout)
     if len(caches) != len(specs):
         raise ValueError(f"{OP}: expected {len(specs)} caches (PixelCNNFused.new_caches), got {len(caches)}")

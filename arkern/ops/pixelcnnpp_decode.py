@@ -24,7 +24,8 @@ import torch
 
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers, mixture_params_size
-from arkern.ops._library import LIB
+from arkern.ops._library import LIB, same_device
+from arkern.ops._validate import check_uniforms
 
 OP = "pixelcnnpp_generate"
 
@@ -38,6 +39,7 @@ def _params_size(config) -> int:
 
 @torch.library.register_fake("arkern::pixelcnnpp_generate")
 def _fake(config, weights, biases, image, noise, temperature, return_params, forced):
+    same_device(OP, image=image, noise=noise, forced=forced, weight=weights[0])
     b, _, h, w = image.shape
     return biases[0].new_empty((b, h, w, _params_size(config)) if return_params else (0,))
 
@@ -85,7 +87,9 @@ def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, 
         if forced.numel() and (int(forced.min()) < 0 or int(forced.max()) >= bins):
             raise ValueError(f"pixelcnnpp_generate: forced levels must be in [0, {bins})")
     if image.device.type != "cpu" or noise.device.type != "cpu":
-        raise ValueError("pixelcnnpp_generate: image and noise must be CPU tensors")
+        raise ValueError(f"pixelcnnpp_generate: image and noise must be CPU tensors, got image on {image.device}, "
+                         f"noise on {noise.device}")
+    check_uniforms(OP, noise, image.device)
 
 
 BACKENDS = OpBackends(OP)

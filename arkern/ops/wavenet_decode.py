@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
-from arkern.ops._library import LIB
+from arkern.ops._library import LIB, same_device
+from arkern.ops._validate import check_uniforms
 from arkern.reference import wavenet_decode as ref
 from arkern.reference.wavenet_decode import TILE, pad16, unpack_matrix
 
@@ -39,6 +40,8 @@ LIB.define("wavenet_generate(Tensor emb, Tensor w_dil, Tensor b_dil, Tensor w_rs
 @torch.library.register_fake("arkern::wavenet_generate")
 def _fake(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise, cond,
           cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
+    same_device(OP, noise=noise, prev=prev, emb=emb, cond=cond, gbias=gbias, forced=forced,
+                ring=rings[0] if rings else None)
     b, t = noise.shape
     logits = emb.new_empty((b, t, emb.shape[1])) if return_logits else emb.new_empty(0)
     return prev.new_empty((b, t)), logits
@@ -129,8 +132,7 @@ def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor
     if not isinstance(noise, torch.Tensor) or noise.dim() != 2:
         raise ValueError(f"{OP}: noise must be a (B, T) tensor of uniforms, got "
                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
-    if noise.dtype != torch.float64:
-        raise TypeError(f"{OP}: noise must be float64, got {noise.dtype}")
+    check_uniforms(OP, noise, prev.device if isinstance(prev, torch.Tensor) else noise.device)
     B, T = noise.shape
     if prev.dtype != torch.int64 or tuple(prev.shape) != (B, 2) or not prev.is_contiguous():
         raise ValueError(f"{OP}: prev must be a contiguous int64 ({B}, 2) tensor (batch of noise), "

@@ -109,5 +109,5 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         y = _activate(y, activation)
         ys.append(torch.where(live[:, None], y, torch.zeros_like(y)))
     conv_state.index_copy_(0, rows[live], state[live])
-    out = torch.stack(ys, dim=-1)
+    out = torch.stack(ys, dim=-1) if ys else x3.new_zeros((B, cout, 0))  # t = 0 tokens: nothing to do
     return out.squeeze(-1) if squeeze else out

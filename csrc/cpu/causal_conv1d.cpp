@@ -17,12 +17,14 @@
 //   One token in shift-register mode (Mamba's decode) has its own loop over channels.
 // * silu is fused (a vectorised polynomial exp for float32); large outputs get transparent huge pages.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -35,11 +37,17 @@ namespace {
 // --------------------------------------------------------------------------------------- helpers
 
 // silu(v) = v * sigmoid(v) over a row, written so the float loop vectorises: exp via 2^n * p(r).
+// Correct over the whole float range: above ln(FLT_MAX) the result is +inf (so silu(-1e37) = -0, as
+// torch gives), below -87 it is clamped to exp(-87) (1 + that rounds to 1), and 2^n is built from two
+// halves so that n = 128 (v up to ln(FLT_MAX)) does not overflow the exponent field. NaN stays NaN in
+// silu (v / anything) and never reaches the float-to-int conversion.
 inline float exp_approx(float v) {
-  v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+  const bool overflow = v > 88.72283f;  // e^v > FLT_MAX
+  float c = v > -87.0f ? v : -87.0f;    // NaN-safe clamps: a NaN compares false and becomes -87
+  c = c < 88.72283f ? c : 88.72283f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const float n = (v * 1.44269504088896341f + kRound) - kRound;
-  const float r = v - n * 0.693145751953125f - n * 1.428606765330187045e-06f;  // v - n*ln2, two parts
+  const float n = (c * 1.44269504088896341f + kRound) - kRound;
+  const float r = c - n * 0.693145751953125f - n * 1.428606765330187045e-06f;  // c - n*ln2, two parts
   float p = 1.9875691500e-4f;  // Cephes expf polynomial on [-ln2/2, ln2/2]
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -47,8 +55,10 @@ inline float exp_approx(float v) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
-  return p * __builtin_bit_cast(float, bits);
+  const int32_t ni = static_cast<int32_t>(n), half = ni >> 1;  // 2^n = 2^half * 2^(n - half), n in [-126, 128]
+  const float s1 = __builtin_bit_cast(float, (half + 127) << 23);
+  const float s2 = __builtin_bit_cast(float, (ni - half + 127) << 23);
+  return overflow ? __builtin_inff() : p * s1 * s2;
 }
 
 template <typename T>
@@ -138,6 +148,16 @@ ConvArgs check_conv(const at::Tensor& x, const at::Tensor& w, const std::optiona
               "x has ", x.size(1), " channels for ", groups, " groups");
   TORCH_CHECK(w.size(2) >= 1, "causal_conv1d: kernel size must be >= 1");
   TORCH_CHECK(x.scalar_type() == w.scalar_type(), "causal_conv1d: x and weight dtypes differ");
+  TORCH_CHECK(w.size(2) - 1 <= std::numeric_limits<int64_t>::max() / dilation,
+              "causal_conv1d: dilation = ", dilation, " overflows (K-1)*dilation for K = ", w.size(2));
+  const auto cpu = [](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.device().is_cpu(), "causal_conv1d: ", name, " must be a CPU tensor for this kernel, got ",
+                t.device());
+  };
+  cpu("x", x);
+  cpu("weight", w);
+  if (bias.has_value()) cpu("bias", *bias);
+  if (init.has_value()) cpu("initial_state", *init);
   ConvArgs a{x.size(0), x.size(1), w.size(0), x.size(2), w.size(2), dilation, groups, (w.size(2) - 1) * dilation};
   if (bias.has_value())
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == a.Cout && bias->scalar_type() == x.scalar_type(),
@@ -587,21 +607,38 @@ at::Tensor causal_conv1d_update_cpu(const at::Tensor& x_, at::Tensor conv_state,
   TORCH_CHECK(conv_state.dim() == 3 && conv_state.size(1) == a.Cin && conv_state.size(2) >= a.S0 &&
               conv_state.scalar_type() == x_.scalar_type(),
               "causal_conv1d_update: conv_state must be (pool, ", a.Cin, ", S >= ", a.S0, "), got ", conv_state.sizes());
+  TORCH_CHECK(conv_state.device().is_cpu(), "causal_conv1d_update: conv_state must be a CPU tensor for this "
+              "kernel, got ", conv_state.device());
+  // Rows written over each other would make the outputs depend on the order of the writes.
+  TORCH_CHECK(at::has_internal_overlap(conv_state) != at::MemOverlap::Yes,
+              "causal_conv1d_update: conv_state has internal overlap: more than one element of the written-to "
+              "tensor refers to a single memory location (e.g. an expand()-ed tensor); clone() it");
+  const auto shared = at::get_overlap_status(conv_state, x_);
+  TORCH_CHECK(shared != at::MemOverlapStatus::Full && shared != at::MemOverlapStatus::Partial,
+              "causal_conv1d_update: conv_state must not share memory with x");
   const int64_t pool = conv_state.size(0);
   at::Tensor seq, idx;
   if (seqlens_.has_value()) {
+    TORCH_CHECK(seqlens_->device().is_cpu(), "causal_conv1d_update: cache_seqlens must be a CPU tensor");
     seq = seqlens_->contiguous();
     TORCH_CHECK(seq.scalar_type() == at::kInt && seq.dim() == 1 && seq.size(0) == B,
                 "causal_conv1d_update: cache_seqlens must be (", B, ",) int32");
   }
   if (indices_.has_value()) {
+    TORCH_CHECK(indices_->device().is_cpu(), "causal_conv1d_update: conv_state_indices must be a CPU tensor");
     idx = indices_->contiguous();
     TORCH_CHECK(idx.scalar_type() == at::kInt && idx.dim() == 1 && idx.size(0) == B,
                 "causal_conv1d_update: conv_state_indices must be (", B, ",) int32");
     const int32_t* ip = idx.data_ptr<int32_t>();
-    for (int64_t b = 0; b < B; ++b)
+    std::vector<bool> used(static_cast<size_t>(pool), false);
+    for (int64_t b = 0; b < B; ++b) {
       TORCH_CHECK(ip[b] < pool, "causal_conv1d_update: conv_state_indices[", b, "] = ", ip[b],
                   " is out of range for a state pool of ", pool, " rows");
+      if (ip[b] < 0) continue;  // padding row
+      TORCH_CHECK(!used[ip[b]], "causal_conv1d_update: conv_state_indices repeats state row ", ip[b],
+                  " (two batch rows would update the same state)");
+      used[ip[b]] = true;
+    }
   } else {
     TORCH_CHECK(pool == B, "causal_conv1d_update: conv_state has ", pool, " rows but x has batch ", B,
                 " (pass conv_state_indices to use a larger pool)");

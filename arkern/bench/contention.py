@@ -1,0 +1,101 @@
+"""Fused sampling on a busy machine: samples/s at 1 and 2 threads, alone and next to a busy process.
+
+    python -m arkern.bench.contention [--seconds 3] [--pin]
+
+The competitor is a second Python process spinning in ``while True: pass`` (pinned to CPU 0 with --pin). On
+a 2-core machine it holds one core, so a 2-thread team must not wait on a peer that the scheduler has
+descheduled: the figure that matters is the 2-thread / 1-thread ratio under load, which must stay >= 1.
+Every configuration is timed in the same process, alternating, and the best of several runs is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from arkern.models import PixelCNN, WaveNet
+from arkern.ops.pixelcnn_decode import pack_pixelcnn, pixelcnn_generate
+from arkern.ops.wavenet_decode import pack_wavenet, wavenet_generate
+
+
+def _wavenet(batch: int, steps: int) -> tuple[Callable[[], None], int]:
+    torch.manual_seed(0)
+    model = WaveNet(skip_channels=128).eval()  # nv-wavenet "medium": L=20, R=64, A=256
+    packed = pack_wavenet(model)
+    noise = torch.rand(batch, steps, dtype=torch.float64)
+
+    def run() -> None:
+        rings = [torch.zeros(batch, d, packed.residual_channels).transpose(1, 2) for d in packed.dilations]
+        prev = torch.full((batch, 2), packed.num_classes // 2, dtype=torch.int64)
+        wavenet_generate(packed, rings, prev, 0, noise)
+
+    return run, batch * steps
+
+
+def _pixelcnn(batch: int, size: int) -> tuple[Callable[[], None], int]:
+    torch.manual_seed(0)
+    model = PixelCNN(image_channels=1, num_classes=256, hidden_channels=128, num_blocks=3).eval()
+    packed = pack_pixelcnn(model)
+    noise = torch.rand(batch, 1, size, size, dtype=torch.float64)
+
+    def run() -> None:
+        image = torch.zeros(batch, 1, size, size, dtype=torch.int64)
+        pixelcnn_generate(packed, packed.new_caches(batch, size, size), image, noise)
+
+    return run, batch * size * size
+
+
+CASES = {
+    "WaveNet medium B=1 fp32 (samples/s)": lambda: _wavenet(1, 400),
+    "WaveNet medium B=4 fp32 (samples/s)": lambda: _wavenet(4, 200),
+    "PixelCNN C=128 B=1 16x16 fp32 (pixels/s)": lambda: _pixelcnn(1, 16),
+    "PixelCNN C=128 B=4 16x16 fp32 (pixels/s)": lambda: _pixelcnn(4, 16),
+}
+
+
+def _rate(run: Callable[[], None], items: int, threads: int, seconds: float) -> float:
+    torch.set_num_threads(threads)
+    run()  # warm-up (packing caches, thread pool start)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        run()
+        best = max(best, items / (time.perf_counter() - t0))
+    return best
+
+
+def _competitor(pin: bool) -> subprocess.Popen:
+    code = "import os,sys\nif sys.argv[1] == '1': os.sched_setaffinity(0, {0})\nwhile True: pass\n"
+    return subprocess.Popen([sys.executable, "-c", code, "1" if pin else "0"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=3.0, help="timing budget per configuration")
+    p.add_argument("--pin", action="store_true", help="pin the competing busy process to CPU 0")
+    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    args = p.parse_args(argv)
+    where = "pinned to CPU 0" if args.pin else "unpinned"
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, competing busy process {where}")
+    print(f"{'case':44s} {'1 thr':>9s} {'2 thr':>9s} {'1 thr+busy':>11s} {'2 thr+busy':>11s} {'2/1 busy':>9s}")
+    for name in args.cases:
+        run, items = CASES[name]()
+        idle = [_rate(run, items, t, args.seconds) for t in (1, 2)]
+        busy_proc = _competitor(args.pin)
+        try:
+            time.sleep(0.2)
+            busy = [_rate(run, items, t, args.seconds) for t in (1, 2)]
+        finally:
+            busy_proc.kill()
+            busy_proc.wait()
+        print(f"{name:44s} {idle[0]:9.0f} {idle[1]:9.0f} {busy[0]:11.0f} {busy[1]:11.0f} {busy[1] / busy[0]:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
