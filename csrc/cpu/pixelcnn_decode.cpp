@@ -33,6 +33,7 @@
 #include <array>
 
 #include "pixelcnn_decode.h"
+#include "team.h"
 
 namespace {
 
@@ -236,13 +237,14 @@ struct Runner {
   // of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
     // Split over the columns when the batch gave the threads nothing to share (a group alone, outside any
-    // parallel region); inside one, at::parallel_for runs the whole range in this thread.
+    // parallel region); inside one, team_for runs the whole range in this thread. team_for, not
+    // at::parallel_for: a region per image row must not wait for a descheduled thread (csrc/cpu/team.h).
     const int64_t total = nb * W;
     int64_t n_above = 0;
     for (int64_t c = 0; c <= d.depth; ++c) n_above = std::max(n_above, conv(c).above * conv(c).kw * conv(c).cin);
     if (n_above == 0) return;
     const int64_t grain = std::max<int64_t>(8, (total + at::get_num_threads() - 1) / at::get_num_threads());
-    at::parallel_for(0, total, grain, [&](int64_t p_begin, int64_t p_end) {
+    arkern_team::team_for(0, total, grain, [&](int64_t p_begin, int64_t p_end) {  // one region per image row
       std::vector<T> buf(kChunk * n_above);
       std::vector<const T*> in(kChunk);
       std::vector<T*> out(kChunk);
