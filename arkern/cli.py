@@ -30,7 +30,10 @@ from collections.abc import Sequence
 import torch
 
 from arkern.decode.methods import METHODS
+from arkern.distributions import MIN_TEMPERATURE
 from arkern.families import ModelFamily, family_of
+
+MAX_GRID_BYTES = 1 << 32  # a PNG grid larger than 4 GiB is surely a typo in --n or --scale
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,8 +141,10 @@ def save_image_grid(path: str, images: torch.Tensor, levels: int, **kwargs: int 
 def _check_sample_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.n is not None and args.n < 1:
         parser.error(f"--n must be >= 1, got {args.n}")
-    if not (args.temperature > 0 and math.isfinite(args.temperature)):
-        parser.error(f"--temperature must be a number > 0, got {args.temperature}")
+    if not (MIN_TEMPERATURE <= args.temperature and math.isfinite(args.temperature)):
+        parser.error(f"--temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {args.temperature}")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        parser.error(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -153,6 +158,40 @@ def _check_sample_args(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.shape is not None and min(args.shape) < 1:
         parser.error(f"--shape must be two ints >= 1, got {args.shape}")
+
+
+def _check_out(path: str, parser: argparse.ArgumentParser) -> None:
+    """--out, before any sampling: not a directory, in a folder that exists or can be made, writable."""
+    if os.path.isdir(path):
+        parser.error(f"--out: {path!r} is a directory; name the output file")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        parser.error(f"--out: cannot create {path!r}: {existing!r} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out: cannot write into {existing!r} (permission denied)")
+    if existing == folder:  # the folder exists: open the file as the write will (append mode truncates nothing)
+        existed = os.path.exists(path)
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            parser.error(f"--out: cannot write {path!r}: {e.strerror}")
+        if not existed:
+            os.remove(path)
+
+
+def _check_size_limits(model: torch.nn.Module, family: ModelFamily, n: int, size: object, flags: str,
+                       parser: argparse.ArgumentParser) -> None:
+    """Refuse a run that cannot fit in memory before drawing anything (e.g. --n 1000000000)."""
+    from arkern.sampling import check_run_memory
+
+    try:
+        check_run_memory(tuple(family.noise_shape(model, n, size)), family.size_argument, "sample")
+    except ValueError as e:
+        parser.error(f"{flags}: {e}")
 
 
 def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> torch.nn.Module:
@@ -271,16 +310,24 @@ def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     out = args.out or f"{meta.get('name', 'samples')}.png"
     if not out.lower().endswith(".png"):
         parser.error(f"--out: image models write a PNG; the path must end in .png, got {out!r}")
+    _check_size_limits(model, family, n, shape, "--n/--shape", parser)
+    h, w = shape
+    scale = args.scale or max(1, 64 // max(h, w))
+    grid_cols = cols or math.ceil(math.sqrt(n))
+    grid_bytes = (math.ceil(n / grid_cols) * (h + 1) + 1) * (grid_cols * (w + 1) + 1) * scale**2 * 3
+    if grid_bytes > MAX_GRID_BYTES:
+        parser.error(f"--n/--shape/--scale: a grid of {n} images of {h}x{w} at scale {scale} needs "
+                     f"{grid_bytes / 2**30:.3g} GiB, over the {MAX_GRID_BYTES / 2**30:.0f} GiB limit of a PNG grid")
+    if _is_main_process():
+        _check_out(out, parser)
     images, seconds = _run(model, n, args, parser, shape=shape, method=method, condition=condition)
     if images is None or not _is_main_process():
         return 0
-    h, w = shape
     print(f"{meta.get('name', type(model).__name__)}: {n} images {h}x{w} with method={method} in {seconds:.3f} s "
           f"({_where()}): {n / seconds:.1f} images/s, "
           f"{n * h * w * images.shape[1] / seconds:.0f} samples/s")
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-    scale = args.scale or max(1, 64 // max(h, w))
     save_image_grid(out, images.cpu(), model.num_classes, cols=cols, scale=scale)
     print(f"wrote {out}")
     if args.compare:
@@ -309,6 +356,9 @@ def _sample_audio(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     out = args.out or f"{meta.get('name', 'samples')}.wav"
     if not out.lower().endswith(".wav"):
         parser.error(f"--out: audio models write a WAV; the path must end in .wav, got {out!r}")
+    _check_size_limits(model, family, n, length, "--n/--seconds", parser)
+    if _is_main_process():
+        _check_out(out, parser)
     samples, seconds = _run(model, n, args, parser, length=length, method=method)
     if samples is None or not _is_main_process():
         return 0

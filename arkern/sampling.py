@@ -12,6 +12,8 @@ Sampling over several processes is :mod:`arkern.distributed` (a layer above this
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ from torch import nn
 from arkern.decode.methods import METHODS
 from arkern.distributions import check_warpers, draw_uniforms
 from arkern.families import ImageFamily, ModelFamily, family_of
+from arkern.ops._validate import check_uniforms
 
 __all__ = ["generate", "prepare_run", "PreparedRun", "available_methods", "default_method", "method_reasons",
            "sample_image", "teacher_forced_outputs"]
@@ -86,9 +89,10 @@ def prepare_run(model: nn.Module, batch_size: int, *, length: object = None, sha
     method = _pick_method(family, model, method)
     if generator is not None and seed is not None:
         raise ValueError(f"{who}: pass generator or seed, not both")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"{who}: seed must be an int, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise ValueError(f"{who}: seed must be an int in [0, 2**64), got {seed!r}")
     noise_shape = tuple(family.noise_shape(model, batch_size, size))
+    check_run_memory(noise_shape, family.size_argument, who)
     if noise is None:
         if generator is not None or seed is not None:
             noise = draw_run_noise(model, noise_shape, generator=generator, seed=seed)
@@ -98,9 +102,26 @@ def prepare_run(model: nn.Module, batch_size: int, *, length: object = None, sha
         if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != noise_shape:
             got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
             raise ValueError(f"{who}: noise must have shape {noise_shape}, got {got}")
-        if noise.dtype != torch.float64:
-            raise TypeError(f"{who}: noise must be float64 uniforms, got {noise.dtype}")
+        check_uniforms(who, noise, next(model.parameters()).device)
     return PreparedRun(family, size, method, noise_shape, noise)
+
+
+def check_run_memory(noise_shape: tuple[int, ...], size_argument: str, who: str = "generate") -> None:
+    """Refuse, before drawing anything, a run whose uniforms and samples (16 bytes per draw) exceed this
+    machine's memory: a typo like ``shape=(2**40, 2**40)`` fails at once, not after minutes of swapping."""
+    draws = math.prod(noise_shape)
+    need, have = 16 * draws, physical_memory()
+    if need > have:
+        raise ValueError(f"{who}: batch_size and {size_argument} ask for {draws:.3g} draws ({need / 2**30:.3g} GiB of "
+                         f"noise and samples), more than this machine's {have / 2**30:.3g} GiB of memory")
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (a large fallback where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 46
 
 
 def draw_run_noise(model: nn.Module, noise_shape: tuple[int, ...], *, generator: torch.Generator | None = None,

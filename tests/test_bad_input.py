@@ -8,17 +8,28 @@ states, non-finite noise, ...) and the ones that already behaved, so that they k
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
 
+import arkern
 from arkern.backends import available_backends
+from arkern.cli import main as cli_main
 from arkern.compat import causal_conv1d as compat
 from arkern.models import PixelCNN, PixelCNNpp, WaveNet
+from arkern.models.pixelcnn_packing import pack_pixelcnn
+from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp
+from arkern.models.wavenet import pack_wavenet
 from arkern.ops import (
     causal_conv1d,
     causal_conv1d_update,
@@ -30,9 +41,8 @@ from arkern.ops import (
     shifted_conv_transpose2d,
     wavenet_generate,
 )
-from arkern.ops.pixelcnn_decode import pack_pixelcnn
-from arkern.ops.pixelcnnpp_decode import pack_pixelcnnpp
-from arkern.ops.wavenet_decode import pack_wavenet
+from arkern.pretrained import HERE
+from arkern.sampling import generate
 
 F64, I32 = torch.float64, torch.int32
 HAS_CPP = "cpu" in available_backends("cpu")
@@ -266,7 +276,130 @@ OPS = [
          TypeError, "x"),
 ]
 
-CASES = OPS
+# ------------------------------------------------------------------------- generate, load, CLI
+
+
+@cache
+def _model(name: str) -> torch.nn.Module:
+    return arkern.load(name)
+
+
+def _gen(name: str = "digits", **kw: object) -> object:
+    args = dict(shape=(4, 4), condition=1, progress=False) if name == "digits" else dict(length=6, progress=False)
+    args.update(kw)
+    return generate(_model(name), 2, **args)
+
+
+def _digits_noise(value: float, device: str = "cpu") -> torch.Tensor:
+    noise = torch.rand(2, 1, 4, 4, dtype=F64)
+    noise[1, 0, 3, 3] = value
+    return noise.to(device)
+
+
+@cache
+def _folder() -> Path:
+    """A scratch copy of the bundled tones checkpoint, plus the broken variants the load cases read."""
+    d = Path(tempfile.mkdtemp(prefix="arkern-bad-input-"))
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(HERE / f"tones{suffix}", d / f"tones{suffix}")
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    raw = (d / "tones.safetensors").read_bytes()
+    (d / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    (d / "cut.json").write_text((d / "tones.json").read_text().replace("tones.safetensors", "cut.safetensors"))
+    (d / "regular").write_text("a file, not a folder")
+    (d / "x.png").mkdir()
+    return d
+
+
+def _tones_variant(name: str, edit: Callable[[dict], None]) -> str:
+    config = json.loads((_folder() / "tones.json").read_text())
+    edit(config)
+    path = _folder() / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+class CliExit(Exception):
+    """`arkern ...` exited with code 2; the message is what it printed to stderr."""
+
+
+def _cli(*argv: str) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli_main(list(argv))
+        except SystemExit as e:
+            code = e.code
+    if code == 2:
+        raise CliExit(err.getvalue())
+    raise AssertionError(f"arkern {' '.join(argv)} exited with {code}, not 2: {err.getvalue()}")
+
+
+APPS = [
+    # generate
+    Case("generate noise NaN", lambda: _gen(noise=_digits_noise(float("nan"))), ValueError, "noise"),
+    Case("generate noise inf (fused)", lambda: _gen(noise=_digits_noise(float("inf")), method="fused"), ValueError,
+         "noise"),
+    Case("generate noise < 0 (cached)", lambda: _gen(noise=_digits_noise(-0.25), method="cached"), ValueError,
+         "noise"),
+    Case("generate noise 1.0", lambda: _gen(noise=_digits_noise(1.0)), ValueError, "noise"),
+    Case("generate noise on meta (fused)", lambda: _gen(noise=_digits_noise(0.5, "meta"), method="fused"),
+         ValueError, "noise"),
+    Case("generate noise float32", lambda: _gen(noise=_digits_noise(0.5).float()), TypeError, "noise"),
+    Case("generate noise shape", lambda: _gen(noise=torch.rand(2, 1, 4, 5, dtype=F64)), ValueError, "noise"),
+    Case("generate temperature inf", lambda: _gen(temperature=float("inf")), ValueError, "temperature"),
+    Case("generate temperature denormal", lambda: _gen(temperature=5e-324), ValueError, "temperature"),
+    Case("generate seed 2**64", lambda: _gen(seed=2**64), ValueError, "seed"),
+    Case("generate seed and generator", lambda: _gen(seed=1, generator=torch.Generator()), ValueError, "seed"),
+    Case("generate shape 2**40 squared", lambda: _gen(shape=(2**40, 2**40)), ValueError, "shape"),
+    Case("generate batch_size 0", lambda: generate(_model("digits"), 0, shape=(4, 4)), ValueError, "batch_size"),
+    Case("generate method", lambda: _gen(method="fast"), ValueError, "method"),
+    Case("generate length for an image model", lambda: _gen(shape=None, length=5), ValueError, "length"),
+    Case("generate label out of range", lambda: _gen(condition=10), ValueError, "condition"),
+    Case("generate chunk_size 2.5", lambda: _gen("tones", chunk_size=2.5), TypeError, "chunk_size"),
+    Case("generate forced out of range (cached)",
+         lambda: _gen("tones", method="cached", forced=torch.full((2, 6), 256)), ValueError, "forced"),
+    Case("generate forced out of range (naive)",
+         lambda: _gen("tones", method="naive", forced=torch.full((2, 6), -1)), ValueError, "forced"),
+    Case("generate length 10**12", lambda: _gen("tones", length=10**12), ValueError, "length"),
+    # load
+    Case("load 100,000 layers", lambda: arkern.load(_tones_variant("layers", lambda c: c["kwargs"].update(
+        num_layers=100_000))), ValueError, "kwargs"),
+    Case("load 10**9 channels", lambda: arkern.load(_tones_variant("wide", lambda c: c["kwargs"].update(
+        residual_channels=10**9))), ValueError, "kwargs"),
+    Case("load sha256 int", lambda: arkern.load(_tones_variant("sha", lambda c: c["weights"].update(sha256=7))),
+         ValueError, "sha256"),
+    Case("load weights absolute", lambda: arkern.load(_tones_variant("abs", lambda c: c["weights"].update(
+        file=str(HERE / "tones.safetensors")))), ValueError, "file"),
+    Case("load weights ../", lambda: arkern.load(_tones_variant("up", lambda c: c["weights"].update(
+        file="../tones.safetensors"))), ValueError, "file"),
+    Case("load 100k-deep JSON", lambda: arkern.load(_folder() / "deep.json"), ValueError, "deep.json"),
+    Case("load truncated weights", lambda: arkern.load(_folder() / "cut.json"), ValueError, "cut.safetensors"),
+    Case("load device meta", lambda: arkern.load("tones", device="meta"), ValueError, "device"),
+    Case("load device nonsense", lambda: arkern.load("tones", device="gpu7"), ValueError, "device"),
+    Case("load unknown model type", lambda: arkern.load(_tones_variant("type", lambda c: c.update(model="GPT"))),
+         ValueError, "model"),
+    Case("load no such model", lambda: arkern.load("no-such-model"), FileNotFoundError, "no-such-model"),
+    # CLI: exit 2 with a message, before any sampling
+    Case("cli --out /proc", lambda: _cli("sample", "digits", "--n", "1", "--out", "/proc/x.png"), CliExit,
+         "--out"),
+    Case("cli --out under a regular file",
+         lambda: _cli("sample", "digits", "--n", "1", "--out", str(_folder() / "regular" / "x.png")), CliExit,
+         "--out"),
+    Case("cli --out a directory", lambda: _cli("sample", "digits", "--n", "1", "--out", str(_folder() / "x.png")),
+         CliExit, "--out"),
+    Case("cli --seed 2**70", lambda: _cli("sample", "digits", "--seed", str(2**70)), CliExit, "--seed"),
+    Case("cli --seconds 1e12", lambda: _cli("sample", "tones", "--seconds", "1e12"), CliExit, "--n/--seconds"),
+    Case("cli --n 10**9", lambda: _cli("sample", "digits", "--n", str(10**9)), CliExit, "--n/--shape"),
+    Case("cli --n 10**6 grid", lambda: _cli("sample", "digits", "--n", str(10**6), "--scale", "16"), CliExit,
+         "--n/--shape/--scale"),
+    Case("cli --temperature inf", lambda: _cli("sample", "digits", "--temperature", "inf"), CliExit,
+         "--temperature"),
+    Case("cli --shape 0", lambda: _cli("sample", "digits", "--shape", "0", "4"), CliExit, "--shape"),
+    Case("cli unknown model", lambda: _cli("sample", "no-such-model"), CliExit, "MODEL"),
+]
+
+CASES = OPS + APPS
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -89,7 +89,7 @@ def test_sample_audio_clips_and_in_process_wav(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["sample", "digits", "--label", "10"], "--label must be in [0, 10)"),
-    (["sample", "digits", "--temperature", "0"], "--temperature must be a number > 0"),
+    (["sample", "digits", "--temperature", "0"], "--temperature must be a finite number"),
     (["sample", "digits", "--top-k", "0"], "--top-k must be >= 1"),
     (["sample", "digits", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["sample", "digits", "--threads", "0"], "--threads must be >= 1"),

@@ -20,8 +20,10 @@ from collections.abc import Callable
 import torch
 
 from arkern.models import PixelCNN, WaveNet
-from arkern.ops.pixelcnn_decode import pack_pixelcnn, pixelcnn_generate
-from arkern.ops.wavenet_decode import pack_wavenet, wavenet_generate
+from arkern.models.pixelcnn_packing import pack_pixelcnn
+from arkern.models.wavenet import pack_wavenet
+from arkern.ops.pixelcnn_decode import pixelcnn_generate
+from arkern.ops.wavenet_decode import wavenet_generate
 
 
 def _wavenet(batch: int, steps: int) -> tuple[Callable[[], None], int]:

@@ -161,10 +161,18 @@ def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temper
         raise ValueError(f"sample: method must be one of {METHODS}, got {method!r}")
     B, T = noise.shape
     local, glob = cond, gcond
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"generate: chunk_size must be an int, got {type(chunk_size).__name__} {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"generate: chunk_size must be >= 1, got {chunk_size}")
-    if forced is not None and (forced.dtype != torch.int64 or tuple(forced.shape) != (B, T)):
-        raise ValueError(f"generate: forced must be int64 {(B, T)}, got {forced.dtype} {tuple(forced.shape)}")
+    if forced is not None:
+        if not isinstance(forced, torch.Tensor) or forced.dtype != torch.int64 or tuple(forced.shape) != (B, T):
+            got = f"{forced.dtype} {tuple(forced.shape)}" if isinstance(forced, torch.Tensor) else type(forced).__name__
+            raise ValueError(f"generate: forced must be int64 {(B, T)}, got {got}")
+        A = model.config.num_classes
+        if forced.numel() and (int(forced.min()) < 0 or int(forced.max()) >= A):
+            raise ValueError(f"generate: forced holds samples outside [0, {A}), got [{int(forced.min())}, "
+                             f"{int(forced.max())}]")
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     out = torch.empty(B, T, dtype=torch.int64, device=noise.device)
     logits = []

@@ -74,17 +74,15 @@ def check_writable(op: str, name: str, t: torch.Tensor, **inputs: torch.Tensor |
     every in-place op, it must not be an inference tensor outside inference mode nor a leaf that requires
     grad while grad mode is on (the Triton kernels write raw memory, so torch would not check these).
     """
-    if torch.compiler.is_compiling():  # memory layout is not traceable; the kernels re-check it
-        pass
-    elif torch._debug_has_internal_overlap(t) == 1:  # 1: certainly overlapping (2: too hard to tell, fine)
+    if torch.compiler.is_compiling():  # none of this is traceable; the C++ kernels and their autograd re-check
+        return
+    if torch._debug_has_internal_overlap(t) == 1:  # 1: certainly overlapping (2: too hard to tell, fine)
         raise ValueError(f"{op}: {name} has internal overlap: more than one element of the written-to tensor "
                          f"refers to a single memory location (strides {t.stride()}, e.g. an expand()-ed "
                          f"tensor); clone() it before passing it")
-    else:
-        for other, o in inputs.items():
-            if o is not None and o.device == t.device and t.device.type != "meta" and torch._C._overlaps(t, o):
-                raise ValueError(f"{op}: {name} shares storage with {other}, which the op reads while writing "
-                                 f"{name}")
+    for other, o in inputs.items():
+        if o is not None and o.device == t.device and t.device.type != "meta" and torch._C._overlaps(t, o):
+            raise ValueError(f"{op}: {name} shares storage with {other}, which the op reads while writing {name}")
     if t.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(f"{op}: Inplace update to inference tensor outside InferenceMode is not allowed "
                            f"({name} was created in inference mode; clone() it, or run under inference_mode)")

@@ -11,6 +11,11 @@ file's name and sha256, and a free ``meta`` section: data, sampling defaults, tr
 the problem: a missing file is a FileNotFoundError; a corrupted or truncated weights file, a checksum
 mismatch, a config that does not describe the weights, a non-finite weight are ValueErrors.
 
+Loading checks the config against the weights file's header before anything of the model's size is built:
+the model is first built on the meta device (no memory), and the build stops as soon as it registers more
+parameters, or more parameter elements, than the file holds -- so a 300-byte config asking for 100,000
+layers or a 10^9-channel layer fails in milliseconds. The weights file must sit in the config's folder.
+
 The bundled models are reproduced by ``arkern train mnist|digits|tones --out arkern/pretrained``
 (:mod:`arkern.training`).
 """
@@ -19,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from arkern.families import checkpoint_model_type, checkpoint_type_name, checkpoint_type_names, family_of
 
@@ -79,6 +86,8 @@ def _read_config(json_path: Path) -> dict:
         config = json.loads(json_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{json_path}: not a valid JSON config ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{json_path}: not a valid JSON config (nested too deeply)") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{json_path}: not an arkern checkpoint config (expected \"format\": \"{FORMAT}\")")
     if config.get("version") != VERSION:
@@ -92,6 +101,14 @@ def _read_config(json_path: Path) -> dict:
     weights = config.get("weights")
     if not isinstance(weights, dict) or not isinstance(weights.get("file"), str):
         raise ValueError(f"{json_path}: \"weights\" must be an object with the weights \"file\" name")
+    name = weights["file"]
+    if name in ("", ".", "..") or Path(name).name != name or "/" in name or "\\" in name:
+        raise ValueError(f"{json_path}: the weights \"file\" must be a file name in the checkpoint's folder "
+                         f"(no directories, not absolute), got {name!r}")
+    sha = weights.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"{json_path}: the weights \"sha256\" must be 64 lowercase hex digits, got {sha!r}")
     if not isinstance(config.get("meta", {}), dict):
         raise ValueError(f"{json_path}: \"meta\" must be an object")
     return config
@@ -130,23 +147,94 @@ def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Te
         raise ValueError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}") from None
 
 
-def _check_matches(tensors: dict[str, torch.Tensor], model: nn.Module, weights_path: Path, json_path: Path) -> None:
-    expected = model.state_dict()
+Signature = dict[str, tuple[tuple[int, ...], bool]]  # state_dict key -> (shape, is floating point)
+
+_FLOAT_CODES = ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+
+
+def _signature(tensors: dict[str, torch.Tensor]) -> Signature:
+    return {k: (tuple(t.shape), t.is_floating_point()) for k, t in tensors.items()}
+
+
+def _read_header(path: Path) -> Signature:
+    """Names, shapes and float-ness of the tensors in a safetensors file, from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            return {k: (tuple(v.get_shape()), v.get_dtype() in _FLOAT_CODES) for k, v in slices.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file (corrupted or truncated?): {e}") from None
+
+
+def _build_within(model_type: str, kwargs: dict, found: Signature, json_path: Path) -> nn.Module:
+    """Build the model on the meta device (no memory), stopping as soon as it registers more parameters, or
+    more parameter elements, than the weights file holds: every parameter is in the state_dict, so a model
+    that exceeds either count cannot match, however long its constructor would run."""
+    count, elements = 0, 0
+    limit_count, limit_elements = len(found), sum(math.prod(shape) for shape, _ in found.values())
+
+    def budget(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        nonlocal count, elements
+        if param is None:
+            return
+        count, elements = count + 1, elements + param.numel()
+        if count > limit_count or elements > limit_elements:
+            raise _TooLarge(f"{json_path}: kwargs {kwargs} describe a {model_type} with more parameters than "
+                            f"its weights file holds ({limit_count} tensors, {limit_elements} elements)")
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(budget)
+    try:
+        with torch.device("meta"), _SkipMetaFills():
+            return build_model(model_type, kwargs)
+    except _TooLarge as e:
+        raise ValueError(str(e)) from None
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
+        raise ValueError(f"{json_path}: cannot build {model_type} from kwargs {kwargs}: {e}") from None
+    finally:
+        handle.remove()
+
+
+class _SkipMetaFills(TorchFunctionMode):
+    """In-place fills of meta tensors (weight init) compute nothing; torch would run some of them through
+    Python decompositions that import its compiler (seconds) -- skip them."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else next(iter(kwargs.values()), None)  # nn.init passes tensor=...
+        if (name.endswith("_") and not name.startswith("_") and isinstance(target, torch.Tensor)
+                and target.device.type == "meta"):
+            return target
+        return func(*args, **kwargs)
+
+
+class _TooLarge(Exception):
+    """Raised from inside a constructor by the parameter budget of :func:`_build_within`."""
+
+
+def _check_matches(found: Signature, expected: Signature, weights_path: Path, json_path: Path) -> None:
     problems = []
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing:
         problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if unexpected:
         problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    for key in sorted(set(expected) & set(tensors)):
-        if tensors[key].shape != expected[key].shape:
-            problems.append(f"{key} has shape {tuple(tensors[key].shape)}, the config gives "
-                            f"{tuple(expected[key].shape)}")
-        elif tensors[key].is_floating_point() != expected[key].is_floating_point():
-            problems.append(f"{key} has dtype {tensors[key].dtype}, expected {expected[key].dtype}")
+    for key in sorted(set(expected) & set(found)):
+        (shape, floating), (want, want_floating) = found[key], expected[key]
+        if shape != want:
+            problems.append(f"{key} has shape {shape}, the config gives {want}")
+        elif floating != want_floating:
+            problems.append(f"{key} is {'' if floating else 'not '}floating point, unlike the model's")
     if problems:
         raise ValueError(f"{weights_path} does not match the config {json_path}: " + "; ".join(problems[:6]))
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], weights_path: Path) -> None:
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise ValueError(f"{weights_path}: non-finite values (nan/inf) in {bad[:5]}")
@@ -161,8 +249,17 @@ def load(name_or_path: str | os.PathLike, *, device: torch.device | str | None =
     Raises:
         FileNotFoundError: unknown name, or a missing config / weights file (the message names it).
         ValueError: invalid config, corrupted or truncated weights, checksum mismatch, weights that do not
-            match the config, non-finite weights.
+            match the config (checked against the file's header before the model is built), non-finite
+            weights, a weights file outside the config's folder, device="meta".
     """
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"arkern.load: device {device!r} is not a torch device ({e})") from None
+    if device is not None and device.type == "meta":
+        raise ValueError("arkern.load: device='meta' would drop the weights just read; load on a real device "
+                         "(build the model class under torch.device('meta') for a weightless one)")
     json_path, weights_path = checkpoint_paths(name_or_path)
     config = _read_config(json_path)
     named = json_path.parent / config["weights"]["file"]
@@ -170,12 +267,13 @@ def load(name_or_path: str | os.PathLike, *, device: torch.device | str | None =
         weights_path = named
     elif weights_path.resolve() != named.resolve():
         raise ValueError(f"{json_path}: describes weights {config['weights']['file']!r}, not {weights_path.name!r}")
+    found = _read_header(weights_path)
+    shell = _build_within(config["model"], config["kwargs"], found, json_path)
+    _check_matches(found, _signature(shell.state_dict()), weights_path, json_path)
     tensors = _read_weights(weights_path, config["weights"].get("sha256"))
-    try:
-        model = build_model(config["model"], config["kwargs"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{json_path}: cannot build {config['model']} from kwargs {config['kwargs']}: {e}") from None
-    _check_matches(tensors, model, weights_path, json_path)
+    _check_matches(_signature(tensors), _signature(shell.state_dict()), weights_path, json_path)
+    _check_finite(tensors, weights_path)
+    model = build_model(config["model"], config["kwargs"])
     model.load_state_dict(tensors, strict=True)
     model.eval()
     if device is not None:
@@ -206,9 +304,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, kwargs: dict | None = Non
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")
     json_path, weights_path = base.with_suffix(".json"), base.with_suffix(".safetensors")
-    rebuilt = build_model(model_type, kwargs)
+    with torch.device("meta"), _SkipMetaFills():
+        rebuilt = build_model(model_type, kwargs)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _check_matches(state, rebuilt, weights_path, json_path)
+    _check_matches(_signature(state), _signature(rebuilt.state_dict()), weights_path, json_path)
+    _check_finite(state, weights_path)
     base.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(weights_path), metadata={"format": FORMAT, "model": model_type})
     umask = os.umask(0)
