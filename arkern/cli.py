@@ -286,6 +286,11 @@ def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     if len(shape) != 2:
         parser.error("--shape H W is needed: the model's config gives no image size")
     n = args.n or 64
+    try:
+        family.check_size(model, shape)
+    except ValueError as e:
+        parser.error(f"--shape: {e}")
+    _check_size_limits(model, family, n, shape, "--n/--shape", parser)  # before any per-image list is built
     num_labels = family.num_labels(model)
     condition, cols = None, args.cols
     if num_labels:
@@ -302,15 +307,10 @@ def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     elif args.label is not None or args.class_rows:
         parser.error(f"--{'label' if args.label is not None else 'class-rows'}: {type(model).__name__} "
                      f"{meta.get('name', '')} is not class-conditional")
-    try:
-        family.check_size(model, shape)
-    except ValueError as e:
-        parser.error(f"--shape: {e}")
     method = _pick_method(model, family, args.method, parser)
     out = args.out or f"{meta.get('name', 'samples')}.png"
     if not out.lower().endswith(".png"):
         parser.error(f"--out: image models write a PNG; the path must end in .png, got {out!r}")
-    _check_size_limits(model, family, n, shape, "--n/--shape", parser)
     h, w = shape
     scale = args.scale or max(1, 64 // max(h, w))
     grid_cols = cols or math.ceil(math.sqrt(n))

@@ -33,6 +33,7 @@ from arkern.models.wavenet import pack_wavenet
 from arkern.ops import (
     causal_conv1d,
     causal_conv1d_update,
+    causal_conv1d_varlen_states,
     masked_conv2d,
     masked_linear,
     pixelcnn_generate,
@@ -89,6 +90,10 @@ def _update_op(state: torch.Tensor | None = None, x: torch.Tensor | None = None,
 def _inference_state() -> torch.Tensor:
     with torch.inference_mode():
         return torch.zeros(2, 4, 2, dtype=F64)
+
+
+def _cu(*values: int) -> torch.Tensor:
+    return torch.tensor(values or (0, 2, 5), dtype=I32)
 
 
 def _mconv(**kw: object) -> object:
@@ -215,6 +220,16 @@ OPS = [
          needs_cpp=True),
     Case("update compiled op: dilation overflow", lambda: _update_op(dilation=2**62), RuntimeError, "dilation",
          needs_cpp=True),
+    # causal_conv1d_varlen_states
+    Case("varlen state_len 0", lambda: causal_conv1d_varlen_states(_r(5, 3), _cu(), 0), ValueError, "state_len"),
+    Case("varlen state_len 2**62", lambda: causal_conv1d_varlen_states(_r(5, 3), _cu(), 2**62), ValueError,
+         "state_len"),
+    Case("varlen cu_seqlens decreasing", lambda: causal_conv1d_varlen_states(_r(5, 3), _cu(0, 4, 2), 2),
+         ValueError, "cu_seqlens"),
+    Case("varlen cu_seqlens float", lambda: causal_conv1d_varlen_states(_r(5, 3), torch.tensor([0.0, 5.0]), 2),
+         TypeError, "cu_seqlens"),
+    Case("varlen x on meta", lambda: causal_conv1d_varlen_states(_r(5, 3, device="meta"), _cu(), 2), ValueError,
+         "x"),
     # masked_conv2d
     Case("mconv dilation 0", lambda: _mconv(dilation=0), ValueError, "dilation"),
     Case("mconv even kernel", lambda: _mconv(weight=_r(6, 3, 2, 3)), ValueError, "weight"),

@@ -20,8 +20,8 @@ from arkern.compat.install import install_shim
 from arkern.ops import causal_conv1d as _conv
 from arkern.ops import causal_conv1d_update as _update
 from arkern.ops import causal_conv1d_varlen_states as _varlen_states
-from arkern.reference.causal_conv1d_varlen import causal_conv1d_varlen_states as causal_conv1d_varlen_states_ref
 from arkern.ops._validate import check_tensor
+from arkern.reference.causal_conv1d_varlen import causal_conv1d_varlen_states as causal_conv1d_varlen_states_ref
 
 _ACTIVATIONS = (None, "silu", "swish")
 _HALF = (torch.float16, torch.bfloat16)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+MAX_STATE_BYTES = 1 << 48  # an output state this large (256 TiB) cannot be allocated anywhere: a typo
 
 
 def _dt(d: torch.dtype) -> str:

@@ -13,13 +13,20 @@ import torch
 
 from arkern.backends import OpBackends
 from arkern.ops._library import LIB, optional_grads, same_device
-from arkern.ops._validate import check_choice, check_int, check_same, check_shape, check_tensor, check_writable
+from arkern.ops._validate import (
+    MAX_STATE_BYTES,
+    check_choice,
+    check_int,
+    check_same,
+    check_shape,
+    check_tensor,
+    check_writable,
+)
 from arkern.reference import causal_conv1d as ref
 
 OP = "causal_conv1d"
 OP_UPDATE = "causal_conv1d_update"
 ACTIVATIONS = (None, "silu")
-MAX_STATE_BYTES = 1 << 48  # a final state this large (256 TiB) cannot be allocated anywhere
 
 LIB.define("causal_conv1d(Tensor x, Tensor weight, Tensor? bias, Tensor? initial_state, int dilation, int groups, "
            "bool silu) -> Tensor")

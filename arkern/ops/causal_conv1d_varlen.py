@@ -11,7 +11,7 @@ import torch
 
 from arkern.backends import OpBackends
 from arkern.ops._library import LIB
-from arkern.ops._validate import FLOAT_DTYPES, check_int, check_tensor
+from arkern.ops._validate import FLOAT_DTYPES, MAX_STATE_BYTES, check_int, check_tensor
 from arkern.reference import causal_conv1d_varlen as ref
 
 OP = "causal_conv1d_varlen_states"
@@ -66,6 +66,10 @@ def validate(x: torch.Tensor, cu_seqlens: torch.Tensor, state_len: int) -> None:
     if cu_seqlens.numel() < 1:
         raise ValueError(f"{OP}: cu_seqlens must have batch + 1 >= 1 entries (the cumulative sequence lengths "
                          f"starting with 0), got an empty tensor")
+    states = (cu_seqlens.numel() - 1) * x.shape[1] * state_len * x.element_size()
+    if states >= MAX_STATE_BYTES:
+        raise ValueError(f"{OP}: state_len={state_len} asks for {states / 2**40:.3g} TiB of states "
+                         f"({cu_seqlens.numel() - 1} sequences x {x.shape[1]} channels), too large to return")
     if torch.compiler.is_compiling():  # value checks need the data (the C++ kernel re-checks them)
         return
     cu = cu_seqlens.to("cpu", torch.int64)

@@ -130,10 +130,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def _check_checksum(path: Path, expected_sha256: str | None) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     if expected_sha256 is not None:
@@ -141,6 +138,12 @@ def _read_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Te
         if got != expected_sha256:
             raise ValueError(f"{path}: checksum mismatch (sha256 {got[:16]}..., the config expects "
                              f"{expected_sha256[:16]}...): the file is corrupted or not the one its config describes")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -267,10 +270,11 @@ def load(name_or_path: str | os.PathLike, *, device: torch.device | str | None =
         weights_path = named
     elif weights_path.resolve() != named.resolve():
         raise ValueError(f"{json_path}: describes weights {config['weights']['file']!r}, not {weights_path.name!r}")
+    _check_checksum(weights_path, config["weights"].get("sha256"))
     found = _read_header(weights_path)
     shell = _build_within(config["model"], config["kwargs"], found, json_path)
     _check_matches(found, _signature(shell.state_dict()), weights_path, json_path)
-    tensors = _read_weights(weights_path, config["weights"].get("sha256"))
+    tensors = _read_weights(weights_path)
     _check_matches(_signature(tensors), _signature(shell.state_dict()), weights_path, json_path)
     _check_finite(tensors, weights_path)
     model = build_model(config["model"], config["kwargs"])
