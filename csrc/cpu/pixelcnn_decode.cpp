@@ -2,13 +2,13 @@
 //
 // One call runs image rows [row_begin, row_end) of a batch in raster order: for every pixel, every colour
 // sub-step g (R, then G, then B), every layer, the head, and the draw from the pre-drawn uniform (float64
-// softmax, temperature, top-k, top-p, inverse CDF: the decisions of arkern.sampling.sample_categorical).
+// softmax, temperature, top-k, top-p, inverse CDF: the decisions of arkern.distributions.sample_categorical).
 //
 // Colour sub-step g computes only output group g of every layer: with colour-group masks, output group g
 // at pixel (i, j) depends there only on input groups <= g (mask B) or < g (mask A), which earlier
 // sub-steps made final. A pixel therefore costs one pass through the network whatever the colour count.
 //
-// Weights (arkern.ops.pixelcnn_decode.pack_pixelcnn): one matrix per (layer, output group) holding only
+// Weights (packed by arkern.models.pixelcnn_packing): one matrix per (layer, output group) holding only
 // the taps the mask keeps, columns ordered (kernel row, kernel column, input channel) like the caches,
 // packed as described in pixelcnn_decode.h; float32 or bfloat16 with float32 accumulation, or float64.
 //

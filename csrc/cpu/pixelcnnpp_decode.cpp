@@ -18,7 +18,7 @@
 //
 // config = [C, M, bins, f, R]: image channels, mixture components, levels per channel, filters, gated
 // resnets per scale in the up pass (R + 1 in the down pass at scales 0 and 1, R at scale 2). The weight
-// list order is fixed by arkern.ops.pixelcnnpp_decode.pack_pixelcnnpp (mirrored in Layers below).
+// list order is fixed by arkern.models.pixelcnnpp_packing.pack_pixelcnnpp (mirrored in Layers below).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -2,17 +2,17 @@
 //
 // One call runs, for every batch row and every step: embedding of the previous two samples, L gated
 // dilated layers (ring buffer per layer), the skip sum, the head relu -> 1x1 -> relu -> 1x1, and a draw
-// from the pre-drawn uniforms (softmax, temperature, top-k, top-p, inverse CDF; the same decisions as
-// arkern.sampling.sample_categorical). The loop over steps never returns to Python. Ring buffers are
-// (B, R, d) views of time-major (B, d, R) storage, so one step reads and writes R contiguous floats.
+// from the pre-drawn uniforms (softmax, temperature, top-k, top-p, inverse CDF: the decisions of
+// arkern.distributions.sample_categorical, made by decode_sampler.h). The loop over steps never returns to
+// Python. Ring buffers are (B, R, d) views of time-major (B, d, R) storage, so one step reads and writes R contiguous floats.
 //
-// Weights come pre-packed (arkern.ops.wavenet_decode.pack_wavenet): every matrix W (M x N) has its rows
+// Weights come pre-packed (arkern.models.wavenet.pack_wavenet with arkern.ops.wavenet_decode.pack_matrix;
+// the layout is documented in arkern/reference/wavenet_decode.py): every matrix W (M x N) has its rows
 // zero-padded to Mp = ceil16(M) and is stored as row tiles of up to 64 outputs, each tile transposed
 // (N x tile width) and contiguous. A tile is then one stream of weights, multiplied into 16..64
 // float32 accumulators per batch row held in AVX-512 registers; four batch rows share every weight load,
-// and up to 16 rows share each tile while it is in cache. bfloat16 weights are widened to float32 with a
-// shift (no avx512_bf16 needed); accumulation is
-// always float32. Batch rows are split into groups run in parallel with at::parallel_for.
+// and more rows share each tile while it is in cache (decode_matvec.h, WaveNetPacking). bfloat16 weights are
+// widened to float32 with a shift (no avx512_bf16 needed); accumulation is always float32. Batch rows are split into groups run in parallel with at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,130 +26,29 @@
 #include <type_traits>
 #include <vector>
 
-#include "simd_math.h"
+#include "decode_gate.h"
+#include "decode_matvec.h"
+#include "decode_sampler.h"
 
 namespace {
 
-constexpr int64_t kTile = 64;  // outputs per weight tile
-constexpr int kMaxRows = 64;   // batch rows sharing each weight tile (4 at a time in registers)
-constexpr int64_t kJBlock = 32; // inputs per L1 block of a tile when more than 4 rows share it
+using arkern_decode::gate;
+using arkern_decode::Mat;
+using arkern_decode::pad16;
+using arkern_decode::Sampler;
+using arkern_decode::WaveNetPacking;
+
+constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
 
-inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
-
-// ---------------------------------------------------------------- matrix-vector tiles
-
-#if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-// y[b][m0 : m0 + 16V] = init[m0 : ...] (y[b][m0 : ...] when init is null) + sum over j < jn of
-// blk[j] x[b][xj + j], for NB rows; blk is (jn x 16V), contiguous.
-template <typename WT, int NB, int V>
-void tile(const WT* blk, int64_t jn, const float* const* x, int64_t xj, float* const* y, int64_t m0,
-          const float* init) {
-  __m512 acc[NB][V];
-#pragma GCC unroll 4
-  for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[b][v] = _mm512_loadu_ps((init ? init : y[b]) + m0 + 16 * v);
-  for (int64_t j = 0; j < jn; ++j) {
-    const WT* wj = blk + j * (16 * V);
-    __m512 w[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) w[v] = load16(wj + 16 * v);
-#pragma GCC unroll 4
-    for (int b = 0; b < NB; ++b) {
-      const __m512 xb = _mm512_set1_ps(x[b][xj + j]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[b][v] = _mm512_fmadd_ps(w[v], xb, acc[b][v]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(y[b] + m0 + 16 * v, acc[b][v]);
-}
-#else
-inline float to_float(float v) { return v; }
-inline float to_float(at::BFloat16 v) { return static_cast<float>(v); }
-
-template <typename WT, int NB, int V>
-void tile(const WT* blk, int64_t jn, const float* const* x, int64_t xj, float* const* y, int64_t m0,
-          const float* init) {
-  constexpr int W = 16 * V;
-  float acc[NB][W];
-  for (int b = 0; b < NB; ++b)
-    for (int m = 0; m < W; ++m) acc[b][m] = (init ? init : y[b])[m0 + m];
-  for (int64_t j = 0; j < jn; ++j) {
-    const WT* wj = blk + j * W;
-    for (int b = 0; b < NB; ++b) {
-      const float xb = x[b][xj + j];
-#pragma omp simd
-      for (int m = 0; m < W; ++m) acc[b][m] += to_float(wj[m]) * xb;
-    }
-  }
-  for (int b = 0; b < NB; ++b)
-    for (int m = 0; m < W; ++m) y[b][m0 + m] = acc[b][m];
-}
-#endif
-
-template <typename WT, int V>
-void tile_group(const WT* blk, int64_t jn, int nb, const float* const* x, int64_t xj, float* const* y, int64_t m0,
-                const float* init) {
-  for (int r = 0; r < nb; r += 4) {
-    switch (std::min(4, nb - r)) {
-      case 4: tile<WT, 4, V>(blk, jn, x + r, xj, y + r, m0, init); break;
-      case 3: tile<WT, 3, V>(blk, jn, x + r, xj, y + r, m0, init); break;
-      case 2: tile<WT, 2, V>(blk, jn, x + r, xj, y + r, m0, init); break;
-      default: tile<WT, 1, V>(blk, jn, x + r, xj, y + r, m0, init); break;
-    }
-  }
-}
-
-inline void widen(const at::BFloat16* w, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(w[i]);
-}
-
-template <typename WT, int V>
-void tile_rows(const WT* blk, int64_t ja, int64_t jb, int nb, const float* const* x, int64_t xoff, float* const* y,
-               int64_t m0, const float* bias) {
-  // More than 4 rows: the tile is cut into blocks of kJBlock inputs (<= 8 KB as float32, L1-resident), each
-  // streamed from memory by the first 4 rows and re-read from L1 by the others; bfloat16 blocks are widened
-  // to float32 once per block rather than once per 4 rows.
-  const int64_t step = nb > 4 ? kJBlock : jb - ja;
-  for (int64_t j0 = ja; j0 < jb; j0 += step) {
-    const int64_t jn = std::min(jb, j0 + step) - j0;
-    const WT* bp = blk + j0 * (16 * V);
-    const float* init = j0 == 0 ? bias : nullptr;
-    if (std::is_same_v<WT, float> || nb <= 4) {
-      tile_group<WT, V>(bp, jn, nb, x, j0 - xoff, y, m0, init);
-    } else if constexpr (!std::is_same_v<WT, float>) {
-      alignas(64) float wide[kJBlock * 16 * V];
-      widen(bp, jn * 16 * V, wide);
-      tile_group<float, V>(wide, jn, nb, x, j0 - xoff, y, m0, init);
-    }
-  }
-}
-
 // y[b] (+)= W[:, ja:jb] x[b][0 : jb - ja] for nb rows, starting from the bias when ja == 0 and from y[b]
-// otherwise; W packed (mp x n) as described at the top of the file. Every output accumulates its inputs in
-// the order j = 0, 1, ..., so splitting [0, n) into ranges gives bit-identical results.
+// otherwise; W packed (mp x n) by arkern.ops.wavenet_decode.pack_matrix. Every output accumulates its inputs
+// in the order j = 0, 1, ..., so splitting [0, n) into ranges, or rows into groups, gives bit-identical results.
 template <typename WT>
 void matvec_range(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t jb, const float* const* x,
                   float* const* y, const float* bias) {
-  for (int64_t m0 = 0; m0 < mp; m0 += kTile) {
-    const WT* blk = w + m0 * n;
-    switch (std::min(kTile, mp - m0) / 16) {
-      case 4: tile_rows<WT, 4>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
-      case 3: tile_rows<WT, 3>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
-      case 2: tile_rows<WT, 2>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
-      default: tile_rows<WT, 1>(blk, ja, jb, nb, x, ja, y, m0, bias); break;
-    }
-  }
+  const Mat<float, WT> mat{w, bias, mp, mp, n};
+  arkern_decode::matvec_range<WaveNetPacking>(mat, nb, ja, jb, x, y);
 }
 
 // y[b] = bias + W x[b] for nb rows.
@@ -157,74 +56,6 @@ template <typename WT>
 void matvec(int nb, const WT* w, int64_t mp, int64_t n, const float* const* x, float* const* y, const float* bias) {
   matvec_range<WT>(nb, w, mp, n, 0, n, x, y, bias);
 }
-
-// ---------------------------------------------------------------- gate: tanh(a) * sigmoid(b)
-
-#if defined(__AVX512F__)
-// g[c] = tanh(pre[c]) * sigmoid(pre[rp + c]) for c < rp (rp a multiple of 16; padded lanes give 0).
-inline void gate(const float* pre, int64_t rp, float* g) {
-  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  for (int64_t c = 0; c < rp; c += 16) {
-    const __m512 a = _mm512_loadu_ps(pre + c), s = _mm512_loadu_ps(pre + rp + c);
-    const __m512 th = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(exp16(_mm512_add_ps(a, a)), one)));
-    const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), s))));
-    _mm512_storeu_ps(g + c, _mm512_mul_ps(th, sg));
-  }
-}
-#else
-inline void gate(const float* pre, int64_t rp, float* g) {
-  for (int64_t c = 0; c < rp; ++c) g[c] = std::tanh(pre[c]) / (1.0f + std::exp(-pre[rp + c]));
-}
-#endif
-
-// ---------------------------------------------------------------- sampling (float64, like the Python sampler)
-
-struct Sampler {
-  double temperature;
-  int64_t top_k;  // 0: off
-  double top_p;   // >= 1: off
-  std::vector<double> z, e, cum;
-  std::vector<int64_t> order;
-  explicit Sampler(int64_t a, double t, int64_t k, double p)
-      : temperature(t), top_k(k), top_p(p), z(a), e(a), cum(a), order(a) {}
-
-  // The class drawn by inverse CDF of softmax(logits / T) restricted by top-k / top-p, at uniform u.
-  int64_t draw(const float* logits, int64_t a, double u) {
-    const double neg_inf = -std::numeric_limits<double>::infinity();
-    for (int64_t i = 0; i < a; ++i) z[i] = static_cast<double>(logits[i]) / temperature;
-    if (top_k > 0 && top_k < a) {
-      std::copy(z.begin(), z.begin() + a, cum.begin());
-      std::nth_element(cum.begin(), cum.begin() + (top_k - 1), cum.begin() + a, std::greater<double>());
-      const double kth = cum[top_k - 1];
-      for (int64_t i = 0; i < a; ++i)
-        if (z[i] < kth) z[i] = neg_inf;
-    }
-    double m = neg_inf;
-    for (int64_t i = 0; i < a; ++i) m = std::max(m, z[i]);
-    for (int64_t i = 0; i < a; ++i) e[i] = std::exp(z[i] - m);
-    if (top_p < 1.0) {
-      double total = 0.0;
-      for (int64_t i = 0; i < a; ++i) total += e[i];
-      std::iota(order.begin(), order.begin() + a, int64_t(0));
-      std::stable_sort(order.begin(), order.begin() + a, [&](int64_t i, int64_t j) { return e[i] > e[j]; });
-      double before = 0.0;  // probability mass of the classes ranked above this one
-      for (int64_t r = 0; r < a; ++r) {
-        const int64_t i = order[r];
-        const double p = e[i] / total;
-        if (before >= top_p) e[i] = 0.0;
-        before += p;
-      }
-    }
-    double c = 0.0;
-    for (int64_t i = 0; i < a; ++i) cum[i] = (c += e[i]);
-    const double target = u * c;
-    const int64_t idx = std::upper_bound(cum.begin(), cum.begin() + a, target) - cum.begin();
-    if (idx < a) return idx;
-    int64_t last = a - 1;
-    while (last > 0 && e[last] == 0.0) --last;
-    return last;
-  }
-};
 
 // ---------------------------------------------------------------- the network loop
 
@@ -267,6 +98,8 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
   std::vector<const float*> past_x;
   std::vector<float*> past_y;
   float* cur[kMaxRows];
+  double u[kMaxRows];
+  int64_t drawn[kMaxRows];
   if (nb <= kPastMaxRows) {
     past.resize(L);
     int64_t dmax = 1;
@@ -330,7 +163,7 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
             pl[b][Rp + c] += f[R + c];
           }
         }
-        gate(pl[b], Rp, g[b]);
+        gate(pl[b], pl[b] + Rp, g[b], Rp);
       }
       matvec<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, g, rs, net.b_rs + l * rs_p);
       for (int b = 0; b < nb; ++b) {
@@ -344,9 +177,13 @@ void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, 
     for (int b = 0; b < nb; ++b)
       for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
     matvec<WT>(nb, w_end, Ap, A, o, lg, net.b_end);
+    if (!forced) {
+      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
+      sampler.draw(lg, nb, A, u, drawn);
+    }
     for (int b = 0; b < nb; ++b) {
       const int64_t row = row0 + b;
-      const int64_t y = forced ? forced[row * steps + s] : sampler.draw(lg[b], A, noise[row * steps + s]);
+      const int64_t y = forced ? forced[row * steps + s] : drawn[b];
       samples[row * steps + s] = y;
       if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
       int64_t* pv = prev + row * 2;
