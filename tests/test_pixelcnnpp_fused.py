@@ -9,26 +9,17 @@ import torch
 
 import arkern
 from arkern.families import draw_noise, family_of
-from arkern.models.pixelcnnpp import PixelCNNpp
 from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp, pixelcnnpp_fused_reasons
 from arkern.ops.pixelcnnpp_decode import BACKENDS, pixelcnnpp_generate
 from arkern.sampling import available_methods, sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
+from tests.conftest import pixelcnnpp
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(bool(BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), torch.float32)),
                        reason="the pixelcnnpp_generate C++ kernel is not built"),
 ]
-
-
-def _pp(c: int = 3, filters: int = 8, resnets: int = 1, mixtures: int = 2, seed: int = 0) -> PixelCNNpp:
-    torch.manual_seed(seed)
-    model = PixelCNNpp(image_channels=c, filters=filters, num_resnets=resnets, num_mixtures=mixtures).eval()
-    with torch.no_grad():  # larger weights than the init: sharper mixtures, samples that depend on the past
-        for p in model.parameters():
-            p.mul_(2.0)
-    return model
 
 
 CONFIGS = {
@@ -43,7 +34,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_teacher_forced_params_equal_forward(name):
     kwargs, n, (h, w) = CONFIGS[name]
-    model = _pp(**kwargs)
+    model = pixelcnnpp(**kwargs, scale=2.0)
     x = torch.randint(0, 256, (n, model.image_channels, h, w))
     with torch.no_grad():
         expected = model(x)
@@ -54,7 +45,7 @@ def test_teacher_forced_params_equal_forward(name):
 @pytest.mark.parametrize("c,batch,shape,temperature", [(3, 1, (8, 8), 1.0), (3, 2, (16, 16), 1.0),
                                                         (1, 2, (8, 12), 0.8), (3, 1, (12, 16), 1.3)])
 def test_naive_cached_fused_identical(c, batch, shape, temperature):
-    model = _pp(c=c, filters=8, resnets=1, mixtures=3, seed=c)
+    model = pixelcnnpp(c=c, filters=8, resnets=1, mixtures=3, seed=c, scale=2.0)
     noise = draw_noise(model, batch, shape, seed=7)
     runs = {m: sample_image(model, batch, shape=shape, method=m, noise=noise, temperature=temperature)
             for m in ("naive", "cached", "fused")}
@@ -65,7 +56,7 @@ def test_naive_cached_fused_identical(c, batch, shape, temperature):
 
 def test_row_groups_and_threads_identical():
     # five rows: one group of five with one thread, groups of two and three with two threads
-    model = _pp(c=3, filters=8, resnets=1, mixtures=2, seed=4)
+    model = pixelcnnpp(c=3, filters=8, resnets=1, mixtures=2, seed=4, scale=2.0)
     noise = draw_noise(model, 5, (8, 8), seed=1)
     one = sample_image(model, 5, shape=(8, 8), method="fused", noise=noise)
     old = torch.get_num_threads()
@@ -80,7 +71,7 @@ def test_row_groups_and_threads_identical():
 
 
 def test_default_method_and_callback():
-    model = _pp(c=1, filters=8, resnets=1, mixtures=2)
+    model = pixelcnnpp(c=1, filters=8, resnets=1, mixtures=2, seed=0, scale=2.0)
     assert not family_of(model).method_reasons(model)
     assert available_methods(model)[0] == "fused"
     seen = []
@@ -90,8 +81,31 @@ def test_default_method_and_callback():
     assert seen == [0, 1, 2, 3]  # one call per finished image row
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_kernel_equals_reference(c):
+    """The C++ kernel against the op's readable reference (the unpacked network sampled naively): the same
+    mixture parameters teacher-forced, and the same images drawn from the same noise."""
+    model = pixelcnnpp(c=c, filters=6, resnets=1, mixtures=3, seed=4, scale=2.0)
+    packed = pack_pixelcnnpp(model)
+    n, h, w = 2, 4, 8
+    noise = draw_noise(model, n, (h, w), seed=5)
+    forced = sample_image(model, n, shape=(h, w), method="cached", noise=noise)
+    params = {b: pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced,
+                                     backend=b) for b in ("cpu", "reference")}
+    assert_close(params["cpu"], params["reference"], name="mixture params", dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.output_map(model.prepare(forced)).permute(0, 2, 3, 1)
+    assert_close(params["reference"], expected, name="reference vs model", dtype=torch.float32)
+    images = {}
+    for b in ("cpu", "reference"):
+        images[b] = torch.zeros_like(forced)
+        pixelcnnpp_generate(packed, images[b], noise, temperature=0.9, backend=b)
+    assert torch.equal(images["cpu"], images["reference"])
+    assert len(torch.unique(images["cpu"])) > 1
+
+
 def test_opcheck():
-    model = _pp(c=3, filters=5, resnets=1, mixtures=2)
+    model = pixelcnnpp(c=3, filters=5, resnets=1, mixtures=2, seed=0, scale=2.0)
     packed = pack_pixelcnnpp(model)
     image = torch.zeros(2, 3, 4, 4, dtype=torch.int64)
     noise = torch.rand(2, 4, 4, 4, dtype=torch.float64)
@@ -101,7 +115,7 @@ def test_opcheck():
 
 
 def test_bad_input():
-    model = _pp(c=3, filters=5, resnets=1, mixtures=2)
+    model = pixelcnnpp(c=3, filters=5, resnets=1, mixtures=2, seed=0, scale=2.0)
     packed = pack_pixelcnnpp(model)
     image = torch.zeros(1, 3, 8, 8, dtype=torch.int64)
     noise = torch.rand(1, 4, 8, 8, dtype=torch.float64)
@@ -119,7 +133,7 @@ def test_bad_input():
         sample_image(model, 1, shape=(8, 8), method="fused", top_k=3)
     with pytest.raises(ValueError, match="float32 weights only"):
         sample_image(model, 1, shape=(8, 8), method="fused", weight_dtype=torch.bfloat16)
-    double = _pp(c=3, filters=5).double()
+    double = pixelcnnpp(c=3, filters=5, seed=0, scale=2.0).double()
     assert any("float32" in r for r in pixelcnnpp_fused_reasons(double))
     with pytest.raises(ValueError, match="cannot sample this model"):
         sample_image(double, 1, shape=(8, 8), method="fused")

@@ -7,7 +7,9 @@ Providers:
 - "eager": the cached sampler a user would write in plain PyTorch (:func:`eager_cached_sample` for
   PixelCNN, :func:`eager_cached_sample_gated` for GatedPixelCNN): per-layer padded activation maps, each
   new position computed with ``F.conv2d`` on the layer's input patch;
-- "naive": one full forward per sub-pixel (the reference), only where a whole image takes about a second.
+- "naive": one full forward per sub-pixel (the reference), only where a whole image takes about a second;
+- "reference": where naive runs, the fused op's readable reference backend on the same packed weights
+  (``arkern.reference.pixelcnn_decode`` / ``pixelcnnpp_decode``).
 
 Every provider of a case samples the same batch of whole images, so items/s is images/s. For sizes where
 naive takes minutes, :func:`sampling_table` (``python -m arkern.bench.pixelcnn``) times a few naive
@@ -17,6 +19,8 @@ steps on the full-size image and extrapolates (its cost per step does not depend
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +160,20 @@ def eager_cached_sample_gated(model: GatedPixelCNN, noise: torch.Tensor,
     return image
 
 
+@contextlib.contextmanager
+def _forced_backend(name: str):
+    """Every arkern op call inside runs on backend `name` (ARKERN_BACKEND, see arkern.backends)."""
+    old = os.environ.get("ARKERN_BACKEND")
+    os.environ["ARKERN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["ARKERN_BACKEND"]
+        else:
+            os.environ["ARKERN_BACKEND"] = old
+
+
 # the plain-PyTorch eager cached sampler of a family (noise -> images); PixelCNN++ has none here
 EAGER_SAMPLERS = {"pixelcnn": eager_cached_sample, "gated_pixelcnn": eager_cached_sample_gated}
 
@@ -171,6 +189,11 @@ def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ..
     noise = draw_noise(model, batch, (size, size), seed=0)
     run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
                                                     **kw)
+
+    def reference():
+        with _forced_backend("reference"):
+            return sample_image(model, batch, shape=(size, size), method="fused", noise=noise)
+
     eager = eager_sampler(model)
     family = family_of(model)
     fusable = "fused" not in family.method_reasons(model)
@@ -178,8 +201,9 @@ def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ..
     fns = {"naive": run("naive"), "cached": run("cached"),
            "fused": run("fused") if fusable else None,
            "fused-bf16": run("fused", weight_dtype=torch.bfloat16) if fusable and bf16 else None,
-           "eager": (lambda: eager(model, noise)) if eager is not None else None}
-    return {p: fns[p] for p in providers if fns[p] is not None}
+           "eager": (lambda: eager(model, noise)) if eager is not None else None,
+           "reference": reference if fusable and "naive" in providers else None}
+    return {p: fns[p] for p in (*providers, "reference") if fns[p] is not None}
 
 
 def _sampling_case(name: str, make_model, batch: int, size: int, providers: tuple[str, ...]) -> Case:

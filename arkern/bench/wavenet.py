@@ -4,6 +4,7 @@ step vs naive, plus the roofline (one torch.mv / torch.mm pass over the same tot
 Every provider of a case produces the same number of samples per call (batch × steps), so items/s is
 samples/s and the ratios in one table are measured in the same run. The baseline is the eager cached step.
 Naive costs grow with the position; it runs the first `steps` samples only (a short run, flattering it).
+Where naive runs, so does "reference": the fused op's plain-PyTorch reference backend on the same packed weights.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def wavenet_case(batch: int, dtype: torch.dtype = torch.float32, *, skip_channel
             fns["cached"] = stepped(arkern_step, cached_state)
         if naive:
             fns["naive"] = lambda: dw.sample(model, noise, method="naive")
+            ref_state = dw.WaveNetState.new(model, batch, dtype=torch.float32)
+
+            def reference():  # the op's readable reference on the same packed weights
+                ys, _ = wavenet_generate(packed, ref_state.rings, ref_state.prev, ref_state.t, noise,
+                                         backend="reference")
+                ref_state.t += steps
+                return ys
+
+            fns["reference"] = reference
         return fns
 
     return Case("wavenet", name, setup, baseline="eager", items=batch * steps,

@@ -11,14 +11,15 @@ It takes the network as :class:`PixelCNNppFused` (packed by the model:
 row, kernel column, input channel), one per tap of each transposed conv plus its bias alone, tiled as
 :func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases padded to 16.
 
-Backends: "cpu" only. The reference this kernel is tested against is the model itself (naive sampling
-and the cached decoder). Decode op: no autograd.
+Backends: "cpu" and "reference" (:func:`arkern.reference.pixelcnnpp_decode.pixelcnnpp_generate`: the
+network written out in plain PyTorch from the packed weights and sampled the naive way, one full forward
+per pixel — the ground truth of the kernel and its benchmark baseline, far too slow to stand in for it).
+Decode op: no autograd.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -26,6 +27,8 @@ from arkern.backends import OpBackends
 from arkern.distributions import check_warpers, mixture_params_size
 from arkern.ops._library import LIB, same_device
 from arkern.ops._validate import check_uniforms
+from arkern.reference import pixelcnnpp_decode as ref
+from arkern.reference.pixelcnnpp_decode import PixelCNNppLayout
 
 OP = "pixelcnnpp_generate"
 
@@ -42,16 +45,6 @@ def _fake(config, weights, biases, image, noise, temperature, return_params, for
     same_device(OP, image=image, noise=noise, forced=forced, weight=weights[0])
     b, _, h, w = image.shape
     return biases[0].new_empty((b, h, w, _params_size(config)) if return_params else (0,))
-
-
-class PixelCNNppLayout(NamedTuple):
-    """The architecture the fused PixelCNN++ kernel runs (the op's ``config`` ints, in this order)."""
-
-    channels: int  # image channels C (1 or 3)
-    mixtures: int  # logistic mixture components M
-    bins: int  # levels per channel
-    filters: int  # feature channels f of both streams
-    resnets: int  # gated resnet blocks per scale
 
 
 @dataclass(frozen=True)
@@ -93,6 +86,7 @@ def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, 
 
 
 BACKENDS = OpBackends(OP)
+BACKENDS.register("reference", ref.pixelcnnpp_generate, (torch.float32,))
 BACKENDS.register("cpu", lambda *args: torch.ops.arkern.pixelcnnpp_generate(*args), (torch.float32,),
                   torch_op="arkern::pixelcnnpp_generate")
 
@@ -110,7 +104,7 @@ def pixelcnnpp_generate(packed: PixelCNNppFused, image: torch.Tensor, noise: tor
         temperature: scales the logistic scales (> 0).
         return_params: also return the mixture parameters of every pixel.
         forced: (N, C, H, W) int64 levels fed instead of drawn ones (teacher forcing).
-        backend: "cpu" or None.
+        backend: "cpu", "reference" or None (the first eligible).
 
     Returns:
         (N, H, W, P) float32 mixture parameters (P = 10·M for RGB), or an empty tensor.
