@@ -1,4 +1,5 @@
-"""Shared fixtures: the backends that can run here, generated from the backend table."""
+"""Shared fixtures: the backends that can run here (generated from the backend table), and the small models
+the tests build (one factory per family; a test passes its own seed so that its samples stay what it checks)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 import arkern  # noqa: F401  (defines the ops and loads the extension)
 from arkern.backends import backend_unavailable_reason
+from arkern.models import GatedPixelCNN, PixelCNN, PixelCNNpp, WaveNet
 
 
 def kernel_backends(op_backends) -> list:
@@ -59,3 +61,50 @@ def pytest_collection_modifyitems(config, items):
         seen[key] = n + 1
         if n % 6:
             item.add_marker(pytest.mark.skip(reason="Triton interpreter subset in CI (ARKERN_TRITON_FULL=1 runs all)"))
+
+
+# ---------------------------------------------------------------- model factories
+
+
+def pixelcnn(c: int = 1, dtype: torch.dtype = torch.float64, k: int = 7, hidden: int | None = None,
+             blocks: int = 2, *, seed: int = 1) -> PixelCNN:
+    """A small PixelCNN in eval mode: C = c, K = k, h = hidden (default 4c), `blocks` residual blocks."""
+    torch.manual_seed(seed)
+    return PixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_blocks=blocks,
+                    dtype=dtype).eval()
+
+
+def gated_pixelcnn(c: int = 1, dtype: torch.dtype = torch.float64, labels: int | None = None, layers: int = 3,
+                   hidden: int | None = None, k: int = 7, *, seed: int = 2) -> GatedPixelCNN:
+    """A small Gated PixelCNN in eval mode (class-conditional when `labels` is given)."""
+    torch.manual_seed(seed)
+    return GatedPixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_layers=layers,
+                         num_labels=labels, dtype=dtype).eval()
+
+
+def image_model(kind: str, c: int, dtype: torch.dtype = torch.float32, labels: int | None = None, k: int = 7,
+                hidden: int | None = None, *, seed: int = 3) -> PixelCNN | GatedPixelCNN:
+    """kind "pixelcnn" (2 blocks) or "gated" (3 layers, optionally class-conditional), built from one seed."""
+    if kind == "pixelcnn":
+        return pixelcnn(c, dtype, k, hidden, seed=seed)
+    return gated_pixelcnn(c, dtype, labels, 3, hidden, k, seed=seed)
+
+
+def pixelcnnpp(c: int = 3, dtype: torch.dtype = torch.float32, *, filters: int = 8, resnets: int = 1,
+               mixtures: int = 2, seed: int = 3, scale: float = 1.0) -> PixelCNNpp:
+    """A small PixelCNN++ in eval mode; `scale` multiplies every weight (2.0: sharper mixtures, samples that
+    depend on the past)."""
+    torch.manual_seed(seed)
+    model = PixelCNNpp(image_channels=c, filters=filters, num_resnets=resnets, num_mixtures=mixtures,
+                       dtype=dtype).eval()
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(scale)
+    return model
+
+
+def wavenet(config: dict, dtype: torch.dtype = torch.float32, *, seed: int = 0) -> WaveNet:
+    """A WaveNet of `config` (WaveNetConfig fields) in eval mode."""
+    torch.manual_seed(seed)
+    return WaveNet(**config).to(dtype).eval()

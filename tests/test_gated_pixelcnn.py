@@ -12,14 +12,9 @@ from arkern.families import draw_noise
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.sampling import sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
+from tests.conftest import gated_pixelcnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(c, dtype=torch.float64, labels=None, layers=3, hidden=None, k=7):
-    torch.manual_seed(2)
-    return GatedPixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_layers=layers,
-                         num_labels=labels, dtype=dtype).eval()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -27,7 +22,7 @@ def _model(c, dtype=torch.float64, labels=None, layers=3, hidden=None, k=7):
 @pytest.mark.parametrize("labels", [None, 5])
 @pytest.mark.parametrize("n,h,w", [(1, 5, 7), (3, 8, 8)])
 def test_teacher_forced_cached_equals_forward(dtype, c, labels, n, h, w):
-    model = _model(c, dtype, labels)
+    model = gated_pixelcnn(c, dtype, labels)
     x = torch.randint(0, model.num_classes, (n, c, h, w))
     cond = torch.arange(n) % labels if labels else None
     with torch.no_grad():
@@ -39,7 +34,7 @@ def test_teacher_forced_cached_equals_forward(dtype, c, labels, n, h, w):
 
 @pytest.mark.parametrize("c,shape,labels", [(1, (8, 8), None), (3, (9, 8), 4), (1, (12, 11), 3)])
 def test_naive_and_cached_samples_identical(c, shape, labels):
-    model = _model(c, torch.float64 if c == 1 else torch.float32, labels, layers=2, hidden=3 * c)
+    model = gated_pixelcnn(c, torch.float64 if c == 1 else torch.float32, labels, layers=2, hidden=3 * c)
     cond = torch.tensor([0, labels - 1]) if labels else None
     noise = draw_noise(model, 2, shape, seed=5)
     naive = sample_image(model, 2, shape=shape, method="naive", noise=noise, condition=cond)
@@ -50,7 +45,7 @@ def test_naive_and_cached_samples_identical(c, shape, labels):
 
 
 def test_vertical_stack_once_per_row_horizontal_once_per_pixel():
-    model = _model(3, layers=2)
+    model = gated_pixelcnn(3, layers=2)
     h, w = 4, 5
     calls = {"row": 0, "pixel": 0}
     dec = GatedPixelCNNDecoder(model)
@@ -63,7 +58,7 @@ def test_vertical_stack_once_per_row_horizontal_once_per_pixel():
 
 
 def test_no_blind_spot_and_causality():
-    model = _model(1, layers=4, hidden=8)
+    model = gated_pixelcnn(1, layers=4, hidden=8)
     xf = torch.randn(1, 1, 7, 9, dtype=torch.float64, requires_grad=True)
     out = model.output_map(xf)
     i, j = 4, 3
@@ -75,7 +70,7 @@ def test_no_blind_spot_and_causality():
 
 
 def test_conditioning_changes_output_and_log_prob():
-    model = _model(1, labels=3)
+    model = gated_pixelcnn(1, labels=3)
     x = torch.randint(0, 7, (2, 1, 4, 4))
     a = model(x, torch.tensor([0, 0]))
     b = model(x, torch.tensor([2, 2]))
@@ -85,7 +80,7 @@ def test_conditioning_changes_output_and_log_prob():
 
 
 def test_bad_input_errors():
-    cond_model = _model(1, labels=3, layers=1)
+    cond_model = gated_pixelcnn(1, labels=3, layers=1)
     with pytest.raises(ValueError, match=r"condition labels must be in \[0, 3\)"):
         sample_image(cond_model, 2, shape=(3, 3), condition=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"condition labels must be in \[0, 3\)"):
@@ -97,7 +92,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"shape \(1,\)"):
         sample_image(cond_model, 1, shape=(3, 3), condition=torch.tensor([0.5]))
     with pytest.raises(ValueError, match="unconditional"):
-        sample_image(_model(1, layers=1), 1, shape=(3, 3), condition=torch.tensor([0]))
+        sample_image(gated_pixelcnn(1, layers=1), 1, shape=(3, 3), condition=torch.tensor([0]))
     with pytest.raises(ValueError, match="noise must have shape"):
         sample_image(cond_model, 1, shape=(3, 3), condition=torch.tensor([1]), noise=torch.rand(1, 3, 3, 3))
     with pytest.raises(ValueError, match="odd kernel_size"):

@@ -24,21 +24,16 @@ from arkern.families import draw_noise
 from arkern.models.pixelcnn import PixelCNN
 from arkern.sampling import sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
+from tests.conftest import pixelcnn, pixelcnnpp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(c, dtype=torch.float64, k=7, hidden=None, blocks=2):
-    torch.manual_seed(1)
-    return PixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_blocks=blocks,
-                    dtype=dtype).eval()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize("n,h,w", [(1, 5, 7), (3, 8, 8)])
 def test_teacher_forced_cached_equals_forward(dtype, c, n, h, w):
-    model = _model(c, dtype)
+    model = pixelcnn(c, dtype)
     x = torch.randint(0, model.num_classes, (n, c, h, w))
     with torch.no_grad():
         expected = model.output_map(model.prepare(x))
@@ -49,7 +44,7 @@ def test_teacher_forced_cached_equals_forward(dtype, c, n, h, w):
 
 @pytest.mark.parametrize("c,shape", [(1, (8, 8)), (3, (8, 9)), (1, (11, 12))])
 def test_naive_and_cached_samples_identical(c, shape):
-    model = _model(c, torch.float64 if c == 1 else torch.float32, hidden=6 if c == 3 else 4, blocks=1)
+    model = pixelcnn(c, torch.float64 if c == 1 else torch.float32, hidden=6 if c == 3 else 4, blocks=1)
     noise = draw_noise(model, 2, shape, seed=3)
     naive = sample_image(model, 2, shape=shape, method="naive", noise=noise)
     cached = sample_image(model, 2, shape=shape, method="cached", noise=noise)
@@ -60,7 +55,7 @@ def test_naive_and_cached_samples_identical(c, shape):
 
 
 def test_warpers_and_batch_one_identical():
-    model = _model(3, hidden=6, blocks=1)
+    model = pixelcnn(3, hidden=6, blocks=1)
     noise = draw_noise(model, 1, (5, 4), seed=0)
     kw = {"temperature": 0.7, "top_k": 4, "top_p": 0.9}
     naive = sample_image(model, 1, shape=(5, 4), method="naive", noise=noise, **kw)
@@ -69,7 +64,7 @@ def test_warpers_and_batch_one_identical():
 
 
 def test_noise_generator_seed_and_callback():
-    model = _model(1, blocks=1)
+    model = pixelcnn(1, blocks=1)
     a = sample_image(model, 2, shape=(4, 5), generator=torch.Generator().manual_seed(7))
     b = sample_image(model, 2, shape=(4, 5), seed=7)
     c = sample_image(model, 2, shape=(4, 5), noise=draw_noise(model, 2, (4, 5), seed=7))
@@ -84,7 +79,7 @@ def test_noise_generator_seed_and_callback():
 
 
 def test_causality_of_the_model():
-    model = _model(3, hidden=24, blocks=1)
+    model = pixelcnn(3, hidden=24, blocks=1)
     xf = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     out = model.output_map(xf)
     k = model.num_classes
@@ -98,7 +93,7 @@ def test_causality_of_the_model():
 
 
 def test_log_prob_and_training_step():
-    model = _model(1, torch.float32, k=4, hidden=8).train()
+    model = pixelcnn(1, torch.float32, k=4, hidden=8).train()
     x = torch.randint(0, 4, (4, 1, 6, 6))
     bpd = model.bits_per_dim(x)
     assert bpd.shape == (4,) and torch.all(bpd > 0)
@@ -111,7 +106,7 @@ def test_log_prob_and_training_step():
 
 
 def test_bad_input_errors():
-    model = _model(1, blocks=1)
+    model = pixelcnn(1, blocks=1)
     with pytest.raises(ValueError, match="noise must have shape"):
         sample_image(model, 2, shape=(4, 4), noise=torch.rand(2, 1, 4, 5))
     with pytest.raises(ValueError, match="noise must be floating"):
@@ -195,7 +190,7 @@ def test_discretized_logistic_mixture_normalised_and_sampled(c):
 def test_benchmark_eager_baseline_samples_the_same_images():
     from arkern.bench.pixelcnn import eager_cached_sample
 
-    model = _model(3, torch.float64, hidden=6, blocks=1)
+    model = pixelcnn(3, torch.float64, hidden=6, blocks=1)
     noise = draw_noise(model, 2, (5, 6), seed=4)
     assert torch.equal(eager_cached_sample(model, noise), sample_image(model, 2, shape=(5, 6), noise=noise))
 
@@ -203,18 +198,11 @@ def test_benchmark_eager_baseline_samples_the_same_images():
 # ------------------------------------------------------------------------------------------ PixelCNN++
 
 
-def _pp(dtype=torch.float64, c=3):
-    from arkern.models.pixelcnnpp import PixelCNNpp
-
-    torch.manual_seed(3)
-    return PixelCNNpp(image_channels=c, filters=8, num_resnets=1, num_mixtures=2, dtype=dtype).eval()
-
-
 @pytest.mark.parametrize("c", [3])
 def test_pixelcnnpp_naive_samples_are_self_consistent(c):
     # every sampled pixel is what the model's distribution at that pixel, evaluated on the final image,
     # gives for the same uniforms (causal model: later pixels must not change earlier parameters)
-    model = _pp(c=c)
+    model = pixelcnnpp(c, torch.float64)
     noise = draw_noise(model, 2, (8, 4), seed=1)
     img = sample_image(model, 2, shape=(8, 4), method="naive", noise=noise)
     assert img.shape == (2, c, 8, 4) and 0 <= int(img.min()) and int(img.max()) < 256
@@ -229,7 +217,7 @@ def test_pixelcnnpp_naive_samples_are_self_consistent(c):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("c,n,h,w", [(3, 1, 8, 12), (1, 2, 4, 4), (3, 2, 12, 8)])
 def test_pixelcnnpp_teacher_forced_cached_equals_forward(dtype, c, n, h, w):
-    model = _pp(dtype, c)
+    model = pixelcnnpp(c, dtype)
     x = torch.randint(0, 256, (n, c, h, w))
     with torch.no_grad():
         expected = model.output_map(model.prepare(x))
@@ -238,7 +226,7 @@ def test_pixelcnnpp_teacher_forced_cached_equals_forward(dtype, c, n, h, w):
 
 @pytest.mark.parametrize("c,shape,dtype", [(3, (8, 8), torch.float32), (1, (12, 8), torch.float64)])
 def test_pixelcnnpp_naive_and_cached_samples_identical(c, shape, dtype):
-    model = _pp(dtype, c)
+    model = pixelcnnpp(c, dtype)
     noise = draw_noise(model, 2, shape, seed=6)
     naive = sample_image(model, 2, shape=shape, method="naive", noise=noise)
     cached = sample_image(model, 2, shape=shape, method="cached", noise=noise)
@@ -247,7 +235,7 @@ def test_pixelcnnpp_naive_and_cached_samples_identical(c, shape, dtype):
 
 
 def test_pixelcnnpp_strided_layers_run_only_where_they_produce_new_outputs():
-    model = _pp()
+    model = pixelcnnpp(3, torch.float64)
     dec = PixelCNNppDecoder(model)
     counts: dict[str, int] = {}
 
@@ -271,7 +259,7 @@ def test_pixelcnnpp_strided_layers_run_only_where_they_produce_new_outputs():
 
 
 def test_pixelcnnpp_causality_through_both_samplings():
-    model = _pp()
+    model = pixelcnnpp(3, torch.float64)
     xf = torch.randn(1, 3, 8, 12, dtype=torch.float64, requires_grad=True)
     out = model.output_map(xf)
     for i, j in [(5, 6), (0, 3), (7, 11), (4, 0)]:
@@ -282,7 +270,7 @@ def test_pixelcnnpp_causality_through_both_samplings():
 
 
 def test_pixelcnnpp_log_likelihood_and_training_step():
-    model = _pp(torch.float32).train()
+    model = pixelcnnpp(3, torch.float32).train()
     x = torch.randint(0, 256, (2, 3, 4, 4))
     out = model(x)
     assert out.shape == (2, 20, 4, 4)
@@ -295,7 +283,7 @@ def test_pixelcnnpp_log_likelihood_and_training_step():
 
 
 def test_pixelcnnpp_bad_input():
-    model = _pp()
+    model = pixelcnnpp(3, torch.float64)
     with pytest.raises(ValueError, match="multiples of 4"):
         sample_image(model, 1, shape=(6, 8), method="naive")
     with pytest.raises(ValueError, match="multiples of 4"):

@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from arkern.families import draw_noise, family_of
-from arkern.models.gated_pixelcnn import GatedPixelCNN
-from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
 from arkern.ops.pixelcnn_decode import BACKENDS, pixelcnn_generate
 from arkern.sampling import available_methods, sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
-from tests.conftest import kernel_backends
+from tests.conftest import image_model, kernel_backends
 
 CPU = kernel_backends(BACKENDS)
 needs_cpu = pytest.mark.skipif(not CPU or bool(CPU[0].marks), reason="the cpu pixelcnn_generate kernel is not built")
@@ -42,16 +40,6 @@ def fused_supported(model: torch.nn.Module) -> bool:
     return available_methods(model)[0] == "fused"
 
 
-def _model(kind: str, c: int, dtype: torch.dtype = torch.float32, labels: int | None = None, k: int = 7,
-           hidden: int | None = None) -> torch.nn.Module:
-    torch.manual_seed(3)
-    if kind == "pixelcnn":
-        return PixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_blocks=2,
-                        dtype=dtype).eval()
-    return GatedPixelCNN(image_channels=c, num_classes=k, hidden_channels=hidden or 4 * c, num_layers=3,
-                         num_labels=labels, dtype=dtype).eval()
-
-
 def _labels(labels: int | None, n: int) -> torch.Tensor | None:
     return None if labels is None else torch.arange(n) % labels
 
@@ -62,7 +50,7 @@ CASES = [("pixelcnn", 1, None), ("pixelcnn", 3, None), ("gated", 1, None), ("gat
 @pytest.mark.parametrize("kind,c,labels", CASES)
 @pytest.mark.parametrize("n,shape", [(1, (7, 9)), (3, (8, 8))])
 def test_fused_cached_naive_identical(kind, c, labels, n, shape):
-    model = _model(kind, c, torch.float64 if c == 1 else torch.float32, labels)
+    model = image_model(kind, c, torch.float64 if c == 1 else torch.float32, labels)
     cond = _labels(labels, n)
     noise = draw_noise(model, n, shape, seed=11)
     images = {m: sample_image(model, n, shape=shape, method=m, noise=noise, condition=cond)
@@ -74,7 +62,7 @@ def test_fused_cached_naive_identical(kind, c, labels, n, shape):
 
 @pytest.mark.parametrize("kind,c,labels", CASES)
 def test_fused_identical_larger_images_and_threads(kind, c, labels):
-    model = _model(kind, c, labels=labels, k=256, hidden=8 * c)
+    model = image_model(kind, c, labels=labels, k=256, hidden=8 * c)
     cond = _labels(labels, 5)
     noise = draw_noise(model, 5, (16, 13), seed=2)
     cached = sample_image(model, 5, shape=(16, 13), method="cached", noise=noise, condition=cond)
@@ -91,7 +79,7 @@ def test_fused_identical_larger_images_and_threads(kind, c, labels):
 @pytest.mark.parametrize("kind,c,labels", CASES)
 @pytest.mark.parametrize("n,h,w", [(1, 5, 7), (3, 8, 8)])
 def test_teacher_forced_fused_equals_forward(dtype, kind, c, labels, n, h, w):
-    model = _model(kind, c, dtype, labels)
+    model = image_model(kind, c, dtype, labels)
     x = torch.randint(0, model.num_classes, (n, c, h, w))
     cond = _labels(labels, n)
     with torch.no_grad():
@@ -101,7 +89,7 @@ def test_teacher_forced_fused_equals_forward(dtype, kind, c, labels, n, h, w):
 
 @pytest.mark.parametrize("kind,c,labels", CASES)
 def test_warpers_identical(kind, c, labels):
-    model = _model(kind, c, labels=labels, k=16)
+    model = image_model(kind, c, labels=labels, k=16)
     cond = _labels(labels, 2)
     noise = draw_noise(model, 2, (5, 6), seed=4)
     for kw in ({"temperature": 0.6}, {"top_k": 3}, {"top_p": 0.7}, {"temperature": 1.3, "top_k": 5, "top_p": 0.9}):
@@ -116,7 +104,7 @@ def test_warpers_identical(kind, c, labels):
 def test_kernel_equals_reference_loop(kind, c, labels, weight_dtype):
     """The C++ kernel against the readable loop over the same packed tensors: logits, images, caches,
     with the rows split over several calls (the caches carry the state)."""
-    model = _model(kind, c, labels=labels, k=11, hidden=40 if c == 1 else 42)  # tile widths 16, 32, 48, 64
+    model = image_model(kind, c, labels=labels, k=11, hidden=40 if c == 1 else 42)  # tile widths 16, 32, 48, 64
     n, h, w = 2, 6, 5
     packed = pack_pixelcnn(model, weight_dtype)
     cond = condition_bias(model, packed, _labels(labels, n))
@@ -139,7 +127,7 @@ def test_kernel_equals_reference_loop(kind, c, labels, weight_dtype):
 
 
 def test_callback_progress_and_bf16_option():
-    model = _model("gated", 3, labels=2)
+    model = image_model("gated", 3, labels=2)
     cond = torch.tensor([1])
     seen = []
     img = sample_image(model, 1, shape=(3, 4), method="fused", seed=0, condition=cond, progress=True,
@@ -156,23 +144,23 @@ def test_callback_progress_and_bf16_option():
 
 
 def test_op_validation_and_unsupported_models():
-    model = _model("pixelcnn", 1)
+    model = image_model("pixelcnn", 1)
     with pytest.raises(ValueError, match="noise must have shape"):
         sample_image(model, 2, shape=(4, 4), method="fused", noise=torch.rand(2, 1, 4, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="weight_dtype"):
         sample_image(model, 1, shape=(2, 2), method="cached", weight_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="cannot sample this model.*float32 parameters"):  # PixelCNN++: float32 only
         sample_image(PixelCNNpp(filters=8, num_resnets=1, num_mixtures=2).double(), 1, shape=(4, 4), method="fused")
-    odd = _model("pixelcnn", 1)
+    odd = image_model("pixelcnn", 1)
     odd.net.insert(1, torch.nn.Tanh())
     assert not fused_supported(odd) and not unsupported_reasons(model)
     assert fused_supported(model) == (not CPU[0].marks)  # a default picks fused only with the kernel built
     with pytest.raises(ValueError, match=r"net\[1\] is not a residual block"):
         sample_image(odd, 1, shape=(2, 2), method="fused")
-    half = _model("gated", 1).to(torch.bfloat16)
+    half = image_model("gated", 1).to(torch.bfloat16)
     assert any("float32 or all float64" in r for r in unsupported_reasons(half))
     with pytest.raises(TypeError, match="weight_dtype"):
-        pack_pixelcnn(_model("pixelcnn", 1, torch.float64), torch.bfloat16)
+        pack_pixelcnn(image_model("pixelcnn", 1, torch.float64), torch.bfloat16)
     packed = pack_pixelcnn(model)
     caches, image = packed.new_caches(1, 3, 4), torch.zeros(1, 1, 3, 4, dtype=torch.int64)
     noise = torch.rand(1, 1, 3, 4, dtype=torch.float64)
@@ -188,7 +176,7 @@ def test_op_validation_and_unsupported_models():
 
 @needs_cpu
 def test_kernel_validates_before_running_and_opcheck():
-    model = _model("gated", 3, labels=2)
+    model = image_model("gated", 3, labels=2)
     packed = pack_pixelcnn(model)
     caches, image = packed.new_caches(2, 3, 4), torch.zeros(2, 3, 3, 4, dtype=torch.int64)
     noise = torch.rand(2, 3, 3, 4, dtype=torch.float64)
@@ -209,11 +197,11 @@ def test_eager_baselines_sample_the_same_images():
     """The plain-PyTorch cached samplers the benchmarks compare against are correct samplers too."""
     from arkern.bench.pixelcnn import eager_cached_sample, eager_cached_sample_gated
 
-    gated, cond = _model("gated", 3, labels=3), torch.tensor([0, 2])
+    gated, cond = image_model("gated", 3, labels=3), torch.tensor([0, 2])
     noise = draw_noise(gated, 2, (4, 5), seed=6)
     assert torch.equal(eager_cached_sample_gated(gated, noise, cond),
                        sample_image(gated, 2, shape=(4, 5), method="fused", noise=noise, condition=cond))
-    plain = _model("pixelcnn", 3)
+    plain = image_model("pixelcnn", 3)
     noise = draw_noise(plain, 2, (4, 5), seed=6)
     assert torch.equal(eager_cached_sample(plain, noise), sample_image(plain, 2, shape=(4, 5), method="fused",
                                                                        noise=noise))

@@ -28,6 +28,7 @@ from arkern.models.wavenet import pack_wavenet
 from arkern.ops.wavenet_decode import BACKENDS, wavenet_generate
 from arkern.sampling import generate
 from arkern.testing import assert_close
+from tests.conftest import wavenet
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 interpreted = pytest.mark.skipif(not (HAVE_TRITON and triton_interpret()),
@@ -43,11 +44,6 @@ CONFIGS = {
     "padded": dict(num_layers=3, residual_channels=20, skip_channels=16, num_classes=33, max_dilation=4),
 }
 SAMPLING = [dict(), dict(top_k=4), dict(temperature=1.3, top_k=9, top_p=0.8)]
-
-
-def _model(name: str, seed: int = 0) -> WaveNet:
-    torch.manual_seed(seed)
-    return WaveNet(**CONFIGS[name]).eval()
 
 
 def _condition(model: WaveNet, batch: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -75,7 +71,7 @@ def test_draw_equals_sample_categorical(warp):
 @interpreted
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_teacher_forced_logits_and_ring_buffers(name):
-    model = _model(name)
+    model = wavenet(CONFIGS[name])
     B, T = 3, 11  # T not a multiple of the dilations: the rings have wrapped
     y = torch.randint(0, model.config.num_classes, (B, T))
     local, glob = _condition(model, B, T)
@@ -98,7 +94,7 @@ def test_teacher_forced_logits_and_ring_buffers(name):
 def test_fused_triton_samples_identical_to_cached_and_cpu(warp, monkeypatch):
     kw = SAMPLING[warp]
     name = "cond" if warp != 1 else "padded"
-    model = _model(name, seed=warp)
+    model = wavenet(CONFIGS[name], seed=warp)
     B, T = 3, 20
     local, glob = _condition(model, B, T)
     cond = {"local": local, "global": glob}
@@ -117,7 +113,7 @@ def test_fused_triton_samples_identical_to_cached_and_cpu(warp, monkeypatch):
 
 @interpreted
 def test_bfloat16_weights_match_cpu_kernel():
-    model = _model("padded", seed=5)
+    model = wavenet(CONFIGS["padded"], seed=5)
     B, T = 2, 12
     packed = pack_wavenet(model, torch.bfloat16)
     noise = draw_uniforms((B, T), seed=2)
@@ -134,7 +130,7 @@ def test_bfloat16_weights_match_cpu_kernel():
 
 @interpreted
 def test_device_mix_is_a_clear_error():
-    model = _model("padded")
+    model = wavenet(CONFIGS["padded"])
     state = dw.WaveNetState.new(model, 1, dtype=torch.float32)
     packed = pack_wavenet(model)
     packed.b_end = packed.b_end.to("meta")

@@ -21,7 +21,7 @@ from arkern.models.wavenet import pack_wavenet
 from arkern.ops.wavenet_decode import BACKENDS, wavenet_generate
 from arkern.sampling import generate
 from arkern.testing import assert_close
-from tests.conftest import kernel_backends
+from tests.conftest import kernel_backends, wavenet
 
 KERNELS = kernel_backends(BACKENDS)
 FUSED = ["reference"] + KERNELS
@@ -37,12 +37,6 @@ CONFIGS = {
     "both": (dict(num_layers=4, residual_channels=8, skip_channels=16, num_classes=256, max_dilation=4,
                   cond_channels=2, cond_hop=3, global_channels=3), 2),
 }
-
-
-def _model(name: str, dtype=torch.float64, seed: int = 0) -> tuple[WaveNet, int]:
-    kwargs, batch = CONFIGS[name]
-    torch.manual_seed(seed)
-    return WaveNet(**kwargs).to(dtype).eval(), batch
 
 
 def _condition(model: WaveNet, batch: int, length: int, seed: int = 1):
@@ -67,7 +61,7 @@ def _cond_arg(local, glob):
 @pytest.mark.parametrize("ops", ["arkern", "eager"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cached_logits_match_forward_float64(name, ops):
-    model, batch = _model(name)
+    model, batch = wavenet(CONFIGS[name][0], torch.float64), CONFIGS[name][1]
     T = 40
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, glob = _condition(model, batch, T)
@@ -81,7 +75,7 @@ def test_cached_logits_match_forward_float64(name, ops):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fused_logits_match_forward_float32(name, backend):
-    model, batch = _model(name, torch.float32)
+    model, batch = wavenet(CONFIGS[name][0], torch.float32), CONFIGS[name][1]
     T = 37
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, glob = _condition(model, batch, T)
@@ -100,7 +94,7 @@ def test_fused_logits_match_forward_float32(name, backend):
 def test_fused_bfloat16_weights(name, backend):
     # bf16 storage, fp32 accumulation: equal to a float64 forward of the model whose packed matrices are
     # rounded to bf16 (embeddings, biases and conditioning stay float32), within float32 tolerances.
-    model, batch = _model(name, torch.float32)
+    model, batch = wavenet(CONFIGS[name][0], torch.float32), CONFIGS[name][1]
     rounded = copy.deepcopy(model)
     with torch.no_grad():
         for mod in [*rounded.dilated, *rounded.res, *rounded.skip, rounded.out, rounded.end]:
@@ -132,7 +126,7 @@ def _need_kernel():
 def test_naive_cached_fused_identical(name, warp, T):
     _need_kernel()
     kw = SAMPLING[warp]
-    model, batch = _model(name, seed=warp)
+    model, batch = wavenet(CONFIGS[name][0], torch.float64, seed=warp), CONFIGS[name][1]
     local, glob = _condition(model, batch, T)
     noise = draw_uniforms((batch, T), seed=10 + warp)
     cond = _cond_arg(local, glob)
@@ -156,7 +150,7 @@ def test_cached_fused_identical(name, warp):
     # every config x warper without the (slow) naive sampler: cached and fused, float32 model, 300 steps
     _need_kernel()
     kw = SAMPLING[warp]
-    model, batch = _model(name, torch.float32, seed=warp)
+    model, batch = wavenet(CONFIGS[name][0], torch.float32, seed=warp), CONFIGS[name][1]
     T = 300
     local, glob = _condition(model, batch, T)
     noise = draw_uniforms((batch, T), seed=20 + warp)
@@ -172,7 +166,7 @@ def test_cached_fused_identical(name, warp):
 def test_fused_draws_equal_python_sampler(backend, warp):
     # the in-kernel sampler picks exactly what sample_categorical picks from the logits the kernel returns
     kw = SAMPLING[warp]
-    model, batch = _model("padded", torch.float32, seed=3)
+    model, batch = wavenet(CONFIGS["padded"][0], torch.float32, seed=3), CONFIGS["padded"][1]
     T = 60
     state = dw.WaveNetState.new(model, batch, dtype=torch.float32)
     noise = draw_uniforms((batch, T), seed=warp)
@@ -183,7 +177,7 @@ def test_fused_draws_equal_python_sampler(backend, warp):
 
 def test_chunks_callback_and_threads():
     _need_kernel()
-    model, batch = _model("padded", torch.float32)
+    model, batch = wavenet(CONFIGS["padded"][0], torch.float32), CONFIGS["padded"][1]
     noise = draw_uniforms((batch, 50), seed=4)
     whole = generate(model, batch, length=50, noise=noise, progress=False, chunk_size=50)
     seen = []
@@ -200,7 +194,7 @@ def test_chunks_callback_and_threads():
 
 
 def test_seed_and_generator():
-    model, batch = _model("tiny", torch.float32)
+    model = wavenet(CONFIGS["tiny"][0], torch.float32)
     a = generate(model, 3, length=20, method="cached", seed=5, progress=False)
     b = generate(model, 3, length=20, method="cached", generator=torch.Generator().manual_seed(5), progress=False)
     c = generate(model, 3, length=20, method="cached", noise=draw_uniforms((3, 20), seed=5), progress=False)
@@ -213,7 +207,7 @@ def test_seed_and_generator():
 def test_ring_buffers_hold_last_inputs(method):
     if method == "fused" and (not KERNELS or KERNELS[0].marks):
         pytest.skip("the cpu wavenet_generate kernel is not built")
-    model, batch = _model("local", torch.float32)
+    model, batch = wavenet(CONFIGS["local"][0], torch.float32), CONFIGS["local"][1]
     T = 27  # not a multiple of any dilation: the rings have wrapped
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, _ = _condition(model, batch, T)
@@ -238,7 +232,8 @@ def test_fused_row_groups_and_chunks_bit_identical(wdtype, one_thread):
     # groups apply it every step. Both accumulate every output in the same order, so the logits of a row are
     # bit-identical whether it is sampled alone in uneven chunks or inside a batch of five in one call.
     _need_kernel()
-    model, batch = _model("local", torch.float32)  # dilations 1..8, local conditioning
+    # dilations 1..8, local conditioning
+    model, batch = wavenet(CONFIGS["local"][0], torch.float32), CONFIGS["local"][1]
     T = 41
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, _ = _condition(model, batch, T)
@@ -264,7 +259,7 @@ def test_fused_row_groups_and_chunks_bit_identical(wdtype, one_thread):
 # ---------------------------------------------------------------- bad input
 
 def _bad_calls():
-    model, _ = _model("local", torch.float32)
+    model = wavenet(CONFIGS["local"][0], torch.float32)
     good = torch.randn(2, 3, 5)  # 5 frames = 20 samples at cond_hop 4
     return model, [
         (dict(noise=torch.rand(2, 19, dtype=torch.float64), condition=good), ValueError, "noise must have shape"),
@@ -291,7 +286,7 @@ def test_bad_input(case):
 
 
 def test_bad_op_input():
-    model, batch = _model("padded", torch.float32)
+    model, batch = wavenet(CONFIGS["padded"][0], torch.float32), CONFIGS["padded"][1]
     packed = pack_wavenet(model)
     state = dw.WaveNetState.new(model, batch, dtype=torch.float32)
     noise = torch.rand(batch, 4, dtype=torch.float64)
@@ -319,7 +314,7 @@ def test_bad_op_input():
 def test_opcheck():
     if not KERNELS or KERNELS[0].marks:
         pytest.skip("the cpu wavenet_generate kernel is not built")
-    model, batch = _model("tiny", torch.float32)
+    model = wavenet(CONFIGS["tiny"][0], torch.float32)
     packed = pack_wavenet(model)
     state = dw.WaveNetState.new(model, 2, dtype=torch.float32)
     args = (*packed.tensors(), list(packed.dilations), state.rings, state.prev, 0,
@@ -329,7 +324,7 @@ def test_opcheck():
 
 
 def test_forward_is_causal_and_trainable():
-    model, batch = _model("both")
+    model, batch = wavenet(CONFIGS["both"][0], torch.float64), CONFIGS["both"][1]
     T = 24
     y = torch.randint(0, model.config.num_classes, (batch, T))
     local, glob = _condition(model, batch, T)
