@@ -1,7 +1,7 @@
 """Build a development shared object from some csrc/cpu/<family>.cpp files, without touching the
 packaged extension, and print the path to pass as ARKERN_EXT_LIBS.
 
-    ARKERN_EXT_LIBS=$(python tools/dev_build.py causal_conv1d) pytest tests/test_causal_conv1d.py
+    ARKERN_EXT_LIBS=$(python tools/dev_build.py causal_conv1d) pytest tests/ops/test_causal_conv1d.py
 
 Useful when several people change different kernels at once; `pip install --no-build-isolation -e .`
 builds everything into arkern/_C*.so as usual.

@@ -1,7 +1,7 @@
 """A small program that uses causal-conv1d the way Mamba-style models do, run unchanged on arkern's shim.
 
-Run by tests/test_compat_causal_conv1d_install.py in a subprocess (so that `causal_conv1d` in sys.modules
-never leaks into other tests): ``python -m tests.causal_conv1d_mamba_program DTYPE ...``.
+Run by tests/applications/test_compat_causal_conv1d_install.py in a subprocess (so that `causal_conv1d` in sys.modules
+never leaks into other tests): ``python -m tests.applications.causal_conv1d_mamba_program DTYPE ...``.
 
 Prefill: a packed batch of sequences of different lengths goes through causal_conv1d_fn with seq_idx, and
 causal_conv1d_varlen_states fills each sequence's decode cache. Decode: token by token with

@@ -3,7 +3,7 @@ the single-process samples, for even and uneven splits, more ranks than rows, pe
 models and a tuple result; mismatched ranks and a rank that raises, crashes or hangs mid-run give an error
 on the other rank within a bounded time, never a hang. Also under ``python -m torch.distributed.run``.
 
-The ranks are subprocesses running tests/distributed_worker.py; every one has a deadline and is killed
+The ranks are subprocesses running tests/sampling/distributed_worker.py; every one has a deadline and is killed
 when it passes it.
 """
 
@@ -25,9 +25,9 @@ import torch.distributed as dist
 import arkern
 from arkern.distributed import DistributedSamplingError, generate_distributed, split_rows
 from arkern.testing import assert_close
-from tests import distributed_worker as worker
+from tests.sampling import distributed_worker as worker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 120.0  # seconds for one launch of the ranks, startup included (2 shared cores)
 RANK_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -46,7 +46,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _start_ranks(out: Path, scenarios: list[str], world: int = 2) -> list[subprocess.Popen]:
     port = str(_free_port())
-    return [subprocess.Popen([sys.executable, "-m", "tests.distributed_worker", str(out), *scenarios], cwd=ROOT,
+    worker = "tests.sampling.distributed_worker"
+    return [subprocess.Popen([sys.executable, "-m", worker, str(out), *scenarios], cwd=ROOT,
                              env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -216,7 +217,7 @@ def test_a_rank_hanging_mid_run_is_an_error_on_the_others_after_the_timeout(tmp_
 
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
-           "--monitor-interval=0.2", "-m", "tests.distributed_worker", str(tmp_path), "fused_uneven"]
+           "--monitor-interval=0.2", "-m", "tests.sampling.distributed_worker", str(tmp_path), "fused_uneven"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (code, log), = _finish([proc])
     assert code == 0, log

@@ -34,7 +34,7 @@ from arkern.testing import assert_close, noncontiguous
 
 GPU_BACKENDS = ("triton", "cuda")
 _LIMITED = {"triton": "only interpreted here (TRITON_INTERPRET=1, CPU tensors)",
-            "cuda": "only compiled here (nvcc, tests/test_cuda_sources.py)"}
+            "cuda": "only compiled here (nvcc, tests/ops/test_cuda_sources.py)"}
 
 
 def _randn(device: torch.device, dtype: torch.dtype, **shapes: tuple[int, ...]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """causal_conv1d_varlen_states: every backend against the reference (values, dtype, channel-last strides,
 gradient), the reference against the plain per-sequence formula and against causal_conv1d's final state;
 upstream's own get-states case; opcheck; torch.compile; bad input. The `import causal_conv1d` shim and a
-Mamba-style prefill + decode program: tests/test_compat_causal_conv1d_install.py."""
+Mamba-style prefill + decode program: tests/applications/test_compat_causal_conv1d_install.py."""
 
 from __future__ import annotations
 

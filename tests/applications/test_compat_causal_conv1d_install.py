@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, *, extra_path: Path | None = None, module: str | None = None,
@@ -123,7 +123,7 @@ def test_mamba_style_program_runs_unchanged():
     """Packed prefill (causal_conv1d_fn + causal_conv1d_varlen_states), then token-by-token
     causal_conv1d_update: every output equals a full causal_conv1d_fn over its sequence (checked inside)."""
     dtypes = ("float32", "float64", "bfloat16", "float16")
-    proc = _python("", module="tests.causal_conv1d_mamba_program", args=dtypes)
+    proc = _python("", module="tests.applications.causal_conv1d_mamba_program", args=dtypes)
     lines = proc.stdout.strip().splitlines()
     assert [line.split()[1] for line in lines] == [f"dtype={d}" for d in dtypes]
     assert all(line.startswith("provider=arkern") and line.endswith("OK") for line in lines)

@@ -1,8 +1,8 @@
-"""One rank of the distributed-sampling tests (tests/test_distributed.py): runs named scenarios through
+"""One rank of the distributed-sampling tests (tests/sampling/test_distributed.py): runs named scenarios through
 :func:`arkern.distributed.generate_distributed` (or ``arkern.generate(..., distributed=True)``) and writes
 what happened.
 
-    python -m tests.distributed_worker OUT_DIR SCENARIO [SCENARIO ...]
+    python -m tests.sampling.distributed_worker OUT_DIR SCENARIO [SCENARIO ...]
 
 The process group comes from the torchrun environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), set
 either by the test itself or by ``torch.distributed.run``. Each rank writes OUT_DIR/rank<r>.json (one
