@@ -1,7 +1,7 @@
 """masked_conv2d: PixelCNN masked convolution, with kernels that compute only the taps the mask keeps.
 
 Registered as ``torch.ops.arkern.masked_conv2d`` (+ ``masked_conv2d_backward``); the public face is
-:func:`masked_conv2d`, which validates, chooses a backend and runs it. Semantics: DESIGN.md §3 and
+:func:`masked_conv2d`, which validates, chooses a backend and runs it. Semantics (the reference defines them):
 :func:`arkern.reference.masked_conv2d.masked_conv2d`.
 """
 

@@ -1,4 +1,4 @@
-// causal_conv1d CPU kernels. Semantics: DESIGN.md §3 and arkern/reference/causal_conv1d.py.
+// causal_conv1d CPU kernels. Semantics: arkern/reference/causal_conv1d.py (the reference defines the op).
 //
 // y[b, o, t] = act(bias[o] + sum_{c in group(o), k} w[o, c', k] * xin[b, c, t - (K-1-k)*d]), where xin is
 // x for times >= 0 and the initial state (or zeros) for the S0 = (K-1)*d times before.

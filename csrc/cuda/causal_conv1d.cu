@@ -1,5 +1,5 @@
-// CUDA kernels for causal_conv1d (forward, backward) and causal_conv1d_update. Semantics: DESIGN.md §3
-// and arkern/reference/causal_conv1d.py. Raw pointers + element strides; every index is bounds-checked.
+// CUDA kernels for causal_conv1d (forward, backward) and causal_conv1d_update. Semantics:
+// arkern/reference/causal_conv1d.py. Raw pointers + element strides; every index is bounds-checked.
 #include "arkern_cuda.h"
 
 namespace {

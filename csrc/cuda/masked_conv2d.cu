@@ -1,4 +1,4 @@
-// CUDA forward kernel for masked_conv2d (PixelCNN masked convolution). Semantics: DESIGN.md §3 and
+// CUDA forward kernel for masked_conv2d (PixelCNN masked convolution). Semantics:
 // arkern/reference/masked_conv2d.py. Each thread computes one output (n, o, i, j) and visits only the
 // taps the mask keeps: every tap of the rows above the centre, the taps left of the centre in the centre
 // row, and at the centre the input channel groups the colour rule allows (gi < go for 'A', gi <= go for
