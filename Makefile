@@ -42,7 +42,8 @@ bench: $(STAMP)
 # corpus, not the Triton interpreter's); CI runs a subset (.ci/run).
 SANITIZE_DIR ?= build/sanitize
 SANITIZE_TESTS ?= tests
-SANITIZE_K ?= (causal_conv1d or masked_conv2d or masked_linear or shifted_conv2d or fused or wavenet or bad_input) \
+SANITIZE_K ?= (causal_conv1d or masked_conv2d or masked_linear or shifted_conv2d or fused or pixelcnn_decode \
+	or pixelcnnpp_decode or wavenet or bad_input) \
 	and not triton
 sanitize: $(STAMP)
 	ARKERN_SANITIZE=1 $(PY) setup.py -q build_ext -b $(SANITIZE_DIR)/lib -t $(SANITIZE_DIR)/temp
