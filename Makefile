@@ -39,12 +39,12 @@ bench: $(STAMP)
 # python (it must come first; libstdc++ too, or ASan cannot find the real __cxa_throw and aborts at the first
 # C++ exception), every finding fatal. Leak detection is off: CPython and torch keep allocations until exit.
 # SANITIZE_TESTS / SANITIZE_K choose the tests (default: every op and fused-sampler test and the bad-input
-# corpus, not the Triton interpreter's); CI runs a subset (.ci/run).
+# corpus, not the Triton interpreter's nor nvcc's, which would inherit the preload).
 SANITIZE_DIR ?= build/sanitize
 SANITIZE_TESTS ?= tests
 SANITIZE_K ?= (causal_conv1d or masked_conv2d or masked_linear or shifted_conv2d or fused or pixelcnn_decode \
 	or pixelcnnpp_decode or wavenet or bad_input) \
-	and not triton
+	and not triton and not nvcc
 sanitize: $(STAMP)
 	ARKERN_SANITIZE=1 $(PY) setup.py -q build_ext -b $(SANITIZE_DIR)/lib -t $(SANITIZE_DIR)/temp
 	ARKERN_EXT_LIBS="$$(ls $(SANITIZE_DIR)/lib/arkern/_C*.so)" \

@@ -309,3 +309,14 @@ def test_kernel_checks_its_own_preconditions():
     state = torch.zeros(2, 6, 2, dtype=F64)
     with pytest.raises(RuntimeError, match="must not share memory with x"):
         _direct(state, x=state.view(-1)[:12].view(2, 6, 1))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_zero_tokens(backend):
+    # a step with no tokens returns (B, Cout, 0) and leaves the state as it was, on every backend
+    w, b = _conv(6, 6, 6, 3)
+    state = torch.randn(2, 6, 2, dtype=F64)
+    before = state.clone()
+    y = causal_conv1d_update(torch.randn(2, 6, 0, dtype=F64), state, w, b, 1, 6, backend=backend)
+    assert y.shape == (2, 6, 0)
+    assert torch.equal(state, before)

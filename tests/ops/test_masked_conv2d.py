@@ -300,3 +300,11 @@ def test_taps_outside_the_image_cost_nothing(backend, dilation):
     outside = torch.ones(5, 5, dtype=torch.bool)
     outside[2, 2] = False
     assert torch.equal(w.grad[:, :, outside], torch.zeros_like(w.grad[:, :, outside]))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("hw", [(0, 5), (5, 0)])
+def test_empty_image(backend, hw):
+    # an image with no rows or no columns gives an empty output on every backend (the reference included)
+    x, w, b = _inputs(2, 3, 6, *hw, 3, torch.float64)
+    assert masked_conv2d(x, w, b, "B", 3, backend=backend).shape == (2, 6, *hw)
