@@ -48,7 +48,10 @@ def _full_matrix(conv: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, tor
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), bias
 
 
-def _check_weight_dtype(model: nn.Module, weight_dtype: torch.dtype) -> torch.dtype:
+def _check_packable(model: nn.Module, reasons: list[str], weight_dtype: torch.dtype) -> torch.dtype:
+    """Raise if the fused op cannot follow `model` (`reasons`) or `weight_dtype` does not fit; else its dtype."""
+    if reasons:
+        raise TypeError(f"pack_pixelcnn: cannot pack {type(model).__name__}: " + "; ".join(reasons))
     dtype = next(model.parameters()).dtype
     if weight_dtype not in (dtype, torch.bfloat16) or (weight_dtype == torch.bfloat16 and dtype != torch.float32):
         raise TypeError(f"pack_pixelcnn: weight_dtype must be the model dtype ({dtype}) or bfloat16 for a float32 "
@@ -66,10 +69,7 @@ def _packed(layout: PixelCNNLayout, mats: list[tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def _pack_pixelcnn(model: PixelCNN, weight_dtype: torch.dtype) -> PixelCNNFused:
-    reasons = pixelcnn_fused_reasons(model)
-    if reasons:
-        raise TypeError(f"pack_pixelcnn: cannot pack {type(model).__name__}: " + "; ".join(reasons))
-    dtype = _check_weight_dtype(model, weight_dtype)
+    dtype = _check_packable(model, pixelcnn_fused_reasons(model), weight_dtype)
     c = model.image_channels
     layers = list(model.net)
     blocks = [m.body for m in layers[1:-4]]
@@ -85,10 +85,7 @@ def _pack_pixelcnn(model: PixelCNN, weight_dtype: torch.dtype) -> PixelCNNFused:
 
 @torch.no_grad()
 def _pack_gated(model: GatedPixelCNN, weight_dtype: torch.dtype) -> PixelCNNFused:
-    reasons = gated_pixelcnn_fused_reasons(model)
-    if reasons:
-        raise TypeError(f"pack_pixelcnn: cannot pack {type(model).__name__}: " + "; ".join(reasons))
-    dtype = _check_weight_dtype(model, weight_dtype)
+    dtype = _check_packable(model, gated_pixelcnn_fused_reasons(model), weight_dtype)
     c = model.image_channels
     kh_a, kw_a = model.v_convs[0].kernel_size
     kh_b, kw_b = model.h_convs[0].kernel_size
