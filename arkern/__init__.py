@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from arkern import decode, families, masks, models, nn, ops
+from arkern import convert, decode, families, masks, models, nn, ops
 from arkern.backends import BackendUnavailableError, available_backends, last_backend
 from arkern.distributed import generate_distributed
 from arkern.evaluation import evaluate
@@ -18,7 +18,7 @@ from arkern.sampling import generate as generate_local
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "masks", "models", "decode", "families", "generate", "load", "evaluate",
+__all__ = ["ops", "nn", "masks", "models", "decode", "families", "convert", "generate", "load", "evaluate",
            "available_backends", "last_backend", "BackendUnavailableError", "__version__"]
 
 

@@ -7,6 +7,7 @@
                  [--no-progress]
     arkern eval MODEL [--data NAME|PATH] [--batch N] [--threads N] [--no-progress]
     arkern bench [--quick] [--json PATH] [--plot PATH] [--threads 1 2] [--families NAME ...]
+    arkern convert --source NAME CHECKPOINT [--config KEY=VALUE ...] --out DIR
 
 MODEL is a bundled model ("mnist", "digits", "tones") or a checkpoint (.json / .safetensors, see
 :mod:`arkern.pretrained`). Image models write a PNG grid, audio models a 16-bit WAV. Bad arguments exit
@@ -101,7 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PATH", help="draw a PNG of the speedups (needs matplotlib)")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default 1 2)")
     b.add_argument("--families", nargs="+", metavar="NAME", help="only these op families / models")
-    p.subcommands = {"sample": s, "train": t, "eval": e, "bench": b}  # so errors show the subcommand's usage
+
+    c = sub.add_parser("convert", help="convert another project's checkpoint into an arkern checkpoint",
+                       description="Read CHECKPOINT (torch.load with weights_only=True: never code) in the layout "
+                                   "of --source, with the upstream constructor's arguments as --config KEY=VALUE, "
+                                   "and write DIR/model.json + DIR/model.safetensors (then `arkern sample DIR`).")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", help="the upstream checkpoint file (.pth, .pt, .pkl ...)")
+    c.add_argument("--source", required=True, help="the upstream project's layout (see arkern.convert.sources())")
+    c.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="an upstream constructor argument (repeat; values are Python/JSON literals)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    # so errors show the subcommand's usage
+    p.subcommands = {"sample": s, "train": t, "eval": e, "bench": b, "convert": c}
     return p
 
 
@@ -469,12 +481,40 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from arkern import convert
+    from arkern.pretrained import save
+
+    if args.source not in convert.SOURCES:
+        parser.error(f"--source: unknown {args.source!r}; choose from {list(convert.sources())}")
+    try:
+        config = convert.parse_config(args.config)
+    except ValueError as err:
+        parser.error(str(err))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out: {args.out!r} is a file; name a directory")
+    try:
+        model = convert.load(args.checkpoint, args.source, **config)
+    except FileNotFoundError as err:
+        parser.error(f"CHECKPOINT: {err}")
+    except TypeError as err:  # an argument the upstream constructor does not take
+        parser.error(f"--config: {err}")
+    except ValueError as err:
+        print(f"arkern convert: {err}", file=sys.stderr)
+        return 1
+    json_path, weights_path = save(model, os.path.join(args.out, "model"), meta=model.meta)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {json_path} and {weights_path} ({type(model).__name__}, {params:,} parameters, from "
+          f"{args.source})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `arkern` console script; returns the exit code (2 for bad arguments)."""
     parser = _parser()
     args = parser.parse_args(argv)
     sub = parser.subcommands[args.command]
-    commands = {"sample": _sample, "train": _train, "eval": _eval, "bench": _bench}
+    commands = {"sample": _sample, "train": _train, "eval": _eval, "bench": _bench, "convert": _convert}
     return commands[args.command](args, sub)
 
 

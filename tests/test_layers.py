@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("sampling", ("arkern.sampling",)),
     ("distributed sampling", ("arkern.distributed",)),
     ("applications", ("arkern.pretrained", "arkern.training", "arkern.bench", "arkern.compat", "arkern.datasets",
-                      "arkern.evaluation")),
+                      "arkern.evaluation", "arkern.convert")),
     ("command line", ("arkern.cli", "arkern.__main__")),
     ("package face", ("arkern",)),
 ]

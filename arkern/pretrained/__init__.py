@@ -4,6 +4,7 @@
     model = arkern.load("digits")     # class-conditional GatedPixelCNN, 8x8 handwritten digits, 4 grey levels
     model = arkern.load("tones")      # WaveNet, 8 kHz synthetic melody (μ-law, 256 classes)
     model = arkern.load("out/digits.safetensors")   # or "out/digits.json", or "out/digits"
+    model = arkern.load("out/cifar")               # a folder with model.json (what `arkern convert` writes)
 
 A checkpoint is two files side by side: ``NAME.json`` (model type, constructor arguments, the weights
 file's name and sha256, and a free ``meta`` section: data, sampling defaults, training figures) and
@@ -54,7 +55,8 @@ def bundled() -> list[str]:
 def checkpoint_paths(name_or_path: str | os.PathLike) -> tuple[Path, Path | None]:
     """Resolve a bundled name or a path to (config .json, weights .safetensors or None if not yet known).
 
-    Accepts a bundled name ("digits"), ``X.json``, ``X.safetensors`` or ``X`` (meaning X.json). The weights
+    Accepts a bundled name ("digits"), ``X.json``, ``X.safetensors``, ``X`` (meaning X.json) or a directory
+    holding ``model.json`` (or exactly one .json). The weights
     path of a .json is read from the config, so it is returned as None here.
     """
     text = os.fspath(name_or_path)
@@ -65,9 +67,14 @@ def checkpoint_paths(name_or_path: str | os.PathLike) -> tuple[Path, Path | None
         return path.with_suffix(".json"), path
     if path.suffix == ".json":
         return path, None
-    if path.is_dir():
-        raise FileNotFoundError(f"arkern.load: {path} is a directory; name the checkpoint's .json or "
-                                f".safetensors file")
+    if path.is_dir():  # a folder holding one checkpoint (``arkern convert --out DIR`` writes DIR/model.json)
+        configs = sorted(path.glob("*.json"))
+        if (path / "model.json").is_file():
+            return path / "model.json", None
+        if len(configs) == 1:
+            return configs[0], None
+        raise FileNotFoundError(f"arkern.load: {path} is a directory without a model.json and with "
+                                f"{len(configs)} .json files; name the checkpoint's .json or .safetensors file")
     if not path.suffix and Path(f"{text}.json").is_file():
         return Path(f"{text}.json"), None
     raise FileNotFoundError(f"arkern.load: no model {text!r}: not a bundled model ({', '.join(BUNDLED)}) and not "
