@@ -29,7 +29,11 @@ from arkern.convert.checkpoint import StateReader, read_state_dict
 __all__ = ["load", "sources", "parse_config", "read_state_dict", "StateReader", "SOURCES"]
 
 # source name -> module (imported on first use) defining ``convert(state, **config) -> nn.Module``
-SOURCES: dict[str, str] = {}
+SOURCES: dict[str, str] = {
+    "wavenet_vocoder": "arkern.convert.wavenet_vocoder",
+    "nv-wavenet": "arkern.convert.nv_wavenet",
+    "pytorch-wavenet": "arkern.convert.pytorch_wavenet",
+}
 
 
 def sources() -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""The WaveNet family: sequences of μ-law classes, sampled naive, cached or fused (the C++/Triton/CUDA op)."""
+"""The WaveNet family: audio sequences (μ-law classes, or samples in [-1, 1] for the continuous heads), sampled
+naive, cached or fused (the C++/Triton/CUDA op)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
 from arkern.decode import wavenet as decode_wavenet
 from arkern.families.base import ModelFamily
-from arkern.models.wavenet import WaveNet, packed_weights
+from arkern.models.wavenet import WaveNet, fused_unsupported, packed_weights, split_condition
 from arkern.ops.wavenet_decode import WaveNetFused
 
 
 class WaveNetFamily(ModelFamily):
-    """:class:`arkern.models.WaveNet`: one uniform per sample, ``length`` steps, local and global conditioning.
+    """:class:`arkern.models.WaveNet`: ``length`` steps, local and global conditioning; one uniform per sample
+    (softmax, Gaussian heads) or two (mixture of logistics: noise (B, length, 2)).
 
     Conditioning: a local (B, C, frames) tensor, or {"local": ..., "global": (B, G)}. Options of
     :meth:`sample`: chunk_size, weight_dtype (fused: float32 or bfloat16), ops (cached: "arkern" or
@@ -28,17 +29,23 @@ class WaveNetFamily(ModelFamily):
     checkpoint_types = (WaveNet,)
     size_argument = "length"
 
-    def noise_shape(self, model: WaveNet, batch_size: int, size: int) -> tuple[int, int]:
+    def method_reasons(self, model: WaveNet) -> dict[str, str]:
+        why = fused_unsupported(model.config)
+        return {"fused": why} if why else {}
+
+    def noise_shape(self, model: WaveNet, batch_size: int, size: int) -> tuple[int, ...]:
+        if model.config.head == "logistic_mixture":
+            return (batch_size, size, 2)
         return (batch_size, size)
 
     def prepare_condition(self, model: WaveNet, condition: object, batch_size: int
                           ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """-> (local, global) conditioning tensors (either may be None); shapes are checked by the sampler."""
-        if condition is None or isinstance(condition, torch.Tensor):
-            return condition, None
-        if isinstance(condition, dict) and set(condition) <= {"local", "global"}:
-            return condition.get("local"), condition.get("global")
-        raise TypeError("generate: condition must be a (B, C, frames) tensor or a dict with keys 'local'/'global'")
+        try:
+            return split_condition(condition)
+        except TypeError:
+            raise TypeError("generate: condition must be a (B, C, frames) tensor or a dict with keys "
+                            "'local'/'global'") from None
 
     def pack(self, model: WaveNet, weight_dtype: torch.dtype = torch.float32) -> WaveNetFused:
         return packed_weights(model, weight_dtype)
@@ -57,6 +64,9 @@ class WaveNetFamily(ModelFamily):
 
     def check_items(self, model: WaveNet, y: torch.Tensor, levels: int | None, what: str, name: str) -> None:
         k = model.config.num_classes
+        if model.config.head != "softmax":
+            raise ValueError(f"evaluate: {name} has a {model.config.head} head; evaluate scores int classes "
+                             f"(use model.log_prob on float samples)")
         if y.dim() != 2:
             raise ValueError(f"evaluate: {what} has shape {tuple(y.shape)}, but {name} models sequences (B, T)")
         if model.config.cond_channels or model.config.global_channels:
@@ -68,8 +78,8 @@ class WaveNetFamily(ModelFamily):
                              f"{k} classes [0, {k - 1}]")
 
     def log_prob(self, model: WaveNet, y: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-        """From the teacher-forced logits (WaveNet has no log_prob of its own). y (B, T) int64 -> (B,)."""
-        return -F.cross_entropy(model(y), y, reduction="none").sum(1)
+        """:meth:`WaveNet.log_prob`: y (B, T) -> (B,) nats."""
+        return model.log_prob(y, condition)
 
     def constructor_kwargs(self, model: WaveNet) -> dict:
         return asdict(model.config)
