@@ -11,6 +11,7 @@ Four variants (``WaveNetConfig.upsample``), each a small network of the model's 
   nearest stretch by s along time and a Conv2d(1, 1, (k_f, 2s + 1)) with padding ((k_f - 1) / 2, s) and no
   bias, optionally followed by ReLU. Without conv_in the outer ``cin_pad`` frames on each side are cut
   after upsampling (upstream's ``indent``);
+- ``"convt1d"`` (nv-wavenet): one ConvTranspose1d(C, C, window, stride), truncated to the samples asked for.
 
 :meth:`WaveNetUpsampler.window` computes the features of samples [start, stop) from only the frames that
 reach them (plus each network's receptive field), so a sampler computes conditioning chunk by chunk and
