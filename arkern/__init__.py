@@ -13,12 +13,12 @@ from arkern import convert, decode, families, masks, models, nn, ops
 from arkern.backends import BackendUnavailableError, available_backends, last_backend
 from arkern.distributed import generate_distributed
 from arkern.evaluation import evaluate
-from arkern.pretrained import load
+from arkern.pretrained import load, save
 from arkern.sampling import generate as generate_local
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "masks", "models", "decode", "families", "convert", "generate", "load", "evaluate",
+__all__ = ["ops", "nn", "masks", "models", "decode", "families", "convert", "generate", "load", "save", "evaluate",
            "available_backends", "last_backend", "BackendUnavailableError", "__version__"]
 
 

@@ -30,6 +30,7 @@ __all__ = ["load", "sources", "parse_config", "read_state_dict", "StateReader", 
 
 # source name -> module (imported on first use) defining ``convert(state, **config) -> nn.Module``
 SOURCES: dict[str, str] = {
+    "pixel-cnn-pp": "arkern.convert.pixel_cnn_pp",
     "wavenet_vocoder": "arkern.convert.wavenet_vocoder",
     "nv-wavenet": "arkern.convert.nv_wavenet",
     "pytorch-wavenet": "arkern.convert.pytorch_wavenet",

@@ -122,7 +122,7 @@ class StateReader:
         for g_key, v_key in ((f"{prefix}.weight_g", f"{prefix}.weight_v"),
                              (f"{prefix}.parametrizations.weight.original0",
                               f"{prefix}.parametrizations.weight.original1")):
-            if v_key in self.state:
+            if v_key in self.state or g_key in self.state:  # a lone weight_g: name the missing weight_v
                 v = self.take(v_key, shape)
                 g_shape = [1] * len(shape)
                 g_shape[norm_dim] = shape[norm_dim]

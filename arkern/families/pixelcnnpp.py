@@ -57,3 +57,9 @@ class PixelCNNppFamily(ImageFamily):
 
     def teacher_forced_fused(self, model: PixelCNNpp, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         return teacher_forced_fused_pp(self.pack(model), x)
+
+    def constructor_kwargs(self, model: PixelCNNpp) -> dict:
+        """Read off the built model (so :func:`arkern.save` needs no kwargs, e.g. for converted checkpoints)."""
+        return {"image_channels": model.image_channels, "num_bins": model.num_classes,
+                "filters": model.u_init.out_channels, "num_resnets": len(model.up_u[0]),
+                "num_mixtures": model.num_mixtures, "dropout": model.dn_u[1][0].dropout.p}
