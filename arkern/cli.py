@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
                         "column per class)")
     s.add_argument("--cols", type=int, help="images per row of the PNG grid")
     s.add_argument("--scale", type=int, help="PNG pixels per image pixel (default: images ~64 px wide)")
-    s.add_argument("--seconds", type=float, help="audio length in seconds (default 2)")
+    s.add_argument("--seconds", type=float, help="audio length in seconds (default 2, or what --condition covers)")
+    s.add_argument("--condition", metavar="FEATURES.npy",
+                   help="audio models with local conditioning (vocoders): a (C, frames) or (N, C, frames) array, "
+                        "e.g. a mel spectrogram, upsampled by the model's own network")
+    s.add_argument("--speaker", type=int, help="speaker id of a model with a speaker embedding")
     s.add_argument("--method", choices=METHODS, help="sampler (default: the fastest available for the model)")
     s.add_argument("--seed", type=int, help="seed of the sampling noise (default: random, printed)")
     s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
@@ -292,8 +296,9 @@ def _compare(model: torch.nn.Module, args: argparse.Namespace, unit: str, per_it
 def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Namespace,
                   parser: argparse.ArgumentParser) -> int:
     meta = model.meta
-    if args.seconds is not None:
-        parser.error("--seconds applies to audio models; this is an image model (use --n, --shape)")
+    if args.seconds is not None or args.condition is not None or args.speaker is not None:
+        parser.error("--seconds/--condition/--speaker apply to audio models; this is an image model (use --n, "
+                     "--shape)")
     shape = tuple(args.shape) if args.shape else tuple(meta.get("shape") or ())
     if len(shape) != 2:
         parser.error("--shape H W is needed: the model's config gives no image size")
@@ -349,6 +354,48 @@ def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     return 0
 
 
+def _audio_condition(model: torch.nn.Module, args: argparse.Namespace, n: int,
+                     parser: argparse.ArgumentParser) -> tuple[dict | None, int | None]:
+    """--condition / --speaker -> (the condition dict or None, samples the local features cover or None)."""
+    cfg = getattr(model, "config", None)
+    wants_local, wants_global = bool(getattr(cfg, "cond_channels", 0)), bool(getattr(cfg, "global_channels", 0))
+    if args.condition is None and wants_local:
+        parser.error(f"--condition FEATURES.npy is needed: the model is conditioned on ({cfg.cond_channels}, frames) "
+                     f"features")
+    if args.condition is not None and not wants_local:
+        parser.error("--condition: the model has no local conditioning")
+    if args.speaker is not None and not getattr(cfg, "speakers", 0):
+        parser.error("--speaker: the model has no speaker embedding")
+    if wants_global and args.speaker is None:
+        parser.error("--speaker ID is needed: the model is conditioned on a speaker"
+                     if getattr(cfg, "speakers", 0) else "the model needs a global conditioning vector, which the "
+                     "command line does not supply")
+    if args.speaker is not None and not 0 <= args.speaker < cfg.speakers:
+        parser.error(f"--speaker: speaker id out of range: {args.speaker}, the model has {cfg.speakers} speakers "
+                     f"[0, {cfg.speakers - 1}]")
+    condition: dict = {}
+    covered = None
+    if args.condition is not None:
+        import numpy as np
+
+        try:
+            feats = torch.from_numpy(np.load(args.condition, allow_pickle=False)).to(torch.float32)
+        except (OSError, ValueError) as err:
+            parser.error(f"--condition: cannot read {args.condition!r} as a .npy array ({err})")
+        if feats.dim() == 2:
+            feats = feats.unsqueeze(0).expand(n, -1, -1)
+        if feats.dim() != 3 or feats.shape[1] != cfg.cond_channels:
+            parser.error(f"--condition: expected ({cfg.cond_channels}, frames) or (N, {cfg.cond_channels}, frames) "
+                         f"features, got {tuple(feats.shape)}")
+        condition["local"] = feats.contiguous()
+        up = model.upsampler
+        covered = up.samples_available(feats.shape[2]) if cfg.upsample != "nearest" else feats.shape[2] * cfg.hop
+    if args.speaker is not None:
+        rows = len(condition["local"]) if "local" in condition else n
+        condition["global"] = torch.full((rows,), args.speaker, dtype=torch.int64)
+    return (condition or None), covered
+
+
 def _sample_audio(model: torch.nn.Module, family: ModelFamily, args: argparse.Namespace,
                   parser: argparse.ArgumentParser) -> int:
     from arkern.audio import mulaw_decode, write_wav
@@ -363,21 +410,30 @@ def _sample_audio(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     if not isinstance(rate, int) or rate < 1:
         parser.error("MODEL: the model's config gives no audio sample_rate")
     n = args.n or 1
-    length = max(1, round((args.seconds or 2.0) * rate))
+    condition, covered = _audio_condition(model, args, n, parser)
+    n = n if condition is None else len(condition.get("local", condition.get("global")))
+    length = max(1, round((args.seconds or 2.0) * rate)) if args.seconds or covered is None else covered
     method = _pick_method(model, family, args.method, parser)
+    if condition is not None:
+        try:
+            model.check_local(condition.get("local"), n, length)
+        except ValueError as err:
+            parser.error(f"--condition: {err}")
     out = args.out or f"{meta.get('name', 'samples')}.wav"
     if not out.lower().endswith(".wav"):
         parser.error(f"--out: audio models write a WAV; the path must end in .wav, got {out!r}")
     _check_size_limits(model, family, n, length, "--n/--seconds", parser)
     if _is_main_process():
         _check_out(out, parser)
-    samples, seconds = _run(model, n, args, parser, length=length, method=method)
+    extra = {} if condition is None else {"condition": condition}
+    samples, seconds = _run(model, n, args, parser, length=length, method=method, **extra)
     if samples is None or not _is_main_process():
         return 0
     print(f"{meta.get('name', type(model).__name__)}: {n} x {length} samples ({length / rate:.2f} s at {rate} Hz) "
           f"with method={method} in {seconds:.3f} s ({_where()}): "
           f"{n * length / seconds:.0f} samples/s ({n * length / rate / seconds:.2f}x real time)")
-    audio = mulaw_decode(samples.cpu(), model.config.num_classes)
+    samples = samples.cpu()
+    audio = samples.float() if samples.is_floating_point() else mulaw_decode(samples, model.config.num_classes)
     gap = torch.zeros(n, rate // 4)  # clips one after another, a quarter second apart
     clip = torch.cat([audio, gap], 1).reshape(-1)[: n * (length + rate // 4) - rate // 4]
     if os.path.dirname(out):

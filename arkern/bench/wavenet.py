@@ -9,6 +9,8 @@ Where naive runs, so does "reference": the fused op's plain-PyTorch reference ba
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from arkern.bench.harness import Case
@@ -96,3 +98,116 @@ def cases(quick: bool = False) -> list[Case]:
                     continue
                 out.append(wavenet_case(batch, dtype, skip_channels=skip, steps=64 if batch < 64 else 16))
     return out
+
+
+# ---------------------------------------------------------------- vocoders (the generalised family)
+
+VOCODER = dict(out_channels=30, layers=24, stacks=4, residual_channels=64, gate_channels=128, skip_out_channels=64,
+               kernel_size=3, cin_channels=80, upsample_conditional_features=True, upsample_scales=[4, 4, 4, 4],
+               freq_axis_kernel_size=3, scalar_input=True)
+LJSPEECH = dict(VOCODER, residual_channels=512, gate_channels=512, skip_out_channels=256)
+
+
+def _vocoder(config: dict):
+    """wavenet_vocoder's own module (random weights, generation-fast) and its arkern conversion."""
+    import warnings
+
+    from arkern import convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import wavenet_vocoder
+
+        torch.manual_seed(0)
+        upstream = wavenet_vocoder.WaveNet(**config).eval()
+        model = convert.load(upstream.state_dict(), "wavenet_vocoder", **config, log_scale_min=-7.0,
+                             num_classes=65536, sample_rate=22050)
+        upstream.make_generation_fast_()
+    return upstream, model
+
+
+def vocoder_case(steps: int = 256) -> Case:
+    """The vocoder-sized MoL model (24 layers, 4 stacks, 64/128/64, cin 80, upsampling 4·4·4·4), batch 1:
+    arkern's fused sampler vs wavenet_vocoder's own incremental_forward (after make_generation_fast_())."""
+
+    def setup():
+        upstream, model = _vocoder(VOCODER)
+        frames = -(-steps // 256)
+        c = torch.rand(1, 80, frames)
+
+        def fused():
+            from arkern.sampling import generate
+
+            return generate(model, 1, length=steps, condition=c, method="fused", seed=0, progress=False)
+
+        def incremental():
+            with torch.no_grad():
+                return upstream.incremental_forward(c=c, T=steps, log_scale_min=-7.0)
+
+        return {"wavenet_vocoder": incremental, "fused": fused}
+
+    return Case("wavenet", f"vocoder MoL L=24 64/128/64 cin80 B=1 T={steps}", setup, baseline="wavenet_vocoder",
+                items=steps, params={"dtype": "float32", "batch": 1, "model": "vocoder"})
+
+
+def ljspeech_case(batch: int, steps: int = 16) -> Case:
+    """The LJSpeech configuration (24 layers, 4 stacks, 512/512/256, cin 80, MoL): fused vs the cached eager
+    step; samples/s, real-time factor = samples/s / 22050."""
+
+    def setup():
+        _, model = _vocoder(LJSPEECH)
+        c = torch.rand(batch, 80, 1)
+        cached_state = dw.WaveNetState.new(model, batch)
+        stepper = dw.WaveNetStepper(model, "eager")
+        noise = torch.rand(batch, steps, 2, dtype=torch.float64)
+        local = model.local_window(c, 0, steps).contiguous()
+
+        def fused():
+            from arkern.sampling import generate
+
+            return generate(model, batch, length=steps, condition=c, method="fused", seed=0, progress=False)
+
+        def eager():
+            from arkern import wavenet_heads as heads
+
+            cached_state.cond, cached_state.cond_start, cached_state.t = local, 0, 0
+            with torch.no_grad():
+                for s in range(steps):
+                    out = stepper.step(cached_state)
+                    stepper.push(cached_state, heads.sample("logistic_mixture", out, noise[:, s], log_scale_min=-7))
+
+        return {"eager": eager, "fused": fused}
+
+    return Case("wavenet", f"LJSpeech MoL L=24 512/512/256 cin80 B={batch}", setup, baseline="eager",
+                items=batch * steps, params={"dtype": "float32", "batch": batch, "model": "ljspeech"})
+
+
+def vocoder_cases() -> list[Case]:
+    """The issue-13 vocoder figures: fused vs wavenet_vocoder at batch 1; LJSpeech at batch 1 and 16."""
+    return [vocoder_case(), ljspeech_case(1), ljspeech_case(16)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m arkern.bench.wavenet [--threads 1 2]``: the vocoder figures (samples/s, ratio to the case's
+    baseline in the same run, real-time factor at 22.05 kHz)."""
+    import argparse
+    import platform
+
+    from arkern.bench.harness import run_case
+
+    parser = argparse.ArgumentParser(prog="python -m arkern.bench.wavenet", description=main.__doc__)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--min-run-time", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float32 weights, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for case in vocoder_cases():
+        for threads in args.threads:
+            for m in run_case(case, threads, args.min_run_time):
+                rtf = m.items_per_s / 22050 if m.items_per_s else float("nan")
+                print(f"{case.name:48s} {threads}t {m.provider:16s} {m.seconds * 1e3:10.2f} ms/call "
+                      f"{m.items_per_s:10.1f} samples/s  x{m.speedup:7.2f} vs {case.baseline}  RTF {rtf:.4f}")
+
+
+if __name__ == "__main__":
+    main()

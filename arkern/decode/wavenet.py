@@ -4,9 +4,11 @@
 - ``cached``: :class:`WaveNetState` keeps per layer a ring buffer of its last (K-1)·d_l inputs;
   :class:`WaveNetStepper` computes one new position per layer per step with arkern ops
   (``causal_conv1d_update``), or with plain PyTorch (``ops="eager"``, the baseline users would write).
-- ``fused``: ``torch.ops.arkern.wavenet_generate`` runs many steps per call in C++ on the same state.
+- ``fused``: many steps per call in C++ on the same state: ``torch.ops.arkern.wavenet_generate`` for the
+  nv-wavenet architecture (kernel 2, softmax, G = 2R, end = classes; also Triton/CUDA), else
+  ``torch.ops.arkern.wavenet_family_generate`` (every config).
 
-All three draw with :func:`arkern.models.wavenet_heads.sample` semantics from the same pre-drawn uniforms
+All three draw with :func:`arkern.wavenet_heads.sample` semantics from the same pre-drawn uniforms
 (one per step for softmax and Gaussian heads, two for the mixture of logistics: the component, then the
 logistic quantile), so they return the same samples.
 
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from arkern import wavenet_heads as heads
 from arkern.decode.methods import METHODS
-from arkern.models import wavenet_heads as heads
-from arkern.models.wavenet import WaveNet, fused_unsupported, packed_weights
+from arkern.models.wavenet import WaveNet, fused_unsupported, packed_family_weights, packed_weights
 from arkern.ops.causal_conv1d import causal_conv1d_update
 from arkern.ops.wavenet_decode import wavenet_generate
+from arkern.ops.wavenet_family_decode import wavenet_family_generate
 
 COND_WINDOW_FLOATS = 2**20  # projected local conditioning held at once while sampling (floats, all rows)
 
@@ -236,8 +239,6 @@ def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temper
     heads.check_head_warpers(cfg.head, temperature, top_k, top_p, "generate")
     if forced is not None:
         _check_forced(model, forced, B, T)
-    if method == "fused" and fused_unsupported(cfg):
-        raise ValueError(f"generate: method='fused' cannot sample this model: {fused_unsupported(cfg)}")
     model.check_local(cond, B, T)
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     softmax = cfg.head == "softmax"
@@ -246,7 +247,9 @@ def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temper
     state = None
     if method == "fused":
         state = WaveNetState.new(model, B, gcond=gcond, dtype=torch.float32)
-        packed = packed_weights(model, weight_dtype)
+        nv_arch = fused_unsupported(cfg) is None
+        op = wavenet_generate if nv_arch else wavenet_family_generate
+        packed = (packed_weights if nv_arch else packed_family_weights)(model, weight_dtype)
     elif method == "cached":
         state = WaveNetState.new(model, B, gcond=gcond)
         stepper = WaveNetStepper(model, ops=ops)
@@ -261,7 +264,7 @@ def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temper
                 _, first = state.set_window(model, cond, a, b)
                 t_op = a if cond is None else a - first  # the op indexes the window from 0; rings rotated to match
                 _roll_rings(state.rings, a - t_op)
-                ys, lg = wavenet_generate(packed, state.rings, state.prev, t_op, noise[:, a:b].contiguous(),
+                ys, lg = op(packed, state.rings, state.prev, t_op, noise[:, a:b].contiguous(),
                                           cond=state.cond, cond_hop=state.cond_hop, gbias=state.gcond,
                                           return_logits=return_logits,
                                           forced=None if forced is None else forced[:, a:b].contiguous(), **draw)

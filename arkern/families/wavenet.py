@@ -10,8 +10,9 @@ import torch
 
 from arkern.decode import wavenet as decode_wavenet
 from arkern.families.base import ModelFamily
-from arkern.models.wavenet import WaveNet, fused_unsupported, packed_weights, split_condition
+from arkern.models.wavenet import WaveNet, fused_unsupported, packed_family_weights, packed_weights, split_condition
 from arkern.ops.wavenet_decode import WaveNetFused
+from arkern.ops.wavenet_family_decode import WaveNetFamilyFused
 
 
 class WaveNetFamily(ModelFamily):
@@ -29,10 +30,6 @@ class WaveNetFamily(ModelFamily):
     checkpoint_types = (WaveNet,)
     size_argument = "length"
 
-    def method_reasons(self, model: WaveNet) -> dict[str, str]:
-        why = fused_unsupported(model.config)
-        return {"fused": why} if why else {}
-
     def noise_shape(self, model: WaveNet, batch_size: int, size: int) -> tuple[int, ...]:
         if model.config.head == "logistic_mixture":
             return (batch_size, size, 2)
@@ -47,8 +44,11 @@ class WaveNetFamily(ModelFamily):
             raise TypeError("generate: condition must be a (B, C, frames) tensor or a dict with keys "
                             "'local'/'global'") from None
 
-    def pack(self, model: WaveNet, weight_dtype: torch.dtype = torch.float32) -> WaveNetFused:
-        return packed_weights(model, weight_dtype)
+    def pack(self, model: WaveNet, weight_dtype: torch.dtype = torch.float32) -> WaveNetFused | WaveNetFamilyFused:
+        """``wavenet_generate``'s packing for the nv-wavenet architecture, else ``wavenet_family_generate``'s."""
+        if fused_unsupported(model.config) is None:
+            return packed_weights(model, weight_dtype)
+        return packed_family_weights(model, weight_dtype)
 
     def fused_weight_dtypes(self, model: WaveNet) -> tuple[torch.dtype, ...]:
         return (torch.float32, torch.bfloat16)

@@ -15,7 +15,7 @@ kernel K, gate channels G = 2H:
 with c_l = 1 (``skip_scale="none"``), √(1/L) (``"sqrt_layers"``, wavenet_vocoder master) or the factors of
 wavenet_vocoder's ``legacy`` skips = (skips + h)·√0.5 after every layer but the first (``"legacy"``). The
 head is ``W_end relu(W_out relu(skip) + b_out) + b_end`` (S -> end_channels -> head channels), read by
-:mod:`arkern.models.wavenet_heads` (softmax, mixture of logistics, Gaussian). x_l at negative times is
+:mod:`arkern.wavenet_heads` (softmax, mixture of logistics, Gaussian). x_l at negative times is
 zero. Local conditioning (B, cond_channels, frames) is upsampled to one vector per sample by the model's
 own network (:mod:`arkern.models.wavenet_upsample`) and projected per layer to G; global conditioning (a
 (B, G_in) vector, or a speaker id through an embedding) is projected per layer to G and added at every step.
@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arkern.models import wavenet_heads as heads
+from arkern import wavenet_heads as heads
 from arkern.models._packcache import cached_pack
 from arkern.models.wavenet_upsample import UPSAMPLERS, WaveNetUpsampler
 from arkern.ops.causal_conv1d import causal_conv1d
 from arkern.ops.wavenet_decode import WaveNetFused, pack_matrix, pad_vector
+from arkern.ops.wavenet_family_decode import WaveNetFamilyFused
 
 INPUTS = ("embedding2", "embedding", "scalar")
 SKIP_SCALES = ("none", "legacy", "sqrt_layers")
@@ -380,7 +381,8 @@ def split_condition(condition: object) -> tuple[torch.Tensor | None, torch.Tenso
 # ---------------------------------------------------------------- packed weights for the fused sampler
 
 def fused_unsupported(cfg: WaveNetConfig) -> str | None:
-    """Why the fused kernel cannot run this config (None: it can)."""
+    """Why the nv-wavenet-architecture op (``wavenet_generate``, with its Triton and CUDA backends) cannot run
+    this config (None: it can); every config runs on ``wavenet_family_generate``."""
     why = []
     if cfg.kernel_size != 2:
         why.append(f"kernel_size {cfg.kernel_size} (the kernel has 2 taps)")
@@ -442,3 +444,54 @@ def pack_wavenet(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetF
 def packed_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
     """The model packed for ``arkern.ops.wavenet_generate``, re-packed only when a parameter changed."""
     return cached_pack(model, ("wavenet", dtype), lambda: pack_wavenet(model, dtype))
+
+
+@torch.no_grad()
+def pack_wavenet_family(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFamilyFused:
+    """Pack any :class:`WaveNet` for ``arkern.ops.wavenet_family_generate`` (layout:
+    :mod:`arkern.reference.wavenet_family_decode`); dtype float32 or bfloat16. Scalings folded as in
+    :func:`pack_wavenet`."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"pack_wavenet_family: dtype must be float32 or bfloat16, got {dtype}")
+    cfg = model.config
+    K, R, S, H = cfg.kernel_size, cfg.residual_channels, cfg.skip_channels, cfg.gates // 2
+    n_out, A = cfg.out_channels, cfg.num_classes
+    E = cfg.end_channels or n_out
+    f32 = dict(dtype=torch.float32, device=model.out.weight.device)
+
+    def bias(conv: nn.Module, n: int) -> torch.Tensor:
+        return conv.bias.to(torch.float32) if conv.bias is not None else torch.zeros(n, **f32)
+
+    if cfg.input == "scalar":
+        emb = torch.stack([model.input_proj.weight[:, 0].to(torch.float32), bias(model.input_proj, R)])
+    else:
+        cur = model.embed_cur.weight.to(torch.float32)
+        prev = model.embed_prev.weight.to(torch.float32) if cfg.input == "embedding2" else torch.zeros_like(cur)
+        emb = torch.stack([prev, cur])
+    w_dil, b_dil, w_rs, b_rs = [], [], [], []
+    for i, c in enumerate(cfg.skip_factors()):
+        conv = model.dilated[i]
+        scale = cfg.residual_scale ** i
+        w = conv.weight.permute(0, 2, 1).reshape(2 * H, K * R).to(torch.float32) * scale  # [x(t-(K-1)d) .. x(t)]
+        w_dil.append(pack_matrix(w, [H, H], dtype))
+        b_dil.append(pad_vector(bias(conv, 2 * H), [H, H]))
+        has_res = i < len(model.res)
+        wr = model.res[i].weight[:, :, 0].to(torch.float32) / scale if has_res else torch.zeros(R, H, **f32)
+        br = bias(model.res[i], R) / scale if has_res else torch.zeros(R, **f32)
+        ws = model.skip[i].weight[:, :, 0].to(torch.float32) * c
+        w_rs.append(pack_matrix(torch.cat([wr, ws]), [R, S], dtype))
+        b_rs.append(pad_vector(torch.cat([br, bias(model.skip[i], S) * c]), [R, S]))
+    head = ("softmax", "logistic_mixture", "gaussian").index(cfg.head)
+    return WaveNetFamilyFused(
+        emb=emb.contiguous(), w_dil=torch.cat(w_dil), b_dil=torch.stack(b_dil), w_rs=torch.cat(w_rs),
+        b_rs=torch.stack(b_rs), w_out=pack_matrix(model.out.weight[:, :, 0], None, dtype),
+        b_out=pad_vector(bias(model.out, E), [E]), w_end=pack_matrix(model.end.weight[:, :, 0], None, dtype),
+        b_end=pad_vector(bias(model.end, n_out), [n_out]),
+        dims=[K, R, H, S, E, n_out, 1 if cfg.input == "scalar" else A, cfg.num_mixtures,
+              1 if cfg.input == "scalar" else 0, head],
+        dilations=list(model.dilations), log_scale_min=float(cfg.log_scale_min))
+
+
+def packed_family_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFamilyFused:
+    """:func:`pack_wavenet_family`, re-packed only when a parameter changed."""
+    return cached_pack(model, ("wavenet_family", dtype), lambda: pack_wavenet_family(model, dtype))
