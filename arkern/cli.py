@@ -296,9 +296,10 @@ def _compare(model: torch.nn.Module, args: argparse.Namespace, unit: str, per_it
 def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Namespace,
                   parser: argparse.ArgumentParser) -> int:
     meta = model.meta
-    if args.seconds is not None or args.condition is not None or args.speaker is not None:
-        parser.error("--seconds/--condition/--speaker apply to audio models; this is an image model (use --n, "
-                     "--shape)")
+    if args.seconds is not None:
+        parser.error("--seconds applies to audio models; this is an image model (use --n, --shape)")
+    if args.condition is not None or args.speaker is not None:
+        parser.error("--condition/--speaker apply to audio models; this is an image model")
     shape = tuple(args.shape) if args.shape else tuple(meta.get("shape") or ())
     if len(shape) != 2:
         parser.error("--shape H W is needed: the model's config gives no image size")

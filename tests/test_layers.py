@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "arkern"
 # lowest first; a module belongs to the layer of the longest listed prefix of its name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("arkern._ext", "arkern.backends", "arkern.masks", "arkern.audio", "arkern.testing")),
-    ("references and draws", ("arkern.reference", "arkern.distributions")),
+    ("references and draws", ("arkern.reference", "arkern.distributions", "arkern.wavenet_heads")),
     ("ops and kernels", ("arkern.ops", "arkern.triton")),
     ("layers", ("arkern.nn",)),
     ("models", ("arkern.models",)),
