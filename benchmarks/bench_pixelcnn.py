@@ -3,14 +3,24 @@ cached vs naive (`pytest benchmarks/bench_pixelcnn.py --benchmark-only --benchma
 
 The cases live in arkern.bench.pixelcnn; naive runs only where one whole image takes about a second
 (`python -m arkern.bench.pixelcnn` prints the full table with naive extrapolated from a few forwards).
+Every case runs at 1 and 2 threads; `test_pixelcnn_contention` times the fused samplers at 1 and 2 threads
+next to a competing busy process (arkern.bench.contention), where 2 threads must not be slower than 1.
 """
 
 import pytest
 
+from arkern.bench.contention import CASES, busy_process
 from arkern.bench.pixelcnn import cases
-from benchmarks.conftest import bench_params, run_benchmark
+from benchmarks.conftest import THREADS, bench_params, run_benchmark, run_contention
 
 
 @pytest.mark.parametrize("case,provider,threads", bench_params(cases()))
 def test_pixelcnn(benchmark, case, provider, threads):
     run_benchmark(benchmark, case, provider, threads)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("PixelCNN")])
+def test_pixelcnn_contention(benchmark, name, threads):
+    with busy_process():
+        run_contention(benchmark, name, threads)

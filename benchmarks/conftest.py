@@ -35,3 +35,20 @@ def run_benchmark(benchmark, case, provider: str, threads: int) -> None:
         benchmark(fns[provider])
     finally:
         torch.set_num_threads(old)
+
+
+def run_contention(benchmark, name: str, threads: int) -> None:
+    """Time one arkern.bench.contention case (fused sampler) with `threads` threads; the caller runs it next
+    to a busy process. Grouped by case, so the 1- and 2-thread rows sit together."""
+    from arkern.bench.contention import CASES
+
+    run, items = CASES[name]()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()  # warm-up: packing, the team's threads
+        benchmark.group = f"contention: {name}, next to a busy process"
+        benchmark.extra_info.update(threads=threads, items=items)
+        benchmark(run)
+    finally:
+        torch.set_num_threads(old)

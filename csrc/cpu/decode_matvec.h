@@ -223,15 +223,18 @@ void tile_rows(const WT* blk, int64_t ja, int64_t jz, int64_t rows, const T* con
 }
 
 // Inputs [ja, jz) of y = b + W x: y[r][0 : mp] (+)= W[:, ja:jz] x[r][0 : jz - ja] for `rows` rows, starting
-// from the bias when ja == 0 and from y[r] otherwise.
+// from the bias when ja == 0 and from y[r] otherwise. Only outputs [m_begin, m_end) when given (m_begin a
+// multiple of kTile; m_end < 0: to mp): a team of threads splits a product over whole tiles (team.h).
 template <class P, typename T, typename WT>
-void matvec_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_t jz, const T* const* x, T* const* y) {
+void matvec_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_t jz, const T* const* x, T* const* y,
+                  int64_t m_begin = 0, int64_t m_end = -1) {
+  if (m_end < 0 || m_end > mat.mp) m_end = mat.mp;
   if (ja == jz) {  // e.g. a mask-A 1x1 conv of the first colour group: only the bias
     if (ja == 0)
-      for (int64_t r = 0; r < rows; ++r) std::copy(mat.b, mat.b + mat.mp, y[r]);
+      for (int64_t r = 0; r < rows; ++r) std::copy(mat.b + m_begin, mat.b + m_end, y[r] + m_begin);
     return;
   }
-  for (int64_t m0 = 0; m0 < mat.mp; m0 += kTile) {
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += kTile) {
     const WT* blk = mat.w + m0 * mat.n;
     switch (std::min(kTile, mat.mp - m0) / 16) {
       case 4: tile_rows<P, T, WT, 4>(blk, ja, jz, rows, x, y, m0, mat.b); break;
@@ -241,6 +244,9 @@ void matvec_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_t jz, c
     }
   }
 }
+
+// Number of output tiles of a packed matrix with mp (padded) rows.
+inline int64_t tiles(int64_t mp) { return (mp + kTile - 1) / kTile; }
 
 // y[r][0 : mp] = b + W x[r] for `rows` rows; x[r] holds n values, y[r] room for mp.
 template <class P, typename T, typename WT>

@@ -41,6 +41,7 @@ using namespace arkern_pixelcnn;
 
 constexpr int64_t kMaxRows = 32;  // batch rows run in lockstep, sharing every weight tile
 constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vertical pass
+constexpr int64_t kRowPiece = 8;  // (row, column) pairs per product in the PixelCNN row pass
 
 struct Dims {
   int64_t kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b;
@@ -144,9 +145,10 @@ struct Runner {
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
+    arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
   };
 
-  void run(int64_t r0, int64_t nb, Sampler& sampler) const {
+  void run(int64_t r0, int64_t nb, Sampler& sampler, arkern_team::Session& team) const {
     const int64_t h = d.h, L = d.depth;
     int64_t max_n = 0, max_mp = 0;
     for (const auto& m : mats) {
@@ -190,6 +192,7 @@ struct Runner {
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
     s.v.resize(nb);
+    s.team = &team;
     if (row_begin == 0) {
       for (size_t c = 0; c < caches.size(); ++c)
         for (int64_t b = 0; b < nb; ++b) {
@@ -212,12 +215,13 @@ struct Runner {
           }
           head_and_draw(i, j, g, r0, nb, s, sampler);
         }
+      team.step_done();
     }
   }
 
   void product(const Mat<T, WT>& m, int64_t nb, const std::vector<T*>& x, Scratch& s, T* const* y) const {
     for (int64_t b = 0; b < nb; ++b) s.in[b] = x[b];
-    matvec(m, nb, s.in.data(), y);
+    matvec(m, nb, s.in.data(), y, s.team);
   }
 
   // Spatial conv c of the PixelCNN program: 0 the mask-A input conv, 1 + k the mask-B conv of block k.
@@ -236,35 +240,32 @@ struct Runner {
   // all columns at once, so that many columns share each weight tile. Each pixel then adds only the taps
   // of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
-    // Split over the columns when the batch gave the threads nothing to share (a group alone, outside any
-    // parallel region); inside one, team_for runs the whole range in this thread. team_for, not
-    // at::parallel_for: a region per image row must not wait for a descheduled thread (csrc/cpu/team.h).
+    // Pieces of kRowPiece (row, column) pairs, the same whatever the thread count (a piece's products group
+    // its rows the same way, so its sums are bit-identical), split between the decode team (csrc/cpu/team.h)
+    // when it is on: one phase per image row, each worker the same columns every row.
     const int64_t total = nb * W;
     int64_t n_above = 0;
     for (int64_t c = 0; c <= d.depth; ++c) n_above = std::max(n_above, conv(c).above * conv(c).kw * conv(c).cin);
     if (n_above == 0) return;
-    const int64_t grain = std::max<int64_t>(8, (total + at::get_num_threads() - 1) / at::get_num_threads());
-    arkern_team::team_for(0, total, grain, [&](int64_t p_begin, int64_t p_end) {  // one region per image row
-      std::vector<T> buf(kChunk * n_above);
-      std::vector<const T*> in(kChunk);
-      std::vector<T*> out(kChunk);
+    s.team->phase((total + kRowPiece - 1) / kRowPiece, [&](int, int64_t piece) {
+      const int64_t p0 = piece * kRowPiece, n = std::min(kRowPiece, total - p0);
+      std::vector<T> buf(kRowPiece * n_above);
+      const T* in[kRowPiece];
+      T* out[kRowPiece];
       for (int64_t c = 0; c <= d.depth; ++c) {
         const Conv cv = conv(c);
         const int64_t na = cv.above * cv.kw * cv.cin;
         if (na == 0) continue;
         for (int64_t g = 0; g < d.C; ++g) {
           const Mat<T, WT>& m = mats[px(cv.layer, g)];
-          for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunk) {
-            const int64_t n = std::min(kChunk, p_end - p0);
-            for (int64_t q = 0; q < n; ++q) {
-              const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-              T* dst = buf.data() + q * n_above;
-              ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, dst);
-              in[q] = dst;
-              out[q] = partial(s, b, c, g, j);
-            }
-            matvec_range(m, n, 0, na, in.data(), out.data());
+          for (int64_t q = 0; q < n; ++q) {
+            const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+            T* dst = buf.data() + q * n_above;
+            ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, dst);
+            in[q] = dst;
+            out[q] = partial(s, b, c, g, j);
           }
+          matvec_range(m, n, 0, na, in, out);
         }
       }
     });
@@ -282,7 +283,7 @@ struct Runner {
       s.in[b] = s.gat[b];
       s.yp[b] = na > 0 ? partial(s, b, c, g, j) : s.y[b];
     }
-    matvec_range(m, nb, na, m.n, s.in.data(), s.yp.data());
+    matvec_range(m, nb, na, m.n, s.in.data(), s.yp.data(), s.team);
     return s.yp.data();
   }
 
@@ -301,7 +302,7 @@ struct Runner {
         for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
         s.in[b] = u;
       }
-      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data());
+      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data(), s.team);
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
     }
@@ -364,7 +365,7 @@ struct Runner {
         gate(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
         s.in[b] = s.act[b] + l * h;
       }
-      matvec(mats[gx(l, 2 + C + g)], nb, s.in.data(), s.y.data());
+      matvec(mats[gx(l, 2 + C + g)], nb, s.in.data(), s.y.data(), s.team);
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
     }
@@ -469,7 +470,11 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
   if (B == 0 || rows == 0 || W == 0) return logits;
   const auto noise_c = noise.contiguous();
   const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, std::min<int64_t>(B, threads));
+  // Up to kMaxRows rows run as one group whose products a team of threads splits over output tiles
+  // (csrc/cpu/team.h), when the per-pixel products have at least two tiles (h / C > 64) or at batch 1;
+  // otherwise the rows are split into groups run in parallel.
+  const bool split_outputs = B == 1 || arkern_decode::tiles(pad16(d.h / d.C)) >= 2;
+  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, split_outputs ? 1 : std::min<int64_t>(B, threads));
 
   const auto launch = [&](auto tag_t, auto tag_w) {
     using T = decltype(tag_t);
@@ -490,11 +495,19 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
       Sampler sampler(d.K, temperature, top_k, top_p);
       for (int64_t grp = g0; grp < g1; ++grp) {
         const int64_t b0 = grp * B / groups, b1 = (grp + 1) * B / groups;
-        for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) run.run(r0, std::min(kMaxRows, b1 - r0), sampler);
+        for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) {
+          const int64_t nb = std::min(kMaxRows, b1 - r0);
+          uint64_t key = 2;  // the workload, for the team's rate memory
+          for (int64_t v : {d.kind, d.C, d.K, d.h, d.depth, d.kh_a, d.kw_a, d.kh_b, d.kw_b, W, nb,
+                            static_cast<int64_t>(sizeof(T) + sizeof(WT))})
+            key = key * 1000003 + static_cast<uint64_t>(v);
+          arkern_team::Session team(key);  // one worker inside a parallel region
+          run.run(r0, nb, sampler, team);
+        }
       }
     };
     if (groups == 1) {
-      work(0, 1);  // outside a parallel region: the row pass may split its columns over the threads
+      work(0, 1);  // outside a parallel region: the team may split the products
     } else {
       at::parallel_for(0, groups, 1, work);
     }

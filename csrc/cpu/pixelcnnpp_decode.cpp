@@ -359,7 +359,7 @@ struct Group {
           if (t < 0 || t % 2 != 0 || t / 2 >= ws / 2) continue;
           const float* xs[1] = {map_at(u_dn_map[s + 1], s + 1, b, r / 2, t / 2)};
           float* ys[1] = {acc.data()};
-          matvec(L.up_u_taps[s][kh * 3 + kw], 1, xs, ys);  // zero bias: W x
+          matvec(L.up_u_taps[s][kh * 3 + kw], 1, xs, ys, sc.team);  // zero bias: W x
           for (int64_t k = 0; k < f; ++k) o[k] += acc[k];
         }
       }
@@ -372,7 +372,7 @@ struct Group {
       xp[b] = map_at(ul_dn_map[s + 1], s + 1, b, r / 2, c / 2);
       yp[b] = vec(upb, b);
     }
-    matvec(L.up_ul_taps[s][(r % 2) * 2 + (c % 2)], nb, xp.data(), yp.data());
+    matvec(L.up_ul_taps[s][(r % 2) * 2 + (c % 2)], nb, xp.data(), yp.data(), sc.team);
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t k = 0; k < L.f; ++k) yp[b][k] += L.up_ul_bias[s][k];
   }
@@ -463,11 +463,12 @@ struct Group {
       xp[b] = vec(hbuf, b);
       yp[b] = outp.data() + b * pad16(L.P);
     }
-    matvec(L.out, nb, xp.data(), yp.data());
+    matvec(L.out, nb, xp.data(), yp.data(), sc.team);
   }
 
-  void run() {
+  void run(arkern_team::Session& team) {
     const int64_t H = L.H, W = L.W, C = L.C, P = L.P;
+    sc.team = &team;
     for (int64_t i = 0; i < H; ++i) {
       start_row(i);
       for (int64_t j = 0; j < W; ++j) {
@@ -488,6 +489,7 @@ struct Group {
           ul_init_right.write(b, i, j, pv);  // the input of the right-shifted conv at (i, j)
         }
       }
+      if (i % 4 == 3) team.step_done();  // the team's rate is measured over blocks of four rows (equal work)
     }
   }
 };
@@ -533,12 +535,17 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
   auto params = return_params ? at::empty({B, H, W, L.P}, image.options().dtype(at::kFloat))
                               : at::empty({0}, image.options().dtype(at::kFloat));
   if (B == 0) return params;
-  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, std::min<int64_t>(B, at::get_num_threads()));
+  // Up to kMaxRows rows run as one group whose products a team of threads splits over output tiles
+  // (csrc/cpu/team.h) when they have at least two tiles (f > 64) or at batch 1; otherwise the rows are split
+  // into groups run in parallel.
+  const bool split_outputs = B == 1 || arkern_decode::tiles(pad16(f)) >= 2;
+  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows,
+                                           split_outputs ? 1 : std::min<int64_t>(B, at::get_num_threads()));
   int64_t* img = image.data_ptr<int64_t>();
   const double* np = noise_c.data_ptr<double>();
   const int64_t* fp = forced.has_value() ? forced_c.data_ptr<int64_t>() : nullptr;
   float* pp = return_params ? params.data_ptr<float>() : nullptr;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+  const auto work = [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t r0 = g * B / groups, r1 = (g + 1) * B / groups;
       if (r1 <= r0) continue;
@@ -549,9 +556,17 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
       grp.forced = fp;
       grp.params_out = pp;
       grp.temperature = temperature;
-      grp.run();
+      uint64_t key = 3;  // the workload, for the team's rate memory
+      for (int64_t v : {C, M, f, R, H, W, r1 - r0}) key = key * 1000003 + static_cast<uint64_t>(v);
+      arkern_team::Session team(key);  // one worker inside a parallel region
+      grp.run(team);
     }
-  });
+  };
+  if (groups == 1) {
+    work(0, 1);  // outside a parallel region: the team may split the products
+  } else {
+    at::parallel_for(0, groups, 1, work);
+  }
   return params;
 }
 

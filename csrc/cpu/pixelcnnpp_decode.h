@@ -65,6 +65,7 @@ struct Scratch {
   std::vector<float*> gat, t1, t2, c, a;
   std::vector<const float*> in;
   std::vector<float*> out;
+  arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
   void init(int64_t positions, int64_t max_n, int64_t f) {
     cap = positions;
     const int64_t fp = pad16(2 * f);
@@ -111,7 +112,7 @@ struct Conv {
         std::copy_n(at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run, sc.gat[p] + t * run);
       sc.in[p] = sc.gat[p];
     }
-    matvec(s->mat, np, sc.in.data(), out);
+    matvec(s->mat, np, sc.in.data(), out, sc.team);
   }
 };
 
@@ -148,7 +149,7 @@ struct Block {
         if (s->aux_parts == 2) elu_into(aux2[p], f, -1.0f, sc.t2[p] + na + f);
         sc.in[p] = sc.t2[p];
       }
-      matvec(s->nin, np, sc.in.data(), sc.a.data());
+      matvec(s->nin, np, sc.in.data(), sc.a.data(), sc.team);
       for (int64_t p = 0; p < np; ++p)
         for (int64_t k = 0; k < f; ++k) sc.c[p][k] += sc.a[p][k];
     }

@@ -1,149 +1,327 @@
-// team_for: a parallel_for for short, frequent regions that never waits on a thread that has not started.
+// The decode team: a persistent team of threads for the fused samplers' steps (wavenet_decode.cpp,
+// pixelcnn_decode.cpp, pixelcnnpp_decode.cpp).
 //
-// at::parallel_for (OpenMP here) ends every region at a barrier that all team threads must reach. When the
-// machine has more runnable threads than cores (a second process busy on one core of two), a team thread
-// is often descheduled, and each region then waits for it to get a time slice again: a decode loop with one
-// region per image row ran 10x slower at 2 threads than at 1. Here the work is split into chunks that any
-// thread claims from a shared counter; the calling thread claims too, so when the helpers are late it
-// simply does every chunk itself and waits only for chunks a helper has actually started. Helpers spin
-// briefly for the next region (the regions come back to back), then sleep on a condition variable, so
-// they never burn a core that another process needs.
-//
-// Same contract as at::parallel_for(begin, end, grain, f): f(b, e) over disjoint sub-ranges covering
-// [begin, end); inside another parallel region, or with one thread, the whole range runs in this thread.
+// at::parallel_for (OpenMP here) ends every region at a barrier that all its threads must reach. When the
+// machine has more runnable threads than cores (a second process busy on one core of two), a thread is
+// often descheduled, and each region then waits for it to get a time slice again: a decode loop with one
+// region per image row ran 10x slower at 2 threads than at 1. The Crew below never waits on a thread that
+// has not started its work.
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
-#include <functional>
-#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
-#include <vector>
+#include <unordered_map>
 
 namespace arkern_team {
 
-class Team {
+// ---------------------------------------------------------------- Crew: a persistent team for decode steps
+//
+// A decode step at batch 1 is a chain of short dependent phases (one per layer: ~1-2 us of mat-vec work).
+// A phase is a list of chunks (output tiles of the weight matrices) that may run in any order; chunk c
+// belongs to worker c * P / n, the same worker every step, so that each worker's weight slice stays in its
+// own L2. The caller is worker 0 and drives the steps; helpers are started once and reused.
+//
+// Nothing waits on a descheduled peer: a worker that has finished its own chunks watches the others' claim
+// counters, and when one has not moved for kPatience (its owner asleep, descheduled or late) takes the
+// chunks that are left, one at a time. Only a chunk that a peer has actually started is waited for. Helpers
+// spin ~50 us for the next phase, then sleep. On top, a Session compares the step rate of the team with
+// the rate of the caller alone (measured in alternating windows, per workload) and runs the caller alone
+// while the team is slower, e.g. with another busy process on a 2-core machine.
+//
+// Results never depend on who ran a chunk: chunks write disjoint outputs, each computed in one fixed order.
+namespace detail {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace detail
+
+class Crew {
  public:
-  static Team& get() {
-    static Team* team = new Team();  // never destroyed: helpers may still sleep at exit
-    return *team;
+  static constexpr int kMaxWorkers = 16;
+  static constexpr int64_t kMaxChunks = 0xffff;  // chunks per phase (16-bit claim counters)
+  static constexpr int64_t kPatience = 4000;      // ns without progress before a peer's chunks are taken
+  using Job = void (*)(const void* ctx, int worker, int64_t chunk);
+
+  static Crew& get() {
+    static Crew* crew = new Crew();  // never destroyed: helpers may still sleep at exit
+    return *crew;
   }
 
-  // Runs chunk(i) for i in [0, n) on the caller and up to `helpers` helper threads.
-  void run(int64_t n, int64_t helpers, const std::function<void(int64_t)>& chunk) {
-    std::lock_guard<std::mutex> one_region(region_);  // regions from different callers take turns
-    grow(helpers);
-    job_ = &chunk;
-    n_.store(n);
-    done_.store(0);
-    error_ = nullptr;
-    // The epoch in the high 32 bits, the next chunk in the low 32: a claim is one CAS, which fails for a
-    // helper still holding an older epoch, so no helper can take a chunk of a region it did not see open.
-    epoch_ += 1;
-    next_.store(epoch_ << 32);  // seq_cst, like sleeping_: a helper going to sleep sees it, or is woken
-    if (sleeping_.load() > 0) {
-      std::lock_guard<std::mutex> lock(wake_m_);
-      wake_cv_.notify_all();
-    }
-    in_team() = true;
-    work(epoch_);
-    in_team() = false;
-    while (done_.load() < n) std::this_thread::yield();  // only chunks a helper has started
-    next_.store((epoch_ << 32) | kClosed);  // a late helper's claim on this epoch now fails
-    job_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+  // One decode call at a time owns the crew; another caller meanwhile runs alone (returns false).
+  bool try_acquire(int workers) {
+    if (!session_.try_lock()) return false;
+    grow(workers - 1);
+    return true;
   }
+  void release() { session_.unlock(); }
 
-  // True on a thread running a chunk: nested team_for calls run inline there.
-  static bool& in_team() {
+  // True on a crew helper thread: a decode call made from a chunk runs alone.
+  static bool& in_crew() {
     thread_local bool inside = false;
     return inside;
   }
 
- private:
-  Team() = default;
-  static constexpr uint64_t kClosed = 0xffffffffu;
-
-  void grow(int64_t helpers) {
-    while (static_cast<int64_t>(threads_) < helpers) {
-      std::thread([this] { helper(); }).detach();
-      threads_ += 1;
+  // Runs job(ctx, w, c) for c in [0, n) on `workers` workers (the caller is worker 0); returns when all ran.
+  // Worker w owns chunks [bounds[w], bounds[w + 1]) (default: w * n / workers ...).
+  void phase(int workers, int64_t n, Job job, const void* ctx, const int64_t* bounds = nullptr) {
+    TORCH_CHECK(n <= kMaxChunks && workers <= kMaxWorkers, "Crew::phase: too many chunks or workers");
+    job_ = job;
+    ctx_ = ctx;
+    workers_ = workers;
+    n_ = n;
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t e = ++epoch_count_;
+    for (int w = 0; w < workers; ++w) {
+      const int64_t b = bounds ? bounds[w] : w * n / workers, end = bounds ? bounds[w + 1] : (w + 1) * n / workers;
+      next_[w].v.store(pack(e, end, b), std::memory_order_relaxed);
     }
-  }
-
-  // Claims and runs chunks of region `epoch` until none are left.
-  void work(uint64_t epoch) {
-    uint64_t cur = next_.load();
-    while ((cur >> 32) == epoch && static_cast<int64_t>(cur & 0xffffffffu) < n_.load()) {
-      if (!next_.compare_exchange_weak(cur, cur + 1)) continue;
-      try {
-        (*job_)(static_cast<int64_t>(cur & 0xffffffffu));
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_m_);
-        if (!error_) error_ = std::current_exception();
-      }
-      done_.fetch_add(1);
-      cur = next_.load();
+    epoch_.store(e);  // seq_cst, like sleeping_: a helper going to sleep sees it, or is woken
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> lock(wake_m_);
+      wake_cv_.notify_all();
     }
-  }
-
-  void helper() {
-    in_team() = true;
-    uint64_t seen = 0;
-    for (;;) {
-      // spin ~50 us for the next region (decode regions come back to back), then sleep until one opens
-      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
-      uint64_t cur = next_.load();
-      while ((cur >> 32) == seen && std::chrono::steady_clock::now() < until) {
+    work(0, e);
+    // only chunks a peer has started are waited for: spin, then yield the core (the peer may need it)
+    const int64_t spin_until = detail::now_ns() + 20000;
+    for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+      if ((spins & 63) == 0 && detail::now_ns() > spin_until) {
         std::this_thread::yield();
-        cur = next_.load();
+      } else {
+        detail::cpu_relax();
       }
-      if ((cur >> 32) == seen) {
+    }
+    if (error_) {
+      std::exception_ptr err = error_;
+      error_ = nullptr;
+      std::rethrow_exception(err);
+    }
+  }
+
+ private:
+  Crew() = default;
+  struct alignas(64) Counter {
+    std::atomic<uint64_t> v{0};
+  };
+  // A claim counter: the phase (32 bits), the end of the owner's range and the next chunk (16 bits each).
+  // A claim is one CAS, which fails for a worker still holding an older phase.
+  static uint64_t pack(uint64_t e, int64_t end, int64_t next) {
+    return (e << 32) | (static_cast<uint64_t>(end) << 16) | static_cast<uint64_t>(next);
+  }
+  static uint32_t tag(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
+  static int64_t end_of(uint64_t v) { return static_cast<int64_t>((v >> 16) & 0xffff); }
+  static int64_t next_of(uint64_t v) { return static_cast<int64_t>(v & 0xffff); }
+
+  void grow(int helpers) {
+    while (threads_ < helpers) {
+      threads_ += 1;
+      const int id = threads_;
+      std::thread([this, id] { helper(id); }).detach();
+    }
+  }
+
+  // Claims one chunk of worker v's range in phase e; returns it, or -1 when none is left.
+  int64_t claim(int v, uint32_t e, uint64_t& cur) {
+    while (tag(cur) == e && next_of(cur) < end_of(cur)) {
+      if (next_[v].v.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) return next_of(cur);
+    }
+    return -1;
+  }
+
+  void run_chunk(int w, int64_t c) {
+    try {
+      job_(ctx_, w, c);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_m_);
+      if (!error_) error_ = std::current_exception();
+    }
+    done_.fetch_add(1, std::memory_order_acq_rel);
+  }
+
+  // Worker w in phase e: its own chunks, then whatever the others leave unclaimed for kPatience.
+  void work(int w, uint64_t e64) {
+    const uint32_t e = static_cast<uint32_t>(e64);
+    uint64_t cur = next_[w].v.load(std::memory_order_acquire);
+    if (tag(cur) != e) return;
+    const int workers = workers_;
+    for (int64_t c; (c = claim(w, e, cur)) >= 0; cur = next_[w].v.load(std::memory_order_acquire)) run_chunk(w, c);
+    for (int k = 1; k < workers; ++k) {
+      const int v = (w + k) % workers;
+      uint64_t last = next_[v].v.load(std::memory_order_acquire);
+      int64_t since = detail::now_ns();
+      for (int spins = 0;; ++spins) {
+        cur = next_[v].v.load(std::memory_order_acquire);
+        if (tag(cur) != e || next_of(cur) >= end_of(cur)) break;
+        if (cur != last) {  // the owner is making progress
+          last = cur;
+          since = detail::now_ns();
+        } else if ((spins & 15) == 0 && detail::now_ns() - since > kPatience) {
+          const int64_t c = claim(v, e, cur);
+          if (c >= 0) run_chunk(w, c);
+          last = next_[v].v.load(std::memory_order_acquire);
+          since = detail::now_ns();
+        }
+        detail::cpu_relax();
+      }
+    }
+  }
+
+  void helper(int id) {
+    in_crew() = true;
+    uint64_t seen = epoch_.load();
+    for (;;) {
+      // spin ~50 us for the next phase (phases come back to back), then sleep until one opens
+      const int64_t until = detail::now_ns() + 50000;
+      uint64_t e = epoch_.load(std::memory_order_acquire);
+      for (int spins = 0; e == seen; ++spins) {
+        detail::cpu_relax();
+        if ((spins & 63) == 0 && detail::now_ns() > until) break;
+        e = epoch_.load(std::memory_order_acquire);
+      }
+      if (e == seen) {
         std::unique_lock<std::mutex> lock(wake_m_);
         sleeping_.fetch_add(1);
-        wake_cv_.wait(lock, [&] { return (next_.load() >> 32) != seen; });
+        wake_cv_.wait(lock, [&] { return epoch_.load() != seen; });
         sleeping_.fetch_sub(1);
-        cur = next_.load();
+        e = epoch_.load(std::memory_order_acquire);
       }
-      seen = cur >> 32;
-      work(seen);
+      seen = e;
+      if (id < workers_) work(id, e);  // a worker beyond this phase's team size just waits for the next
     }
   }
 
-  std::mutex region_, wake_m_, error_m_;
+  std::mutex session_, wake_m_, error_m_;
   std::condition_variable wake_cv_;
-  std::atomic<uint64_t> next_{0};
-  std::atomic<int64_t> done_{0};
-  std::atomic<int> sleeping_{0};
-  const std::function<void(int64_t)>* job_ = nullptr;
-  std::atomic<int64_t> n_{0};
-  uint64_t epoch_ = 0;
-  size_t threads_ = 0;
+  alignas(64) std::atomic<uint64_t> epoch_{0};
+  alignas(64) std::atomic<int64_t> done_{0};
+  Counter next_[kMaxWorkers];
+  alignas(64) std::atomic<int> sleeping_{0};
+  Job job_ = nullptr;
+  const void* ctx_ = nullptr;
+  std::atomic<int> workers_{1};
+  int64_t n_ = 0;
+  uint64_t epoch_count_ = 0;
+  int threads_ = 0;
   std::exception_ptr error_;
 };
 
-template <typename F>
-void team_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  if (begin >= end) return;
-  const int64_t threads = at::get_num_threads();
-  grain = std::max<int64_t>(1, grain);
-  const int64_t chunks = std::min<int64_t>((end - begin + grain - 1) / grain, threads);
-  if (chunks <= 1 || at::in_parallel_region() || Team::in_team()) {
-    f(begin, end);
-    return;
+// One decode call on the crew. Usage:
+//   Session team(key);                      // key: the workload (kernel, sizes, batch), for the rate memory
+//   for (step ...) { team.phase(n, [&](int worker, int64_t chunk) {...}); ...; team.step_done(); }
+// workers(): at most at::get_num_threads() (1 inside a parallel region, or while another call holds the
+// crew); phase() runs every chunk in the caller when the team is off for this window. ARKERN_TEAM=always
+// keeps the team on (no switching to the caller alone).
+class Session {
+ public:
+  explicit Session(uint64_t key) {
+    int64_t want = std::min<int64_t>(at::get_num_threads(), Crew::kMaxWorkers);
+    if (at::in_parallel_region() || Crew::in_crew()) want = 1;
+    if (want > 1 && Crew::get().try_acquire(static_cast<int>(want))) {
+      workers_ = static_cast<int>(want);
+      rates_ = &memory()[key];
+      const char* mode = std::getenv("ARKERN_TEAM");  // "always": no switching (tests, team-only timings)
+      always_ = mode != nullptr && std::string(mode) == "always";
+      team_on_ = always_ || rates_->next_team;
+      window_start_ = detail::now_ns();
+    }
   }
-  const int64_t size = (end - begin + chunks - 1) / chunks;
-  const std::function<void(int64_t)> chunk = [&](int64_t i) {
-    const int64_t b = begin + i * size;
-    if (b < end) f(b, std::min(end, b + size));
+  ~Session() {
+    if (workers_ > 1) Crew::get().release();
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // The workers that may run a chunk (ids 0 .. workers() - 1, for per-worker scratch).
+  int workers() const { return workers_; }
+
+  // f(worker, chunk) for every chunk in [0, n); worker w owns chunks [bounds[w], bounds[w + 1]) when given
+  // (workers() + 1 entries), else an equal share.
+  template <typename F>
+  void phase(int64_t n, const F& f, const int64_t* bounds = nullptr) {
+    if (workers_ <= 1 || !team_on_ || n <= 1) {
+      for (int64_t c = 0; c < n; ++c) f(0, c);
+      return;
+    }
+    Crew::get().phase(workers_, n, [](const void* ctx, int w, int64_t c) { (*static_cast<const F*>(ctx))(w, c); },
+                      &f, bounds);
+  }
+
+  // Whether phases currently run on the team (for callers that split work differently when alone).
+  bool active() const { return workers_ > 1 && team_on_; }
+
+  // After every decode step: closes a measuring window every kWindow ns and picks team or alone for the next.
+  void step_done() {
+    if (workers_ <= 1 || always_) return;
+    steps_ += 1;
+    const int64_t now = detail::now_ns();
+    if (now - window_start_ < kWindow) return;
+    const double rate = static_cast<double>(steps_) / static_cast<double>(now - window_start_);
+    rates_->update(team_on_, rate);
+    team_on_ = rates_->next_team;
+    steps_ = 0;
+    window_start_ = detail::now_ns();
+  }
+
+ private:
+  static constexpr int64_t kWindow = 3000000;  // 3 ms
+
+  // Step rates of one workload, alone and as a team, and the choice for the next window. The team runs while
+  // it is at least as fast as the caller alone. Alone is measured first and then every 32 team windows; while
+  // the team loses, it is tried again after 4, 8, ... 256 windows alone.
+  struct Rates {
+    double team = 0, alone = 0;
+    bool next_team = true, probe = false;
+    int windows = 0, backoff = 4;
+    void update(bool was_team, double rate) {
+      (was_team ? team : alone) = rate;
+      windows += 1;
+      if (was_team) {
+        if (alone > 0 && team >= alone) backoff = 4;
+        if (alone == 0 || windows >= 32) {
+          switch_to(false, true);  // measure alone (first time, or a refresh)
+        } else if (team < alone) {
+          switch_to(false, false);
+        }
+      } else if (team == 0 || (probe && team >= alone)) {
+        switch_to(true, false);
+      } else if (!probe && windows >= backoff) {
+        backoff = std::min(2 * backoff, 256);
+        switch_to(true, false);  // try the team again
+      } else {
+        probe = false;
+      }
+    }
+    void switch_to(bool team_next, bool probing) {
+      next_team = team_next;
+      probe = probing;
+      windows = 0;
+    }
   };
-  Team::get().run(chunks, threads - 1, chunk);
-}
+  static std::unordered_map<uint64_t, Rates>& memory() {  // guarded by the crew's session lock
+    static auto* m = new std::unordered_map<uint64_t, Rates>();
+    return *m;
+  }
+
+  int workers_ = 1;
+  bool team_on_ = true, always_ = false;
+  Rates* rates_ = nullptr;
+  int64_t steps_ = 0, window_start_ = 0;
+};
 
 }  // namespace arkern_team

@@ -12,7 +12,9 @@
 // (N x tile width) and contiguous. A tile is then one stream of weights, multiplied into 16..64
 // float32 accumulators per batch row held in AVX-512 registers; four batch rows share every weight load,
 // and more rows share each tile while it is in cache (decode_matvec.h, WaveNetPacking). bfloat16 weights are
-// widened to float32 with a shift (no avx512_bf16 needed); accumulation is always float32. Batch rows are split into groups run in parallel with at::parallel_for.
+// widened to float32 with a shift (no avx512_bf16 needed); accumulation is always float32. Up to 64 batch rows
+// run as one group whose every step a team of threads splits over output tiles (Rows below; csrc/cpu/team.h);
+// more rows are split into groups run in parallel with at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -29,6 +31,7 @@
 #include "decode_gate.h"
 #include "decode_matvec.h"
 #include "decode_sampler.h"
+#include "team.h"
 
 namespace {
 
@@ -41,20 +44,16 @@ using arkern_decode::WaveNetPacking;
 constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
 
-// y[b] (+)= W[:, ja:jb] x[b][0 : jb - ja] for nb rows, starting from the bias when ja == 0 and from y[b]
-// otherwise; W packed (mp x n) by arkern.ops.wavenet_decode.pack_matrix. Every output accumulates its inputs
-// in the order j = 0, 1, ..., so splitting [0, n) into ranges, or rows into groups, gives bit-identical results.
+// y[b] (+)= W[:, ja:jb] x[b][0 : jb - ja] for nb rows and the output tiles [t0, t1), starting from the bias
+// when ja == 0 and from y[b] otherwise; W packed (mp x n) by arkern.ops.wavenet_decode.pack_matrix. Every
+// output accumulates its inputs in the order j = 0, 1, ..., so splitting [0, n) into ranges, rows into
+// groups or outputs into tiles gives bit-identical results.
 template <typename WT>
-void matvec_range(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t jb, const float* const* x,
-                  float* const* y, const float* bias) {
+void matvec_tiles(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t jb, const float* const* x,
+                  float* const* y, const float* bias, int64_t t0, int64_t t1) {
   const Mat<float, WT> mat{w, bias, mp, mp, n};
-  arkern_decode::matvec_range<WaveNetPacking>(mat, nb, ja, jb, x, y);
-}
-
-// y[b] = bias + W x[b] for nb rows.
-template <typename WT>
-void matvec(int nb, const WT* w, int64_t mp, int64_t n, const float* const* x, float* const* y, const float* bias) {
-  matvec_range<WT>(nb, w, mp, n, 0, n, x, y, bias);
+  arkern_decode::matvec_range<WaveNetPacking>(mat, nb, ja, jb, x, y, t0 * arkern_decode::kTile,
+                                              t1 * arkern_decode::kTile);
 }
 
 // ---------------------------------------------------------------- the network loop
@@ -69,129 +68,264 @@ struct Net {
   const float* b_end;  // (Ap)
 };
 
+// One call's steps for batch rows [row0, row0 + nb), every step a chain of L + 3 phases run by a team
+// (csrc/cpu/team.h; alone when it has one worker). Phase p <= L holds the output tiles of layer p's dilated
+// conv (D) and of layer p - 1's skip outputs (K); each worker first brings its own buffers to the phase's
+// input (the prologue: gate of layer p - 1, its residual outputs -- the same small product on every worker,
+// which saves a second barrier per layer -- and x entering layer p). Phase L + 1 is the head's first 1x1
+// conv, L + 2 the second; the caller then draws. Values shared between workers (the input x of every layer,
+// the dilated conv's outputs, the skip sums, the head's outputs) are each written by one chunk.
 template <typename WT>
-void run_rows(const Net& net, const WT* w_dil, const WT* w_rs, const WT* w_out, const WT* w_end,
-              const std::vector<float*>& rings, int64_t* prev, int64_t row0, int nb, int64_t t0, int64_t steps,
-              const double* noise, const float* cond, int64_t cond_frames, int64_t hop, const float* gbias,
-              const int64_t* forced, Sampler& sampler, int64_t* samples, float* logits_out) {
-  const int64_t L = net.L, R = net.R, Rp = net.Rp, S = net.S, Sp = net.Sp, A = net.A, Ap = net.Ap;
-  const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp;
-  std::vector<float> buf(static_cast<size_t>(nb) * (Rp + 2 * R + two_rp + Rp + rs_p + Sp + Sp + 2 * Ap), 0.0f);
-  float* p = buf.data();
-  float *x[kMaxRows], *in2[kMaxRows], *pre[kMaxRows], *g[kMaxRows], *rs[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
-      *o[kMaxRows], *lg[kMaxRows];
-  for (int b = 0; b < nb; ++b) {
-    x[b] = p; p += Rp;
-    in2[b] = p; p += 2 * R;
-    pre[b] = p; p += two_rp;
-    g[b] = p; p += Rp;
-    rs[b] = p; p += rs_p;
-    skip[b] = p; p += Sp;
-    h[b] = p; p += Sp;
-    o[b] = p; p += Ap;
-    lg[b] = p; p += Ap;
+struct Rows {
+  enum Kind { kDuty, kDil, kSkip, kHead };
+  struct Chunk {
+    Kind kind;
+    int64_t tile;
+  };
+  // Per-worker buffers (nb rows each).
+  struct Own {
+    std::vector<float> mem;
+    float *x[kMaxRows], *g[kMaxRows], *tmp[kMaxRows], *in2[kMaxRows], *rs[kMaxRows], *h[kMaxRows], *o[kMaxRows];
+    std::vector<const float*> past_x;
+    std::vector<float*> past_y;
+    int64_t ready = -1;  // the phase whose prologue is in the buffers
+  };
+
+  const Net& net;
+  const WT *w_dil, *w_rs, *w_out, *w_end;
+  const std::vector<float*>& rings;
+  int64_t* prev;
+  int64_t row0;
+  int nb;
+  int64_t t0, steps;
+  const double* noise;
+  const float *cond, *gbias;
+  int64_t cond_frames, hop;
+  const int64_t* forced;
+  int64_t* samples;
+  float* logits_out;
+
+  int64_t two_rp = 0, rs_p = 0, res_tiles = 0, w_dil_stride = 0, w_rs_stride = 0;
+  bool use_past = false;
+  std::vector<std::vector<float>> past;  // per layer with d > 1 (nb <= kPastMaxRows): (nb, d, 2Rp)
+  std::vector<float> shared;
+  float *xs_mem = nullptr, *pre_mem = nullptr, *skip[kMaxRows], *o[kMaxRows], *lg[kMaxRows];
+  std::vector<Own> own;
+  std::vector<Chunk> first, middle, last, out_chunks, end_chunks;
+  int64_t s = 0, t = 0, phase_id = 0;
+
+  float* xs(int64_t l, int b) const { return xs_mem + (l * nb + b) * net.Rp; }
+  float* pre(int64_t l, int b) const {  // the dilated conv's outputs (before cond/gbias) of layer l
+    const int64_t d = net.dil[l];
+    if (use_past && d > 1) return const_cast<float*>(past[l].data()) + (b * d + t % d) * two_rp;
+    return pre_mem + ((l % 2) * nb + b) * two_rp;  // two buffers: layer l + 1 writes while l is read
   }
-  const size_t w_dil_stride = two_rp * 2 * R, w_rs_stride = rs_p * R;
-  // With few rows the weights are streamed from memory once per step for one or two rows: then the past
-  // tap of each dilated layer (half its weights) is applied to d steps at once, from the ring buffer.
-  std::vector<std::vector<float>> past;
-  std::vector<const float*> past_x;
-  std::vector<float*> past_y;
-  float* cur[kMaxRows];
-  double u[kMaxRows];
-  int64_t drawn[kMaxRows];
-  if (nb <= kPastMaxRows) {
-    past.resize(L);
+
+  // Phase chunk list: `a` tiles of one kind and `b` of another, interleaved so that every worker's range
+  // (contiguous, see Crew) gets its share of both.
+  static std::vector<Chunk> interleave(bool duty, Kind ka, int64_t a, int64_t off_a, Kind kb, int64_t b,
+                                       int64_t off_b) {
+    std::vector<std::pair<double, Chunk>> items;
+    for (int64_t i = 0; i < a; ++i) items.push_back({(i + 0.5) / a, {ka, off_a + i}});
+    for (int64_t i = 0; i < b; ++i) items.push_back({(i + 0.5) / b, {kb, off_b + i}});
+    std::stable_sort(items.begin(), items.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+    std::vector<Chunk> out;
+    if (duty) out.push_back({kDuty, 0});
+    for (const auto& it : items) out.push_back(it.second);
+    return out;
+  }
+
+  void setup(int workers) {
+    const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, Ap = net.Ap;
+    two_rp = 2 * Rp;
+    rs_p = Rp + Sp;
+    res_tiles = arkern_decode::tiles(Rp);
+    w_dil_stride = two_rp * 2 * R;
+    w_rs_stride = rs_p * R;
+    use_past = nb <= kPastMaxRows;
     int64_t dmax = 1;
-    for (int64_t l = 0; l < L; ++l) {
-      if (net.dil[l] > 1) past[l].assign(static_cast<size_t>(nb * net.dil[l] * two_rp), 0.0f);
-      dmax = std::max(dmax, net.dil[l]);
-    }
-    past_x.resize(nb * dmax);
-    past_y.resize(nb * dmax);
-  }
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t t = t0 + s;
-    for (int b = 0; b < nb; ++b) {
-      const int64_t* pv = prev + (row0 + b) * 2;
-      const float* e_old = net.emb + pv[0] * R;
-      const float* e_new = net.emb + (A + pv[1]) * R;
-      for (int64_t c = 0; c < R; ++c) x[b][c] = e_old[c] + e_new[c];
-      std::fill(skip[b], skip[b] + Sp, 0.0f);
-    }
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t d = net.dil[l], pos = t % d;
-      const WT* wl = w_dil + l * w_dil_stride;
-      const float* bl = net.b_dil + l * two_rp;
-      float** pl = pre;
-      if (!past.empty() && d > 1) {
-        // The past tap: every d steps, W_past x[t - d] for the next d steps, from the d inputs in the ring.
-        float* pb = past[l].data();
-        if (s % d == 0) {  // only the slots of the steps this call still runs
-          const int64_t n = std::min(d, steps - s);
-          for (int b = 0; b < nb; ++b)
-            for (int64_t k = 0; k < n; ++k) {
-              const int64_t slot = (t + k) % d;
-              past_x[b * n + k] = rings[l] + ((row0 + b) * d + slot) * R;
-              past_y[b * n + k] = pb + (b * d + slot) * two_rp;
-            }
-          matvec_range<WT>(nb * static_cast<int>(n), wl, two_rp, 2 * R, 0, R, past_x.data(), past_y.data(), bl);
-        }
-        for (int b = 0; b < nb; ++b) {
-          std::copy(x[b], x[b] + R, rings[l] + ((row0 + b) * d + pos) * R);
-          cur[b] = pb + (b * d + pos) * two_rp;
-        }
-        matvec_range<WT>(nb, wl, two_rp, 2 * R, R, 2 * R, x, cur, bl);  // ... plus W_now x[t]
-        pl = cur;
-      } else {
-        for (int b = 0; b < nb; ++b) {
-          float* slot = rings[l] + ((row0 + b) * d + pos) * R;  // time-major: the R inputs of one time
-          std::copy(slot, slot + R, in2[b]);                   // the input d steps ago ...
-          std::copy(x[b], x[b] + R, slot);                     // ... replaced by this step's input
-          std::copy(x[b], x[b] + R, in2[b] + R);
-        }
-        matvec<WT>(nb, wl, two_rp, 2 * R, in2, pre, bl);
+    if (use_past) {
+      past.resize(L);
+      for (int64_t l = 0; l < L; ++l) {
+        if (net.dil[l] > 1) past[l].assign(static_cast<size_t>(nb * net.dil[l] * two_rp), 0.0f);
+        dmax = std::max(dmax, net.dil[l]);
       }
+    }
+    shared.assign(static_cast<size_t>(nb) * (L * Rp + 2 * two_rp + Sp + 2 * Ap), 0.0f);
+    float* p = shared.data();
+    xs_mem = p; p += L * nb * Rp;
+    pre_mem = p; p += 2 * nb * two_rp;
+    for (int b = 0; b < nb; ++b) {
+      skip[b] = p; p += Sp;
+      o[b] = p; p += Ap;
+      lg[b] = p; p += Ap;
+    }
+    own.resize(workers);
+    for (auto& w : own) {
+      w.mem.assign(static_cast<size_t>(nb) * (Rp + Rp + two_rp + 2 * R + res_tiles * arkern_decode::kTile + rs_p +
+                                              Sp + Ap), 0.0f);
+      float* q = w.mem.data();
       for (int b = 0; b < nb; ++b) {
-        const float* extra[2] = {
-            cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
-            gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
+        w.x[b] = q; q += Rp;
+        w.g[b] = q; q += Rp;
+        w.tmp[b] = q; q += two_rp;
+        w.in2[b] = q; q += 2 * R;
+        w.rs[b] = q; q += res_tiles * arkern_decode::kTile + rs_p;  // room for whole tiles
+        w.h[b] = q; q += Sp;
+        w.o[b] = q; q += Ap;
+      }
+      w.past_x.resize(nb * dmax);
+      w.past_y.resize(nb * dmax);
+    }
+    const int64_t dil_tiles = arkern_decode::tiles(two_rp), rs_tiles = arkern_decode::tiles(rs_p);
+    first = interleave(false, kDil, dil_tiles, 0, kSkip, 0, 0);
+    middle = interleave(true, kDil, dil_tiles, 0, kSkip, rs_tiles - res_tiles, res_tiles);
+    last = interleave(true, kDil, 0, 0, kSkip, rs_tiles - res_tiles, res_tiles);
+    out_chunks = interleave(false, kHead, arkern_decode::tiles(Ap), 0, kHead, 0, 0);
+    end_chunks = out_chunks;
+  }
+
+  // Worker w's buffers brought to the input of phase p (once per phase and worker).
+  void prologue(Own& w, int64_t p) {
+    const int64_t L = net.L, R = net.R, Rp = net.Rp;
+    if (p >= 1 && p <= L) {
+      const int64_t l = p - 1;
+      for (int b = 0; b < nb; ++b) {  // gate of layer l, with the conditioning added to a private copy
+        const float* pr = pre(l, b);
+        std::copy(pr, pr + two_rp, w.tmp[b]);
+        const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
+                                 gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
         for (const float* f : extra) {
           if (!f) continue;
           for (int64_t c = 0; c < R; ++c) {
-            pl[b][c] += f[c];
-            pl[b][Rp + c] += f[R + c];
+            w.tmp[b][c] += f[c];
+            w.tmp[b][Rp + c] += f[R + c];
           }
         }
-        gate(pl[b], pl[b] + Rp, g[b], Rp);
+        gate(w.tmp[b], w.tmp[b] + Rp, w.g[b], Rp);
       }
-      matvec<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, g, rs, net.b_rs + l * rs_p);
+      matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, w.g, w.rs, net.b_rs + l * rs_p, 0, res_tiles);
+      if (p < L) {
+        for (int b = 0; b < nb; ++b)
+          for (int64_t c = 0; c < R; ++c) w.x[b][c] = xs(l, b)[c] + w.rs[b][c];
+      }
+    } else if (p == 0) {
+      for (int b = 0; b < nb; ++b) std::copy(xs(0, b), xs(0, b) + R, w.x[b]);
+    } else if (p == L + 1) {
+      for (int b = 0; b < nb; ++b)
+        for (int64_t c = 0; c < net.Sp; ++c) w.h[b][c] = std::max(skip[b][c], 0.0f);
+    } else {
+      for (int b = 0; b < nb; ++b)
+        for (int64_t c = 0; c < net.Ap; ++c) w.o[b][c] = std::max(o[b][c], 0.0f);
+    }
+    if (p < L && !(use_past && net.dil[p] > 1)) {  // the dilated conv's input: [x(t - d), x(t)]
+      const int64_t pos = t % net.dil[p];
       for (int b = 0; b < nb; ++b) {
-        for (int64_t c = 0; c < R; ++c) x[b][c] += rs[b][c];
-        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += rs[b][Rp + c];
+        const float* slot = rings[p] + ((row0 + b) * net.dil[p] + pos) * R;  // time-major: R inputs of one time
+        std::copy(slot, slot + R, w.in2[b]);
+        std::copy(w.x[b], w.x[b] + R, w.in2[b] + R);
       }
-    }
-    for (int b = 0; b < nb; ++b)
-      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
-    matvec<WT>(nb, w_out, Ap, S, h, o, net.b_out);
-    for (int b = 0; b < nb; ++b)
-      for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
-    matvec<WT>(nb, w_end, Ap, A, o, lg, net.b_end);
-    if (!forced) {
-      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
-      sampler.draw(lg, nb, A, u, drawn);
-    }
-    for (int b = 0; b < nb; ++b) {
-      const int64_t row = row0 + b;
-      const int64_t y = forced ? forced[row * steps + s] : drawn[b];
-      samples[row * steps + s] = y;
-      if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
-      int64_t* pv = prev + row * 2;
-      pv[0] = pv[1];
-      pv[1] = y;
     }
   }
-}
+
+  void run_chunk(int wid, int64_t p, const Chunk& c) {
+    Own& w = own[wid];
+    if (w.ready != phase_id) {
+      prologue(w, p);
+      w.ready = phase_id;
+    }
+    const int64_t L = net.L, R = net.R, Rp = net.Rp;
+    const int64_t k = c.tile;
+    switch (c.kind) {
+      case kDuty: {  // layer p - 1 done: its input into the ring, skip outputs of the residual tiles; x(p)
+        const int64_t l = p - 1, d = net.dil[l];
+        for (int b = 0; b < nb; ++b) {
+          std::copy(xs(l, b), xs(l, b) + R, rings[l] + ((row0 + b) * d + t % d) * R);
+          for (int64_t m = Rp; m < std::min(rs_p, res_tiles * arkern_decode::kTile); ++m) skip[b][m - Rp] += w.rs[b][m];
+          if (p < L) std::copy(w.x[b], w.x[b] + R, xs(p, b));
+        }
+        break;
+      }
+      case kDil: {
+        const int64_t l = p, d = net.dil[l];
+        const WT* wl = w_dil + l * w_dil_stride;
+        const float* bl = net.b_dil + l * two_rp;
+        float* y[kMaxRows];
+        for (int b = 0; b < nb; ++b) y[b] = pre(l, b);
+        if (use_past && d > 1) {
+          // The past tap: every d steps, W_past x[t - d] for the next d steps, from the d inputs in the ring.
+          if (s % d == 0) {  // only the slots of the steps this call still runs
+            const int64_t n = std::min(d, steps - s);
+            float* pb = past[l].data();
+            for (int b = 0; b < nb; ++b)
+              for (int64_t q = 0; q < n; ++q) {
+                const int64_t slot = (t + q) % d;
+                w.past_x[b * n + q] = rings[l] + ((row0 + b) * d + slot) * R;
+                w.past_y[b * n + q] = pb + (b * d + slot) * two_rp;
+              }
+            matvec_tiles<WT>(nb * static_cast<int>(n), wl, two_rp, 2 * R, 0, R, w.past_x.data(), w.past_y.data(),
+                             bl, k, k + 1);
+          }
+          matvec_tiles<WT>(nb, wl, two_rp, 2 * R, R, 2 * R, w.x, y, bl, k, k + 1);  // ... plus W_now x[t]
+        } else {
+          matvec_tiles<WT>(nb, wl, two_rp, 2 * R, 0, 2 * R, w.in2, y, bl, k, k + 1);
+        }
+        break;
+      }
+      case kSkip: {
+        const int64_t l = p - 1;
+        matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, w.g, w.rs, net.b_rs + l * rs_p, k, k + 1);
+        const int64_t m1 = std::min(rs_p, (k + 1) * arkern_decode::kTile);
+        for (int b = 0; b < nb; ++b)
+          for (int64_t m = k * arkern_decode::kTile; m < m1; ++m) skip[b][m - Rp] += w.rs[b][m];
+        break;
+      }
+      case kHead:
+        if (p == L + 1) {
+          matvec_tiles<WT>(nb, w_out, net.Ap, net.S, 0, net.S, w.h, o, net.b_out, k, k + 1);
+        } else {
+          matvec_tiles<WT>(nb, w_end, net.Ap, net.A, 0, net.A, w.o, lg, net.b_end, k, k + 1);
+        }
+        break;
+    }
+  }
+
+  void run(arkern_team::Session& team, Sampler& sampler) {
+    const int64_t L = net.L, R = net.R, A = net.A;
+    double u[kMaxRows];
+    int64_t drawn[kMaxRows];
+    for (s = 0; s < steps; ++s) {
+      t = t0 + s;
+      for (int b = 0; b < nb; ++b) {
+        const int64_t* pv = prev + (row0 + b) * 2;
+        const float* e_old = net.emb + pv[0] * R;
+        const float* e_new = net.emb + (A + pv[1]) * R;
+        for (int64_t c = 0; c < R; ++c) xs(0, b)[c] = e_old[c] + e_new[c];
+        std::fill(skip[b], skip[b] + net.Sp, 0.0f);
+      }
+      for (int64_t p = 0; p <= L + 2; ++p) {
+        const std::vector<Chunk>& list =
+            p == 0 ? first : p < L ? middle : p == L ? last : p == L + 1 ? out_chunks : end_chunks;
+        phase_id += 1;
+        team.phase(static_cast<int64_t>(list.size()), [&](int wid, int64_t c) { run_chunk(wid, p, list[c]); });
+      }
+      if (!forced) {
+        for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
+        sampler.draw(lg, nb, A, u, drawn);
+      }
+      for (int b = 0; b < nb; ++b) {
+        const int64_t row = row0 + b;
+        const int64_t y = forced ? forced[row * steps + s] : drawn[b];
+        samples[row * steps + s] = y;
+        if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
+        int64_t* pv = prev + row * 2;
+        pv[0] = pv[1];
+        pv[1] = y;
+      }
+      team.step_done();
+    }
+  }
+};
 
 void check_f32(const at::Tensor& t, const char* name, int64_t numel) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
@@ -289,34 +423,44 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
   net.b_end = b_end.data_ptr<float>();
   auto samples = at::empty({B, T}, prev.options());
   auto logits = return_logits ? at::empty({B, T, net.A}, emb.options()) : at::empty({0}, emb.options());
-  // Row groups: at most kMaxRows rows share weight loads; at least one group per thread when B allows.
-  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, std::min<int64_t>(B, at::get_num_threads()));
+  // At most kMaxRows rows share weight loads; a single group is split over outputs by a team of threads (the
+  // same weight slices on the same worker every step, see Rows), several groups run in parallel.
+  const int64_t groups = (B + kMaxRows - 1) / kMaxRows;
   if (B == 0 || T == 0) return {samples, logits};
   const double* np = noise_c.data_ptr<double>();
   const float* cp = cond.has_value() ? cond_c.data_ptr<float>() : nullptr;
   const float* gp = gbias.has_value() ? gbias_c.data_ptr<float>() : nullptr;
   const int64_t* fp = forced.has_value() ? forced_c.data_ptr<int64_t>() : nullptr;
   int64_t* prev_p = prev.data_ptr<int64_t>();
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    Sampler sampler(net.A, temperature, top_k, top_p);
-    for (int64_t grp = g0; grp < g1; ++grp) {
-      const int64_t r0 = grp * B / groups, r1 = (grp + 1) * B / groups;
-      for (int64_t row0 = r0; row0 < r1; row0 += kMaxRows) {
-        const int nb = static_cast<int>(std::min<int64_t>(kMaxRows, r1 - row0));
-        float* lo = return_logits ? logits.data_ptr<float>() : nullptr;
-        if (wt == at::kFloat) {
-          run_rows<float>(net, w_dil.data_ptr<float>(), w_rs.data_ptr<float>(), w_out.data_ptr<float>(),
-                          w_end.data_ptr<float>(), ring_ptrs, prev_p, row0, nb, t0, T, np, cp, frames, cond_hop, gp,
-                          fp, sampler, samples.data_ptr<int64_t>(), lo);
-        } else {
-          run_rows<at::BFloat16>(net, w_dil.data_ptr<at::BFloat16>(), w_rs.data_ptr<at::BFloat16>(),
-                                 w_out.data_ptr<at::BFloat16>(), w_end.data_ptr<at::BFloat16>(), ring_ptrs, prev_p,
-                                 row0, nb, t0, T, np, cp, frames, cond_hop, gp, fp, sampler,
-                                 samples.data_ptr<int64_t>(), lo);
-        }
+  float* lo = return_logits ? logits.data_ptr<float>() : nullptr;
+  const auto launch = [&](auto tag) {
+    using WT = decltype(tag);
+    const auto work = [&](int64_t g0, int64_t g1) {
+      Sampler sampler(net.A, temperature, top_k, top_p);
+      for (int64_t grp = g0; grp < g1; ++grp) {
+        const int64_t r0 = grp * B / groups, r1 = (grp + 1) * B / groups;
+        const int nb = static_cast<int>(r1 - r0);
+        const uint64_t key = (((((1ull * 1009 + net.L) * 1009 + net.R) * 1009 + net.S) * 1009 + net.A) * 1009 +
+                              nb) * 2 + (std::is_same_v<WT, float> ? 0 : 1);
+        arkern_team::Session team(key);  // one worker inside a parallel region
+        Rows<WT> rows{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
+                      ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
+                      samples.data_ptr<int64_t>(), lo};
+        rows.setup(team.workers());
+        rows.run(team, sampler);
       }
+    };
+    if (groups == 1) {
+      work(0, 1);  // outside a parallel region: the team may split the outputs
+    } else {
+      at::parallel_for(0, groups, 1, work);
     }
-  });
+  };
+  if (wt == at::kFloat) {
+    launch(float{});
+  } else {
+    launch(at::BFloat16{});
+  }
   return {samples, logits};
 }
 
