@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arkern.masks import pixelcnn_mask
@@ -23,7 +24,10 @@ class MaskedConv2d(nn.Conv2d):
 
     Shapes: x (N, in_channels, H, W) -> (N, out_channels, H, W). Parameters are stored unmasked (so
     nn.Conv2d checkpoints load); masked entries never influence the output and get zero gradient.
-    Set the `backend` attribute to force an arkern backend (None picks the fastest available).
+    Set the `backend` attribute to force an arkern backend (None picks the fastest available). Set `dense`
+    to True to train fast: one ``F.conv2d`` with ``weight * mask`` (oneDNN forward and backward, runs under
+    ``torch.autocast``, any dtype). Same values on finite inputs, but not NaN-safe: a masked tap is multiplied
+    by zero, not skipped, so a non-finite future pixel would reach the output.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -57,6 +61,7 @@ class MaskedConv2d(nn.Conv2d):
         self.mask_type = mask_type
         self.color_groups = color_groups
         self.backend: str | None = None
+        self.dense = False
 
     def mask(self) -> torch.Tensor:
         """The (out_channels, in_channels, kH, kW) bool mask this layer applies."""
@@ -64,6 +69,9 @@ class MaskedConv2d(nn.Conv2d):
                              self.color_groups, device=self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            return F.conv2d(x, self.weight * self.mask().to(self.weight.dtype), self.bias, padding=self.padding,
+                            dilation=self.dilation)
         return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.color_groups, self.dilation[0],
                              backend=self.backend)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from arkern.ops.shifted_conv2d import SHIFTS, STRIDES, shifted_conv2d, shifted_conv_transpose2d
+from arkern.reference.shifted_conv2d import shifted_conv2d as reference_shifted_conv2d
 
 
 def _check_args(layer: str, in_channels: object, out_channels: object, kernel_size: object, shift: object,
@@ -42,6 +43,9 @@ class ShiftedConv2d(nn.Conv2d):
         stride: 1 or 2.
         backend: force an arkern backend for this layer (None picks the fastest available).
 
+    Set the `dense` attribute to True to train fast: the reference's padded ``F.conv2d`` without the op's
+    checks (oneDNN forward and backward, runs under ``torch.autocast``, mixed dtypes allowed).
+
     Shapes: x (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
     """
 
@@ -52,12 +56,15 @@ class ShiftedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, ks, stride=st, padding=0, bias=bias, device=device, dtype=dtype)
         self.shift = shift
         self.backend = backend
+        self.dense = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            return reference_shifted_conv2d(x, self.weight, self.bias, self.shift, self.stride[0])
+        return shifted_conv2d(x, self.weight, self.bias, self.shift, self.stride[0], backend=self.backend)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", shift={self.shift!r}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return shifted_conv2d(x, self.weight, self.bias, self.shift, self.stride[0], backend=self.backend)
 
 
 class ShiftedConvTranspose2d(nn.ConvTranspose2d):

@@ -200,6 +200,30 @@ def test_nn_layer_is_drop_in_for_conv2d():
     assert same.padding == (2, 4) and same.bias is None
 
 
+@pytest.mark.parametrize("mask_type,groups,k", [("A", 1, (1, 5)), ("B", 1, (1, 5)), ("B", 3, 3), ("A", 3, 1)])
+def test_nn_layer_dense_training_path(mask_type, groups, k):
+    """`dense` (one F.conv2d with the masked weight): same output and gradients as the op on finite input,
+    exactly zero gradient on masked weights, and it runs under bf16 autocast (the MNIST training path)."""
+    layer = MaskedConv2d(6, 9, k, mask_type, color_groups=groups).double()
+    x = noncontiguous(torch.randn(2, 6, 7, 8, dtype=torch.float64))
+    grads = []
+    for dense in (False, True):
+        layer.dense = dense
+        xg = x.detach().requires_grad_()
+        y = layer(xg)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape))
+        grads.append((y.detach(), xg.grad, layer.weight.grad, layer.bias.grad))
+        layer.zero_grad(set_to_none=True)
+    for name, got, want in zip(("y", "grad x", "grad weight", "grad bias"), grads[1], grads[0], strict=True):
+        assert_close(got, want, name=f"dense {name}")
+    assert not grads[1][2][~layer.mask()].any()
+    layer = layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.float().bfloat16())
+    layer.dense = False
+    assert_close(y.float(), layer(x.float()), name="dense under bf16 autocast", dtype=torch.bfloat16, scale=4.0)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(stride=2), "stride=1"),
     (dict(groups=2), "groups=1"),

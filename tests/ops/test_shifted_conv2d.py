@@ -244,6 +244,29 @@ def test_layers_are_drop_in():
     assert "shift='downright'" in repr(up)
 
 
+@pytest.mark.parametrize("shift,k,stride", [("down", (3, 5), 1), ("downright", (2, 2), 2)])
+def test_layer_dense_training_path(shift, k, stride):
+    """`dense` (the reference's padded F.conv2d without the op's checks): same output and gradients as the op,
+    and it accepts autocast's mixed dtypes (the MNIST training path)."""
+    layer = ShiftedConv2d(4, 6, k, shift, stride=stride).double()
+    x = noncontiguous(torch.randn(2, 4, 5, 7, dtype=torch.float64))
+    grads = []
+    for dense in (False, True):
+        layer.dense = dense
+        xg = x.detach().requires_grad_()
+        y = layer(xg)
+        y.backward(torch.sin(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape))
+        grads.append((y.detach(), xg.grad, layer.weight.grad, layer.bias.grad))
+        layer.zero_grad(set_to_none=True)
+    for name, got, want in zip(("y", "grad x", "grad weight", "grad bias"), grads[1], grads[0], strict=True):
+        assert_close(got, want, name=f"dense {name}")
+    layer = layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.float().bfloat16())
+    layer.dense = False
+    assert_close(y.float(), layer(x.float()), name="dense under bf16 autocast", dtype=torch.bfloat16, scale=4.0)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: ShiftedConv2d(3, 4, (2, 2), "down"), "odd kernel width"),
     (lambda: ShiftedConv2d(3, 4, (2, 3), "up"), "shift must be one of"),
