@@ -86,7 +86,9 @@ def test_row_groups_and_chunks_bit_identical(wdtype, one_thread):
     _, expected = wavenet_family_generate(packed, whole.rings, whole.prev, 0, noise, cond=whole.cond,
                                           return_logits=True, forced=y)
     for rows in ([0], [1, 2], [3, 4]):
-        part = dw.WaveNetState.new(model, len(rows), cond=local[rows], length=T, dtype=torch.float32)
+        part = dw.WaveNetState.new(model, len(rows), dtype=torch.float32)
+        part.cond = whole.cond[rows].contiguous()  # the same projected conditioning (torch's own products
+        # may round differently for another batch size)
         outs, t = [], 0
         for n in (1, 3, 5, 13, 19):
             _, o = wavenet_family_generate(packed, part.rings, part.prev, t, noise[rows, t:t + n], cond=part.cond,
