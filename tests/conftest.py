@@ -84,9 +84,21 @@ def gated_pixelcnn(c: int = 1, dtype: torch.dtype = torch.float64, labels: int |
 
 def image_model(kind: str, c: int, dtype: torch.dtype = torch.float32, labels: int | None = None, k: int = 7,
                 hidden: int | None = None, *, seed: int = 3) -> PixelCNN | GatedPixelCNN:
-    """kind "pixelcnn" (2 blocks) or "gated" (3 layers, optionally class-conditional), built from one seed."""
+    """kind "pixelcnn" (2 blocks) or "gated" (3 layers, optionally class-conditional), built from one seed;
+    "plain": a PixelCNN of plain blocks on inputs in [0, 1] (pixelcnn-pytorch's layout); "coded": a Gated
+    PixelCNN with the converters' options (input embedding, own first kernel, shifted vertical input,
+    wider head without its leading ReLU; ritheshkumar95/pytorch-vqvae's prior), one channel only."""
     if kind == "pixelcnn":
         return pixelcnn(c, dtype, k, hidden, seed=seed)
+    torch.manual_seed(seed)
+    h = hidden or 4 * c
+    if kind == "plain":
+        return PixelCNN(image_channels=c, num_classes=k, hidden_channels=h, num_blocks=2, kernel_size=5,
+                        input_kernel_size=3, residual=False, input_range=(0.0, 1.0), dtype=dtype).eval()
+    if kind == "coded":
+        return GatedPixelCNN(image_channels=c, num_classes=k, hidden_channels=h, num_layers=3, num_labels=labels,
+                             input_kernel_size=5, input_embedding=h + 2, vertical_shift="input",
+                             head_channels=2 * h + 16, head_relu=False, dtype=dtype).eval()
     return gated_pixelcnn(c, dtype, labels, 3, hidden, k, seed=seed)
 
 

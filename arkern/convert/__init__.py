@@ -34,6 +34,8 @@ SOURCES: dict[str, str] = {
     "wavenet_vocoder": "arkern.convert.wavenet_vocoder",
     "nv-wavenet": "arkern.convert.nv_wavenet",
     "pytorch-wavenet": "arkern.convert.pytorch_wavenet",
+    "pixelcnn-pytorch": "arkern.convert.pixelcnn_pytorch",
+    "vqvae-gated-pixelcnn": "arkern.convert.vqvae_gated_pixelcnn",
 }
 
 

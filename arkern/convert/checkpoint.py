@@ -164,6 +164,14 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.
     return w, (b - mean) * scale + shift
 
 
+def image_shape(source: str, shape: object) -> list[int]:
+    """A source's ``shape`` config (the image size its models sample by default) -> [H, W], validated."""
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise ValueError(f"arkern.convert({source!r}): shape must be (height, width) with ints >= 1, got {shape!r}")
+    return [int(shape[0]), int(shape[1])]
+
+
 def _fmt(shape: Sequence[int] | None) -> str:
     if shape is None:
         return "any"

@@ -66,25 +66,40 @@ class GatedPixelCNNDecoder:
         self.link_rows: list[torch.Tensor] = []
 
     def start_row(self, i: int, xf: torch.Tensor) -> None:
-        """Run the vertical stack on image row i-1 (xf (N, C, H, W) float, rows < i final) and keep, per
-        layer, the 1x1 link of its shifted pre-activations for row i: (N, 2h, W)."""
-        h2 = 2 * self.model.hidden_channels
+        """Run the vertical stack (xf (N, C, H, W) float, rows < i final) and keep, per layer, the 1x1 link
+        row the horizontal stack adds at row i: (N, 2h, W). vertical_shift "link": the stack on image row
+        i-1, the link of its pre-activations; "input": the stack on row i of the image shifted down one row,
+        the link of its pre-activations before the class bias."""
+        model = self.model
+        if model.vertical_shift == "input":
+            v = model.embed(xf[:, :, max(i - 1, 0), :])
+            if i == 0:  # the shifted input's first row is zero (after the embedding, as in output_map)
+                v = torch.zeros_like(v)
+            self.link_rows = []
+            for layer, cond in enumerate(self.cond):
+                v_pre = self.v_convs[layer].step_row(v, i)
+                self.link_rows.append(self.links[layer].step_row(v_pre, i))
+                if cond is not None:
+                    v_pre = v_pre + cond[:, :, None]
+                v = model.v_gate(v_pre)
+            return
+        h2 = 2 * model.hidden_channels
         if i == 0:
             zero = torch.zeros(self.batch, h2, self.width, dtype=self.dtype, device=self.device)
             self.link_rows = [link.step_row(zero, 0) for link in self.links]
             return
-        v = xf[:, :, i - 1, :]
+        v = model.embed(xf[:, :, i - 1, :])
         self.link_rows = []
         for layer, cond in enumerate(self.cond):
             v_pre = self.v_convs[layer].step_row(v, i - 1)
             if cond is not None:
                 v_pre = v_pre + cond[:, :, None]
             self.link_rows.append(self.links[layer].step_row(v_pre, i))
-            v = self.model.v_gate(v_pre)
+            v = model.v_gate(v_pre)
 
     def step(self, pixel: torch.Tensor, i: int, j: int) -> torch.Tensor:
         """pixel (N, C) float input at (i, j) -> (N, C*K) logits at (i, j)."""
-        hs = pixel
+        hs = self.model.embed(pixel)
         for layer, cond in enumerate(self.cond):
             h_pre = self.h_convs[layer].step(hs, i, j) + self.link_rows[layer][:, :, j]
             if cond is not None:
@@ -95,7 +110,7 @@ class GatedPixelCNNDecoder:
 
     def commit(self, pixel: torch.Tensor, i: int, j: int) -> None:
         """pixel (N, C): the final (fully sampled) input at (i, j), written into the first conv's cache."""
-        self.h_convs[0].write(pixel, i, j)
+        self.h_convs[0].write(self.model.embed(pixel), i, j)
 
 
 @torch.no_grad()

@@ -40,6 +40,10 @@ class PixelCNNFamily(ImageFamily):
     def fused_reasons(self, model: PixelCNN) -> list[str]:
         return pixelcnn_fused_reasons(model)
 
+    def constructor_kwargs(self, model: PixelCNN) -> dict:
+        """The constructor arguments the model was built with (JSON-ready)."""
+        return dict(model.kwargs)
+
     def fused_compiled(self, model: nn.Module) -> bool:
         dtype = next(model.parameters()).dtype
         return not BACKENDS.not_supported_reasons("cpu", torch.device("cpu"), dtype)

@@ -24,7 +24,7 @@ class CategoricalImageModel(nn.Module):
 
     The sampler protocol (see :mod:`arkern.decode.image`):
     - ``image_channels`` C, ``num_classes`` K, ``color_steps`` (sub-steps per pixel = C);
-    - ``prepare(x)``: int levels (N, C, H, W) -> network input in [-1, 1] (same shape, float);
+    - ``prepare(x)``: int levels (N, C, H, W) -> network input in ``input_range`` (same shape, float);
     - ``output_map(xf, condition)``: (N, C, H, W) float -> (N, D, H, W) raw outputs (the naive sampler);
     - the cached decoder (``reset``, ``start_row``, ``step``, ``commit``) is in :mod:`arkern.decode`, and the
       model's family (:mod:`arkern.families`) names it;
@@ -34,15 +34,21 @@ class CategoricalImageModel(nn.Module):
 
     image_channels: int
     num_classes: int
+    input_range: tuple[float, float] = (-1.0, 1.0)  # what levels 0 and K-1 become (evenly spaced between)
 
     @property
     def color_steps(self) -> int:
         return self.image_channels
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer levels (N, C, H, W) in [0, K) -> float input in [-1, 1] (parameter dtype)."""
+        """Integer levels (N, C, H, W) in [0, K) -> float input in ``input_range`` (parameter dtype).
+
+        Level v becomes ``v * ((hi - lo) / (K - 1)) + lo``: 2v/(K-1) - 1 by default. Convs pad with zeros,
+        so the range is part of the model, not a bias that could be folded into its first layer.
+        """
         dtype = next(self.parameters()).dtype
-        return x.to(dtype) * (2.0 / (self.num_classes - 1)) - 1.0
+        lo, hi = self.input_range
+        return x.to(dtype) * ((hi - lo) / (self.num_classes - 1)) + lo
 
     def check_image(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is an int image (N, C, H, W) of levels in [0, K)."""
@@ -98,6 +104,16 @@ class CategoricalImageModel(nn.Module):
         return -self.log_prob(x, condition) / (x[0].numel() * math.log(2.0))
 
 
+def check_input_range(name: str, input_range: object) -> tuple[float, float]:
+    """Validate an ``input_range`` argument: two finite floats lo < hi -> (lo, hi)."""
+    ok = (isinstance(input_range, (tuple, list)) and len(input_range) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in input_range)
+          and input_range[0] < input_range[1])
+    if not ok:
+        raise ValueError(f"{name}: input_range must be two finite numbers lo < hi, got {input_range!r}")
+    return float(input_range[0]), float(input_range[1])
+
+
 class PixelCNN(CategoricalImageModel):
     """PixelCNN with residual blocks.
 
@@ -107,14 +123,20 @@ class PixelCNN(CategoricalImageModel):
         hidden_channels: h, divisible by C.
         num_blocks: residual blocks, each ReLU -> kxk mask-B conv -> ReLU -> 1x1 mask-B conv.
         kernel_size: k of the blocks (odd); input_kernel_size: of the mask-A input conv (odd).
+        residual: False makes every block a plain ReLU -> kxk mask-B conv (no 1x1, no skip): the stack of
+            masked convs of the original paper (what jzbontar/pixelcnn-pytorch trains).
+        input_range: (lo, hi) the levels 0 and K-1 are mapped to (see :meth:`prepare`); (0, 1) is
+            torchvision's ToTensor scaling.
 
     Shapes: forward(x (N, C, H, W) int in [0, K)) -> logits (N, K, C, H, W).
     """
 
     def __init__(self, image_channels: int = 1, num_classes: int = 256, hidden_channels: int = 64,
-                 num_blocks: int = 4, kernel_size: int = 3, input_kernel_size: int = 7, *,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 num_blocks: int = 4, kernel_size: int = 3, input_kernel_size: int = 7, *, residual: bool = True,
+                 input_range: tuple[float, float] = (-1.0, 1.0), device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.input_range = check_input_range("PixelCNN", input_range)
         if image_channels < 1 or num_classes < 2:
             raise ValueError(f"PixelCNN: need image_channels >= 1 and num_classes >= 2, got {image_channels}, "
                              f"{num_classes}")
@@ -123,17 +145,23 @@ class PixelCNN(CategoricalImageModel):
                              f"image_channels ({image_channels})")
         if num_blocks < 0:
             raise ValueError(f"PixelCNN: num_blocks must be >= 0, got {num_blocks}")
-        self.image_channels, self.num_classes = image_channels, num_classes
+        self.image_channels, self.num_classes, self.residual = image_channels, num_classes, bool(residual)
+        self.kwargs = {"image_channels": image_channels, "num_classes": num_classes, "hidden_channels": hidden_channels,
+                       "num_blocks": num_blocks, "kernel_size": kernel_size, "input_kernel_size": input_kernel_size,
+                       "residual": bool(residual), "input_range": list(self.input_range)}
         g, h = image_channels, hidden_channels
         kw = {"device": device, "dtype": dtype}
         conv = lambda cin, cout, k, mask: ann.MaskedConv2d(cin, cout, k, mask_type=mask, color_groups=g, **kw)
         layers: list[nn.Module] = [conv(image_channels, h, input_kernel_size, "A")]
         for _ in range(num_blocks):
-            layers.append(Residual(nn.Sequential(nn.ReLU(), conv(h, h, kernel_size, "B"), nn.ReLU(),
-                                                 conv(h, h, 1, "B"))))
+            if residual:
+                layers.append(Residual(nn.Sequential(nn.ReLU(), conv(h, h, kernel_size, "B"), nn.ReLU(),
+                                                     conv(h, h, 1, "B"))))
+            else:
+                layers.append(nn.Sequential(nn.ReLU(), conv(h, h, kernel_size, "B")))
         layers += [nn.ReLU(), conv(h, h, 1, "B"), nn.ReLU(), conv(h, image_channels * num_classes, 1, "B")]
         self.net = nn.Sequential(*layers)
 
     def output_map(self, xf: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, C, H, W) float in [-1, 1] -> (N, C*K, H, W) logits, channel-major."""
+        """(N, C, H, W) float (:meth:`prepare`) -> (N, C*K, H, W) logits, channel-major."""
         return self.net(xf)

@@ -42,15 +42,16 @@ from arkern.reference.pixelcnn_decode import (
 
 OP = "pixelcnn_generate"
 
-LIB.define("pixelcnn_generate(int[] config, Tensor[] weights, Tensor[] biases, Tensor(a!)[] caches, "
+LIB.define("pixelcnn_generate(int[] config, Tensor[] weights, Tensor[] biases, Tensor input_table, "
+           "Tensor(a!)[] caches, "
            "Tensor(b!) image, Tensor noise, Tensor? cond, int row_begin, int row_end, float temperature, "
            "int top_k, float top_p, bool return_logits, Tensor? forced) -> Tensor")
 
 
 @torch.library.register_fake("arkern::pixelcnn_generate")
-def _fake(config, weights, biases, caches, image, noise, cond, row_begin, row_end, temperature, top_k, top_p,
-          return_logits, forced):
-    same_device(OP, image=image, noise=noise, cond=cond, forced=forced, weight=weights[0],
+def _fake(config, weights, biases, input_table, caches, image, noise, cond, row_begin, row_end, temperature, top_k,
+          top_p, return_logits, forced):
+    same_device(OP, image=image, noise=noise, cond=cond, forced=forced, weight=weights[0], table=input_table,
                 cache=caches[0] if caches else None)
     b, c, _, w = image.shape
     shape = (b, row_end - row_begin, w, c * config[2]) if return_logits else (0,)
@@ -74,12 +75,14 @@ class PixelCNNFused:
     """A model packed for :func:`pixelcnn_generate` (see the module docstring).
 
     layout: the architecture; weights / biases: one flat tensor per matrix in :func:`matrix_shapes` order;
-    dtype: activation dtype (float32 or float64).
+    input_table: (K, E) the first layer's input values of each level (activation dtype; the model's
+    ``prepare`` of every level, or its input embedding); dtype: activation dtype (float32 or float64).
     """
 
     layout: PixelCNNLayout
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
+    input_table: torch.Tensor
     dtype: torch.dtype
 
     @property
@@ -124,6 +127,10 @@ def validate(packed: PixelCNNFused, caches: list[torch.Tensor], image: torch.Ten
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"{OP}: noise must have the image's shape {tuple(image.shape)}, got {got}")
     check_uniforms(OP, noise, image.device)
+    table = packed.input_table
+    if table.dtype != packed.dtype or tuple(table.shape) != (K, lay.input_width) or not table.is_contiguous():
+        raise ValueError(f"{OP}: packed.input_table must be contiguous {packed.dtype} ({K}, {lay.input_width}), got "
+                         f"{table.dtype} {tuple(table.shape)}")
     specs = cache_specs(packed.layout)
     if len(caches) != len(specs):
         raise ValueError(f"{OP}: expected {len(specs)} caches (PixelCNNFused.new_caches), got {len(caches)}")
@@ -171,7 +178,8 @@ def pixelcnn_generate(packed: PixelCNNFused, caches: list[torch.Tensor], image: 
     row_end = image.shape[2] if row_end is None else row_end
     validate(packed, caches, image, noise, cond, row_begin, row_end, temperature, top_k, top_p, forced)
     kernel = BACKENDS.select(backend, image.device, packed.weight_dtype)
-    return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), list(caches), image, noise,
+    return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), packed.input_table,
+                     list(caches), image, noise,
                      cond, row_begin, row_end, float(temperature), int(top_k or 0),
                      float(top_p if top_p is not None else 1.0), bool(return_logits), forced)
 

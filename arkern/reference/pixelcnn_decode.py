@@ -1,11 +1,12 @@
 """Reference of the fused PixelCNN / Gated PixelCNN sampler (``torch.ops.arkern.pixelcnn_generate``).
 
-The packed layout is defined here. A network is described by a :class:`PixelCNNLayout` (9 ints, the
-op's ``config``); its weights are one matrix per (layer, output colour group) holding only the taps the
-layer's mask keeps, columns ordered (kernel row, kernel column, input channel) — the order of the caches —
-rows zero-padded to a multiple of 16 and stored as row tiles of up to ``TILE`` outputs, each tile transposed
-(n x width) and contiguous; bfloat16 tiles interleave pairs of 16-output groups (:func:`bf16_order`).
-:func:`matrix_shapes` and :func:`cache_specs` list the matrices and caches a layout has, in the kernel's order.
+The packed layout is defined here. A network is described by a :class:`PixelCNNLayout` (17 ints, the op's
+``config``) and an input table (level -> the first layer's input values); its weights are one matrix per
+(layer, output colour group) holding only the taps the layer's mask keeps, columns ordered (kernel row, kernel
+column, input channel) — the order of the caches — rows zero-padded to a multiple of 16 and stored as row
+tiles of up to ``TILE`` outputs, each tile transposed (n x width) and contiguous; bfloat16 tiles interleave
+pairs of 16-output groups (:func:`bf16_order`). :func:`matrix_shapes` and :func:`cache_specs` list the
+matrices and caches a layout has, in the kernel's order.
 
 :func:`pixelcnn_generate` runs the op in plain PyTorch over those packed tensors: the ground truth of the
 C++ kernel and its benchmark baseline.
@@ -26,9 +27,18 @@ class PixelCNNLayout(NamedTuple):
     """The architecture the fused PixelCNN kernel runs (the op's ``config`` ints, in this order).
 
     kind: 0 PixelCNN, 1 Gated PixelCNN. channels: image channels C (= colour groups). classes: levels K.
-    hidden: feature channels h. depth: residual blocks (PixelCNN) or gated layers (Gated PixelCNN).
-    a_height, a_width: kernel of the mask-A input conv (PixelCNN) or of the vertical-stack conv (Gated).
-    b_height, b_width: kernel of the block's spatial conv (PixelCNN) or of the horizontal-stack conv (Gated).
+    hidden: feature channels h. depth: blocks (PixelCNN) or gated layers (Gated PixelCNN).
+    a_height, a_width: kernel of the mask-A input conv (PixelCNN) or of the vertical-stack convs (Gated,
+    layers after the first). b_height, b_width: kernel of the block's spatial conv (PixelCNN) or of the
+    horizontal-stack convs (Gated, after the first).
+    input_width: E, the values per colour group of the input table (1: a scalar per level, the model's
+    ``prepare``; an embedding's width otherwise); the first layer sees C*E input channels.
+    residual: PixelCNN blocks with (1) or without (0) their 1x1 conv and skip connection; 1 for Gated.
+    aligned: Gated only: 0 the link takes the vertical pre-activations (class bias included) of the row
+    above; 1 the vertical stack reads the image shifted down one row and the link takes the same row's
+    pre-activations before the class bias. first_height, first_width, first_hwidth: Gated only, the first
+    layer's vertical kernel and horizontal kernel width (0 for PixelCNN).
+    head_hidden: hh, the head's inner width. head_relu: 1 if the head starts with a ReLU.
     """
 
     kind: int
@@ -40,6 +50,14 @@ class PixelCNNLayout(NamedTuple):
     a_width: int
     b_height: int
     b_width: int
+    input_width: int
+    residual: int
+    aligned: int
+    first_height: int
+    first_width: int
+    first_hwidth: int
+    head_hidden: int
+    head_relu: int
 
 
 def pad16(n: int) -> int:
@@ -72,7 +90,8 @@ def untile_matrix(packed: torch.Tensor, m: int, n: int) -> torch.Tensor:
 
 def matrix_shapes(config: list[int]) -> list[tuple[int, int]]:
     """(m, n) of every packed matrix for `config`, in the order of the weight list (mirrors the C++)."""
-    kind, c, k, h, depth, kh_a, kw_a, kh_b, kw_b = PixelCNNLayout(*config)
+    lay = PixelCNNLayout(*config)
+    kind, c, k, h, depth, kh_a, kw_a, kh_b, kw_b, e = lay[:10]
     shapes: list[tuple[int, int]] = []
 
     def masked(cin: int, cout: int, kh: int, kw: int, mask_a: bool) -> None:
@@ -80,43 +99,55 @@ def matrix_shapes(config: list[int]) -> list[tuple[int, int]]:
                       for g in range(c))
 
     if kind == 0:
-        masked(c, h, kh_a, kw_a, True)
+        masked(c * e, h, kh_a, kw_a, True)
         for _ in range(depth):
             masked(h, h, kh_b, kw_b, False)
-            masked(h, h, 1, 1, False)
+            if lay.residual:
+                masked(h, h, 1, 1, False)
     else:
         for layer in range(depth):
-            cin = c if layer == 0 else h
-            shapes += [(2 * h, kh_a * kw_a * cin), (2 * h, 2 * h)]
-            masked(cin, 2 * h, 1, kw_b, layer == 0)
+            cin, (kh, kw, kwh) = (c * e if layer == 0 else h), gated_kernels(lay, layer)
+            shapes += [(2 * h, kh * kw * cin), (2 * h, 2 * h)]
+            masked(cin, 2 * h, 1, kwh, layer == 0)
             masked(h, h, 1, 1, False)
-    masked(h, h, 1, 1, False)
-    masked(h, c * k, 1, 1, False)
+    masked(h, lay.head_hidden, 1, 1, False)
+    masked(lay.head_hidden, c * k, 1, 1, False)
     return shapes
+
+
+def gated_kernels(lay: PixelCNNLayout, layer: int) -> tuple[int, int, int]:
+    """Gated layer `layer`'s (vertical height, vertical width, horizontal width)."""
+    if layer == 0:
+        return lay.first_height, lay.first_width, lay.first_hwidth
+    return lay.a_height, lay.a_width, lay.b_width
 
 
 def cache_specs(config: list[int]) -> list[tuple[int, int, int]]:
     """(ring rows, pad columns per side, channels) of every cache for `config` (mirrors the C++)."""
-    kind, c, _, h, depth, kh_a, kw_a, kh_b, kw_b = PixelCNNLayout(*config)
+    lay = PixelCNNLayout(*config)
+    kind, c, _, h, depth, kh_a, kw_a, kh_b, kw_b, e = lay[:10]
     if kind == 0:
-        return [(kh_a // 2 + 1, kw_a // 2, c)] + [(kh_b // 2 + 1, kw_b // 2, h)] * depth
+        return [(kh_a // 2 + 1, kw_a // 2, c * e)] + [(kh_b // 2 + 1, kw_b // 2, h)] * depth
     specs = []
     for layer in range(depth):
-        cin = c if layer == 0 else h
-        specs += [(kh_a, kw_a // 2, cin), (1, kw_b // 2, cin)]
+        cin, (kh, kw, kwh) = (c * e if layer == 0 else h), gated_kernels(lay, layer)
+        specs += [(kh, kw // 2, cin), (1, kwh // 2, cin)]
     return specs
 
 
-def pixelcnn_generate(config, weights, biases, caches, image, noise, cond, row_begin, row_end, temperature, top_k,
-               top_p, return_logits, forced):
+def pixelcnn_generate(config, weights, biases, input_table, caches, image, noise, cond, row_begin, row_end,
+                      temperature, top_k, top_p, return_logits, forced):
     """The op in plain PyTorch over the packed tensors, all batch rows at once.
 
     Same arguments and results as ``torch.ops.arkern.pixelcnn_generate`` (see
     :func:`arkern.ops.pixelcnn_decode.pixelcnn_generate`). Raster order; at pixel (i, j) colour sub-step g
     runs output group g of every layer over the cached taps, then draws channel g and writes its value
-    (in [-1, 1]) into the input caches. Gated PixelCNN first runs its vertical stack for the whole row.
+    (the E values ``input_table[v]``) into the input caches. Gated PixelCNN first runs its vertical stack for
+    the whole row.
     """
-    kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b = PixelCNNLayout(*config)
+    lay = PixelCNNLayout(*config)
+    kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b, E = lay[:10]
+    hh, hhg = lay.head_hidden, lay.head_hidden // C
     B, _, H, W = image.shape
     dt = biases[0].dtype
     mats = [(untile_matrix(w, m, n).to(dt), b[:m]) for w, b, (m, n) in zip(weights, biases, matrix_shapes(config))]
@@ -142,43 +173,51 @@ def pixelcnn_generate(config, weights, biases, caches, image, noise, cond, row_b
     gx = lambda layer, k: layer * (2 + 2 * C) + k
     x = torch.zeros(B, h, dtype=dt)
     act = torch.zeros(B, max(depth, 1), h, dtype=dt)
-    hin1, hin2 = torch.zeros(B, h, dtype=dt), torch.zeros(B, h, dtype=dt)
+    hin1, hin2 = torch.zeros(B, h, dtype=dt), torch.zeros(B, hh, dtype=dt)
     links = torch.zeros(B, depth, W, 2 * h, dtype=dt)
     logits = image.new_zeros(0, dtype=dt)
     if return_logits:
         logits = torch.zeros(B, row_end - row_begin, W, C * K, dtype=dt)
     for i in range(row_begin, row_end):
-        if kind == 1:  # vertical stack on row i - 1 -> link rows of row i
+        if kind == 1:  # vertical stack on row i - 1 (aligned: row i of the down-shifted image) -> link rows
+            ip = i if lay.aligned else i - 1
             for layer in range(depth):
-                if i == 0:
+                if ip < 0:  # nothing above row 0: the link sees zeros
                     links[:, layer] = mats[gx(layer, 1)][1]
                     continue
+                kh, kw, _ = gated_kernels(lay, layer)
                 for j in range(W):
-                    v_pre = lin(gx(layer, 0), taps(caches[2 * layer], i - kh_a, kh_a, j, kw_a, 0))
+                    v_pre = lin(gx(layer, 0), taps(caches[2 * layer], ip - kh + 1, kh, j, kw, 0))
+                    if lay.aligned:  # the link before the class bias
+                        links[:, layer, j] = lin(gx(layer, 1), v_pre)
                     if cond is not None:
                         v_pre = v_pre + cond[:, layer]
-                    links[:, layer, j] = lin(gx(layer, 1), v_pre)
+                    if not lay.aligned:
+                        links[:, layer, j] = lin(gx(layer, 1), v_pre)
                     if layer + 1 < depth:
-                        caches[2 * layer + 2][:, (i - 1) % kh_a, j + kw_a // 2] = gate(v_pre, h)
+                        caches[2 * layer + 2][:, ip % kh_a, j + kw_a // 2] = gate(v_pre, h)
         for j in range(W):
             for g in range(C):
                 sl = slice(g * hg, (g + 1) * hg)
                 if kind == 0:
-                    ra, rb = kh_a // 2, kh_b // 2
-                    x[:, sl] = lin(g, taps(caches[0], i - ra, ra, j, kw_a, (kw_a // 2) * C + g))
+                    ra, rb, per = kh_a // 2, kh_b // 2, 1 + lay.residual  # matrices per block
+                    x[:, sl] = lin(g, taps(caches[0], i - ra, ra, j, kw_a, (kw_a // 2) * C * E + g * E))
                     for blk in range(depth):
                         caches[1 + blk][:, i % (rb + 1), j + kw_b // 2, sl] = torch.relu(x[:, sl])
-                        t = lin((1 + 2 * blk) * C + g, taps(caches[1 + blk], i - rb, rb, j, kw_b,
-                                                            (kw_b // 2) * h + (g + 1) * hg))
+                        t = lin((1 + per * blk) * C + g, taps(caches[1 + blk], i - rb, rb, j, kw_b,
+                                                              (kw_b // 2) * h + (g + 1) * hg))
+                        if not lay.residual:  # a plain block: its conv's output is the next block's input
+                            x[:, sl] = t
+                            continue
                         act[:, blk, sl] = torch.relu(t)
                         x[:, sl] += lin((2 + 2 * blk) * C + g, act[:, blk])
                 else:
                     for layer in range(depth):
-                        cin = C if layer == 0 else h
+                        cin, kwh = (C * E if layer == 0 else h), gated_kernels(lay, layer)[2]
                         if layer:
-                            caches[2 * layer + 1][:, 0, j + kw_b // 2, sl] = x[:, sl]
-                        pre = lin(gx(layer, 2 + g), taps(caches[2 * layer + 1], i, 0, j, kw_b,
-                                                         (kw_b // 2) * cin + (g if layer == 0 else g + 1) * (cin // C)))
+                            caches[2 * layer + 1][:, 0, j + kwh // 2, sl] = x[:, sl]
+                        pre = lin(gx(layer, 2 + g), taps(caches[2 * layer + 1], i, 0, j, kwh,
+                                                         (kwh // 2) * cin + (g if layer == 0 else g + 1) * (cin // C)))
                         pre = pre + links[:, layer, j, 2 * g * hg:2 * (g + 1) * hg]
                         if cond is not None:
                             pre = pre + cond[:, layer, 2 * g * hg:2 * (g + 1) * hg]
@@ -186,8 +225,8 @@ def pixelcnn_generate(config, weights, biases, caches, image, noise, cond, row_b
                         out = lin(gx(layer, 2 + C + g), act[:, layer])
                         x[:, sl] = out if layer == 0 else x[:, sl] + out
                 n_mats = len(mats)
-                hin1[:, sl] = torch.relu(x[:, sl])
-                hin2[:, sl] = torch.relu(lin(n_mats - 2 * C + g, hin1))
+                hin1[:, sl] = torch.relu(x[:, sl]) if lay.head_relu else x[:, sl]
+                hin2[:, g * hhg:(g + 1) * hhg] = torch.relu(lin(n_mats - 2 * C + g, hin1))
                 lg = lin(n_mats - C + g, hin2)
                 if forced is not None:
                     v = forced[:, g, i, j]
@@ -197,8 +236,12 @@ def pixelcnn_generate(config, weights, biases, caches, image, noise, cond, row_b
                 image[:, g, i, j] = v
                 if return_logits:
                     logits[:, i - row_begin, j, g * K:(g + 1) * K] = lg
-                xv = v.to(dt) * (2.0 / (K - 1)) - 1.0
-                caches[0][:, i % caches[0].shape[1], j + kw_a // 2, g] = xv
-                if kind == 1:
-                    caches[1][:, 0, j + kw_b // 2, g] = xv
+                xv, ge = input_table[v], slice(g * E, (g + 1) * E)  # (B, E): the first layer's inputs
+                if kind == 0:
+                    caches[0][:, i % caches[0].shape[1], j + kw_a // 2, ge] = xv
+                else:
+                    _, kw0, kwh0 = gated_kernels(lay, 0)
+                    row = i + 1 if lay.aligned else i  # aligned: the vertical stack reads the image shifted down
+                    caches[0][:, row % caches[0].shape[1], j + kw0 // 2, ge] = xv
+                    caches[1][:, 0, j + kwh0 // 2, ge] = xv
     return logits

@@ -18,14 +18,21 @@
 // Gated PixelCNN: the vertical stack runs once per image row over all columns (many columns share each
 // weight tile), leaving per layer the 1x1 link row that the horizontal stack adds pixel by pixel.
 //
-// config = [kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b]:
-//   kind 0 PixelCNN: mask-A (kh_a, kw_a) input conv, `depth` residual blocks (relu, (kh_b, kw_b) mask-B
-//     conv, relu, 1x1 mask-B conv), head relu, 1x1, relu, 1x1 -> C*K. Matrices, each over C groups:
-//     input conv, per block [kxk, 1x1], head 1x1, head 1x1. Caches: input conv, then one per block.
-//   kind 1 Gated PixelCNN: `depth` layers of vertical (kh_a, kw_a) 'down' conv -> 2h, 1x1 link 2h -> 2h,
-//     horizontal (1, kw_b) masked conv -> 2h (mask A first), gate, 1x1 mask-B conv h -> h, residual
-//     from the second layer; then the same head. Matrices per layer: vertical, link (one each), then
+// config = [kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b, E, residual, aligned, kh_0, kw_0, kwh_0, hh,
+//           head_relu] (arkern.reference.pixelcnn_decode.PixelCNNLayout):
+//   the image input: level v of colour group g is the E values table[v] (the model's prepare: E = 1 and
+//     table[v] = its scaling of v, or a learned embedding), input channels C*E;
+//   kind 0 PixelCNN: mask-A (kh_a, kw_a) input conv, `depth` blocks (relu, (kh_b, kw_b) mask-B conv, and if
+//     `residual` relu, 1x1 mask-B conv, skip); then the head. Matrices, each over C groups: input conv,
+//     per block [kxk(, 1x1)], head 1x1, head 1x1. Caches: input conv, then one per block.
+//   kind 1 Gated PixelCNN: `depth` layers of vertical 'down' conv -> 2h, 1x1 link 2h -> 2h, horizontal
+//     (1, kw) masked conv -> 2h (mask A first), gate, 1x1 mask-B conv h -> h, residual from the second
+//     layer; then the head. Kernels: layer 0 vertical (kh_0, kw_0), horizontal kwh_0; the others (kh_a,
+//     kw_a), kw_b. aligned 0: the link takes the vertical pre-activations (class bias included) of the row
+//     above; aligned 1: the vertical stack reads the image shifted down one row and the link takes the same
+//     row's pre-activations before the class bias. Matrices per layer: vertical, link (one each), then
 //     horizontal and out over C groups; then the head. Caches per layer: vertical, horizontal.
+//   head: (relu if head_relu), 1x1 h -> hh, relu, 1x1 hh -> C*K.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -44,8 +51,13 @@ constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vert
 constexpr int64_t kRowPiece = 8;  // (row, column) pairs per product in the PixelCNN row pass
 
 struct Dims {
-  int64_t kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b;
+  int64_t kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b, E, residual, aligned, kh_0, kw_0, kwh_0, hh, head_relu;
+  int64_t cin(int64_t l) const { return l == 0 ? C * E : h; }  // Gated layer l's (and PixelCNN's first) inputs
+  int64_t khv(int64_t l) const { return l == 0 ? kh_0 : kh_a; }  // Gated layer l's kernels
+  int64_t kwv(int64_t l) const { return l == 0 ? kw_0 : kw_a; }
+  int64_t kwh(int64_t l) const { return l == 0 ? kwh_0 : kw_b; }
 };
+constexpr size_t kConfigInts = 17;
 
 // (m, n) of every packed matrix, in the order of the weight list.
 std::vector<std::pair<int64_t, int64_t>> matrix_shapes(const Dims& d) {
@@ -55,22 +67,21 @@ std::vector<std::pair<int64_t, int64_t>> matrix_shapes(const Dims& d) {
       s.emplace_back(cout / d.C, (kh / 2) * kw * cin + (kw / 2) * cin + (mask_a ? g : g + 1) * (cin / d.C));
   };
   if (d.kind == 0) {
-    masked(d.C, d.h, d.kh_a, d.kw_a, true);
+    masked(d.cin(0), d.h, d.kh_a, d.kw_a, true);
     for (int64_t k = 0; k < d.depth; ++k) {
       masked(d.h, d.h, d.kh_b, d.kw_b, false);
-      masked(d.h, d.h, 1, 1, false);
+      if (d.residual) masked(d.h, d.h, 1, 1, false);
     }
   } else {
     for (int64_t l = 0; l < d.depth; ++l) {
-      const int64_t cin = l == 0 ? d.C : d.h;
-      s.emplace_back(2 * d.h, d.kh_a * d.kw_a * cin);
+      s.emplace_back(2 * d.h, d.khv(l) * d.kwv(l) * d.cin(l));
       s.emplace_back(2 * d.h, 2 * d.h);
-      masked(cin, 2 * d.h, 1, d.kw_b, l == 0);
+      masked(d.cin(l), 2 * d.h, 1, d.kwh(l), l == 0);
       masked(d.h, d.h, 1, 1, false);
     }
   }
-  masked(d.h, d.h, 1, 1, false);
-  masked(d.h, d.C * d.K, 1, 1, false);
+  masked(d.h, d.hh, 1, 1, false);
+  masked(d.hh, d.C * d.K, 1, 1, false);
   return s;
 }
 
@@ -78,13 +89,12 @@ std::vector<std::pair<int64_t, int64_t>> matrix_shapes(const Dims& d) {
 std::vector<std::array<int64_t, 3>> cache_shapes(const Dims& d, int64_t W) {
   std::vector<std::array<int64_t, 3>> s;
   if (d.kind == 0) {
-    s.push_back({d.kh_a / 2 + 1, W + 2 * (d.kw_a / 2), d.C});
+    s.push_back({d.kh_a / 2 + 1, W + 2 * (d.kw_a / 2), d.cin(0)});
     for (int64_t k = 0; k < d.depth; ++k) s.push_back({d.kh_b / 2 + 1, W + 2 * (d.kw_b / 2), d.h});
   } else {
     for (int64_t l = 0; l < d.depth; ++l) {
-      const int64_t cin = l == 0 ? d.C : d.h;
-      s.push_back({d.kh_a, W + 2 * (d.kw_a / 2), cin});
-      s.push_back({1, W + 2 * (d.kw_b / 2), cin});
+      s.push_back({d.khv(l), W + 2 * (d.kwv(l) / 2), d.cin(l)});
+      s.push_back({1, W + 2 * (d.kwh(l) / 2), d.cin(l)});
     }
   }
   return s;
@@ -121,12 +131,14 @@ struct Runner {
   std::vector<T*> caches;
   int64_t* image;
   const double* noise;
+  const T* table;          // (K, E): the input values of each level
   const T* cond;           // (B, depth, 2h) or null
   const int64_t* forced;   // (B, C, H, W) or null
   T* logits_out;           // (B, rows, W, C*K) or null
 
   // Index of a matrix in `mats` (see matrix_shapes for the order).
   int64_t px(int64_t layer, int64_t g) const { return layer * d.C + g; }  // PixelCNN layer, group
+  int64_t per_block() const { return d.residual ? 2 : 1; }  // PixelCNN matrices per block
   int64_t gx(int64_t l, int64_t k) const { return l * (2 + 2 * d.C) + k; }  // Gated layer l, k-th matrix
   int64_t head(int64_t which, int64_t g) const {
     return static_cast<int64_t>(mats.size()) - (2 - which) * d.C + g;
@@ -158,7 +170,9 @@ struct Runner {
     const int64_t act = (d.kind == 0 ? d.depth : L) * h;  // block / layer 1x1 inputs at the current pixel
     const int64_t hp = pad16(2 * h);
     const int64_t link = d.kind == 1 ? L * W * hp : 0;
-    const int64_t n_v = d.kind == 1 ? d.kh_a * d.kw_a * h : 0;
+    int64_t n_v = 0;  // the vertical convs' taps
+    if (d.kind == 1)
+      for (int64_t l = 0; l < L; ++l) n_v = std::max(n_v, d.khv(l) * d.kwv(l) * d.cin(l));
     // PixelCNN: per spatial conv, output group and column, the partial sums over the rows above.
     int64_t part_mp = 0, n_above = 0;
     if (d.kind == 0)
@@ -167,7 +181,7 @@ struct Runner {
         for (int64_t g = 0; g < d.C; ++g) part_mp = std::max(part_mp, mats[px(conv(c).layer, g)].mp);
       }
     const int64_t part = n_above > 0 ? (1 + d.depth) * d.C * W * part_mp : 0;
-    const int64_t per_row = max_n + max_mp + h + act + 2 * h + link + part;
+    const int64_t per_row = max_n + max_mp + h + act + h + d.hh + link + part;
     Scratch s;
     s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
     T* p = s.mem.data();
@@ -180,7 +194,7 @@ struct Runner {
     carve(s.x, nb, h);
     carve(s.act, nb, act);
     carve(s.hin1, nb, h);
-    carve(s.hin2, nb, h);
+    carve(s.hin2, nb, d.hh);
     carve(s.link, nb, link);
     carve(s.part, nb, part);
     if (d.kind == 1) {
@@ -229,8 +243,8 @@ struct Runner {
     int64_t layer, above, kw, centre, cin;  // matrix layer index, kernel rows above, width, kw / 2, inputs
   };
   Conv conv(int64_t c) const {
-    if (c == 0) return {0, d.kh_a / 2, d.kw_a, d.kw_a / 2, d.C};
-    return {1 + 2 * (c - 1), d.kh_b / 2, d.kw_b, d.kw_b / 2, d.h};
+    if (c == 0) return {0, d.kh_a / 2, d.kw_a, d.kw_a / 2, d.cin(0)};
+    return {1 + per_block() * (c - 1), d.kh_b / 2, d.kw_b, d.kw_b / 2, d.h};
   }
   T* partial(const Scratch& s, int64_t b, int64_t c, int64_t g, int64_t j) const {
     return s.part[b] + ((c * d.C + g) * W + j) * s.pstride;
@@ -297,61 +311,68 @@ struct Runner {
         for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
       }
       y = conv_at(1 + k, i, j, g, r0, nb, s);
+      if (!d.residual) {  // a plain block: its conv's output is the next block's input
+        for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
+        continue;
+      }
       for (int64_t b = 0; b < nb; ++b) {
         T* u = s.act[b] + k * h;
         for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
         s.in[b] = u;
       }
-      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data(), s.team);
+      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data(), s.team);  // residual: 2 matrices per block
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
     }
   }
 
-  // The vertical stack on image row i - 1 (all columns) -> per layer link rows for row i.
+  // The vertical stack (all columns) -> per layer link rows for row i: on image row i - 1 (aligned 0), or
+  // on row i of its down-shifted input (aligned 1: layer 0's cache holds image row r as row r + 1).
   void gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
     const int64_t h = d.h, L = d.depth, hp = pad16(2 * h), cv = d.kw_a / 2;
     const auto link_at = [&](int64_t b, int64_t l, int64_t j) { return s.link[b] + (l * W + j) * hp; };
-    if (i == 0) {  // nothing above row 0: the link sees zeros, its output is its bias
+    if (i == 0 && !d.aligned) {  // nothing above row 0: the link sees zeros, its output is its bias
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t l = 0; l < L; ++l)
           for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(b, l, j));
       return;
     }
-    const int64_t ip = i - 1, total = nb * W;
+    const int64_t ip = d.aligned ? i : i - 1, total = nb * W;
     for (int64_t l = 0; l < L; ++l) {
       const Mat<T, WT>& vm = mats[gx(l, 0)];
       const Mat<T, WT>& lm = mats[gx(l, 1)];
+      const int64_t kh = d.khv(l), kw = d.kwv(l);
       for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
         const int64_t n = std::min(kChunk, total - p0);
         for (int64_t q = 0; q < n; ++q) {
           const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-          ring(2 * l, r0 + b).gather(ip - d.kh_a + 1, d.kh_a, j, d.kw_a, 0, s.pg[q]);
+          ring(2 * l, r0 + b).gather(ip - kh + 1, kh, j, kw, 0, s.pg[q]);
         }
         product(vm, n, s.pg, s, s.pv.data());
         T* out[kChunk];
+        for (int64_t q = 0; q < n; ++q) out[q] = link_at((p0 + q) / W, l, (p0 + q) % W);
+        if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
         for (int64_t q = 0; q < n; ++q) {
           const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
           if (cond != nullptr) {
             const T* c = cond + ((r0 + b) * L + l) * 2 * h;
             for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
           }
-          out[q] = link_at(b, l, j);
           if (l + 1 < L) gate(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
         }
-        product(lm, n, s.pv, s, out);
+        if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
       }
     }
   }
 
   void gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
-    const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h), ch = d.kw_b / 2;
+    const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h);
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t cin = l == 0 ? C : h, allowed = (l == 0 ? g : g + 1) * (cin / C);
+      const int64_t cin = d.cin(l), allowed = (l == 0 ? g : g + 1) * (cin / C), ch = d.kwh(l) / 2;
       for (int64_t b = 0; b < nb; ++b) {
         const Ring<T> r = ring(2 * l + 1, r0 + b);
         if (l > 0) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
-        r.gather(i, 0, j, d.kw_b, ch * cin + allowed, s.gat[b]);
+        r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
       }
       product(mats[gx(l, 2 + g)], nb, s.gat, s, s.y.data());
       for (int64_t b = 0; b < nb; ++b) {
@@ -372,14 +393,16 @@ struct Runner {
   }
 
   void head_and_draw(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, Sampler& sampler) const {
-    const int64_t C = d.C, K = d.K, hg = d.h / C;
+    const int64_t C = d.C, K = d.K, E = d.E, hg = d.h / C, hhg = d.hh / C;
     for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hg; ++m) s.hin1[b][g * hg + m] = std::max(s.x[b][g * hg + m], T(0));
+      for (int64_t m = 0; m < hg; ++m) {
+        const T x = s.x[b][g * hg + m];
+        s.hin1[b][g * hg + m] = d.head_relu ? std::max(x, T(0)) : x;
+      }
     product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
     for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hg; ++m) s.hin2[b][g * hg + m] = std::max(s.y[b][m], T(0));
+      for (int64_t m = 0; m < hhg; ++m) s.hin2[b][g * hhg + m] = std::max(s.y[b][m], T(0));
     product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
-    const T scale = static_cast<T>(2.0 / static_cast<double>(K - 1));
     const auto pos = [&](int64_t b) { return (((r0 + b) * C + g) * H + i) * W + j; };
     for (int64_t b = 0; b < nb; ++b) {
       s.in[b] = s.y[b];
@@ -392,10 +415,14 @@ struct Runner {
       image[pos(b)] = v;
       if (logits_out != nullptr)
         std::copy_n(s.y[b], K, logits_out + (((row * (row_end - row_begin) + i - row_begin) * W + j) * C + g) * K);
-      // the image input (CategoricalImageModel.prepare) of the first conv (Gated: of both stacks)
-      const T x = static_cast<T>(v) * scale - T(1);
-      ring(0, row).at(i, j + d.kw_a / 2)[g] = x;
-      if (d.kind == 1) ring(1, row).at(i, j + d.kw_b / 2)[g] = x;
+      // the image input (the model's prepare: table[v]) of the first conv (Gated: of both stacks)
+      const T* x = table + v * E;
+      if (d.kind == 0) {
+        std::copy_n(x, E, ring(0, row).at(i, j + d.kw_a / 2) + g * E);
+      } else {
+        std::copy_n(x, E, ring(0, row).at(d.aligned ? i + 1 : i, j + d.kw_0 / 2) + g * E);
+        std::copy_n(x, E, ring(1, row).at(i, j + d.kwh_0 / 2) + g * E);
+      }
     }
   }
 };
@@ -403,18 +430,26 @@ struct Runner {
 #define CHECK_ARG(cond, ...) TORCH_CHECK(cond, "pixelcnn_generate: ", __VA_ARGS__)
 
 at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights, at::TensorList biases,
-                                 at::TensorList caches, const at::Tensor& image, const at::Tensor& noise,
+                                 const at::Tensor& input_table, at::TensorList caches, const at::Tensor& image, const at::Tensor& noise,
                                  const std::optional<at::Tensor>& cond, int64_t row_begin, int64_t row_end,
                                  double temperature, int64_t top_k, double top_p, bool return_logits,
                                  const std::optional<at::Tensor>& forced) {
-  CHECK_ARG(config.size() == 9, "config must hold 9 ints, got ", config.size());
-  const Dims d{config[0], config[1], config[2], config[3], config[4], config[5], config[6], config[7], config[8]};
+  CHECK_ARG(config.size() == kConfigInts, "config must hold ", kConfigInts, " ints, got ", config.size());
+  const Dims d{config[0], config[1], config[2],  config[3],  config[4],  config[5],  config[6],  config[7], config[8],
+               config[9], config[10], config[11], config[12], config[13], config[14], config[15], config[16]};
   CHECK_ARG(d.kind == 0 || d.kind == 1, "config kind must be 0 (PixelCNN) or 1 (GatedPixelCNN), got ", d.kind);
-  CHECK_ARG(d.C >= 1 && d.K >= 2 && d.h >= 1 && d.h % d.C == 0 && d.depth >= (d.kind == 1 ? 1 : 0),
-            "bad network sizes C=", d.C, " K=", d.K, " h=", d.h, " depth=", d.depth);
+  CHECK_ARG(d.C >= 1 && d.K >= 2 && d.h >= 1 && d.h % d.C == 0 && d.depth >= (d.kind == 1 ? 1 : 0) && d.E >= 1 &&
+                d.hh >= 1 && d.hh % d.C == 0,
+            "bad network sizes C=", d.C, " K=", d.K, " h=", d.h, " depth=", d.depth, " E=", d.E, " hh=", d.hh);
+  CHECK_ARG((d.residual == 0 || d.residual == 1) && (d.aligned == 0 || d.aligned == 1) &&
+                (d.head_relu == 0 || d.head_relu == 1) && (d.kind == 0 || d.residual == 1) &&
+                (d.kind == 1 || (d.aligned == 0 && d.kh_0 == 0 && d.kw_0 == 0 && d.kwh_0 == 0)),
+            "bad flags residual=", d.residual, " aligned=", d.aligned, " head_relu=", d.head_relu, " for kind ", d.kind);
   CHECK_ARG(d.kh_a >= 1 && d.kw_a >= 1 && d.kh_b >= 1 && d.kw_b >= 1 && d.kw_a % 2 == 1 && d.kw_b % 2 == 1 &&
-                (d.kind == 1 || (d.kh_a % 2 == 1 && d.kh_b % 2 == 1)) && (d.kind == 0 || d.kh_b == 1),
-            "unsupported kernel sizes (", d.kh_a, ", ", d.kw_a, "), (", d.kh_b, ", ", d.kw_b, ")");
+                (d.kind == 1 || (d.kh_a % 2 == 1 && d.kh_b % 2 == 1)) &&
+                (d.kind == 0 || (d.kh_b == 1 && d.kh_0 >= 1 && d.kw_0 % 2 == 1 && d.kwh_0 % 2 == 1)),
+            "unsupported kernel sizes (", d.kh_a, ", ", d.kw_a, "), (", d.kh_b, ", ", d.kw_b, "), (", d.kh_0, ", ",
+            d.kw_0, "), ", d.kwh_0);
   CHECK_ARG(image.dim() == 4 && image.scalar_type() == at::kLong && image.is_contiguous() && image.device().is_cpu() &&
                 image.size(1) == d.C,
             "image must be a contiguous int64 CPU tensor (B, ", d.C, ", H, W), got ", image.sizes());
@@ -440,6 +475,9 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
                   biases[k].numel() == pad16(m),
               "bias ", k, " must be a contiguous ", at_, " CPU tensor of ", pad16(m), " elements");
   }
+  CHECK_ARG(input_table.scalar_type() == at_ && input_table.is_contiguous() && input_table.device().is_cpu() &&
+                input_table.sizes() == at::IntArrayRef({d.K, d.E}),
+            "input_table must be a contiguous ", at_, " CPU tensor (", d.K, ", ", d.E, "), got ", input_table.sizes());
   const auto cshape = cache_shapes(d, W);
   CHECK_ARG(caches.size() == cshape.size(), "expected ", cshape.size(), " caches, got ", caches.size());
   for (size_t c = 0; c < cshape.size(); ++c) {
@@ -488,6 +526,7 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
     for (const auto& c : caches) run.caches.push_back(c.data_ptr<T>());
     run.image = image.data_ptr<int64_t>();
     run.noise = noise_c.data_ptr<double>();
+    run.table = input_table.data_ptr<T>();
     run.cond = cond.has_value() ? cond_c.data_ptr<T>() : nullptr;
     run.forced = forced.has_value() ? forced_c.data_ptr<int64_t>() : nullptr;
     run.logits_out = return_logits ? logits.data_ptr<T>() : nullptr;
@@ -498,7 +537,8 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
         for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) {
           const int64_t nb = std::min(kMaxRows, b1 - r0);
           uint64_t key = 2;  // the workload, for the team's rate memory
-          for (int64_t v : {d.kind, d.C, d.K, d.h, d.depth, d.kh_a, d.kw_a, d.kh_b, d.kw_b, W, nb,
+          for (int64_t v : {d.kind, d.C, d.K, d.h, d.depth, d.kh_a, d.kw_a, d.kh_b, d.kw_b, d.E, d.residual,
+                            d.aligned, d.kh_0, d.kw_0, d.kwh_0, d.hh, d.head_relu, W, nb,
                             static_cast<int64_t>(sizeof(T) + sizeof(WT))})
             key = key * 1000003 + static_cast<uint64_t>(v);
           arkern_team::Session team(key);  // one worker inside a parallel region

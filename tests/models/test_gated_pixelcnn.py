@@ -12,7 +12,7 @@ from arkern.families import draw_noise
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.sampling import sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
-from tests.conftest import gated_pixelcnn
+from tests.conftest import gated_pixelcnn, image_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,3 +99,42 @@ def test_bad_input_errors():
         GatedPixelCNN(kernel_size=4)
     with pytest.raises(ValueError, match="hidden_channels"):
         GatedPixelCNN(image_channels=3, hidden_channels=10)
+
+
+@pytest.mark.parametrize("labels", [None, 3])
+def test_converter_options_cached_equals_forward_and_samples(labels):
+    """Input embedding, own first kernel, shifted vertical input, wide head without leading ReLU."""
+    model = image_model("coded", 1, torch.float64, labels)
+    x = torch.randint(0, model.num_classes, (3, 1, 6, 7))
+    cond = torch.arange(3) % labels if labels else None
+    with torch.no_grad():
+        expected = model.output_map(model.prepare(x), cond)
+    assert_close(teacher_forced_outputs(model, x, cond), expected, name="cached logits", dtype=torch.float64)
+    noise = draw_noise(model, 2, (5, 6), seed=1)
+    cond = cond[:2] if labels else None
+    naive = sample_image(model, 2, shape=(5, 6), method="naive", noise=noise, condition=cond)
+    assert torch.equal(naive, sample_image(model, 2, shape=(5, 6), method="cached", noise=noise, condition=cond))
+
+
+def test_shifted_vertical_input_is_causal_without_blind_spot():
+    torch.manual_seed(0)
+    model = GatedPixelCNN(1, 7, hidden_channels=8, num_layers=4, input_kernel_size=5, vertical_shift="input",
+                          dtype=torch.float64)
+    assert tuple(model.v_convs[0].kernel_size) == (2, 5) and tuple(model.v_convs[1].kernel_size) == (2, 3)
+    xf = torch.randn(1, 1, 7, 9, dtype=torch.float64, requires_grad=True)
+    i, j = 4, 3
+    (grad,) = torch.autograd.grad(model.output_map(xf)[0, :, i, j].sum(), xf)
+    g = grad[0, 0]
+    assert torch.all(g[i + 1:] == 0) and torch.all(g[i, j:] == 0), "sees the current or a later pixel"
+    assert g[i - 1, j + 2] != 0 and g[i - 2, j + 4] != 0 and g[i, j - 1] != 0
+
+
+def test_option_errors():
+    with pytest.raises(ValueError, match="vertical_shift must be 'link' or 'input'"):
+        GatedPixelCNN(vertical_shift="up")
+    with pytest.raises(ValueError, match="input_kernel_size must be odd"):
+        GatedPixelCNN(input_kernel_size=1, vertical_shift="input")
+    with pytest.raises(ValueError, match="input_embedding needs image_channels == 1"):
+        GatedPixelCNN(image_channels=3, hidden_channels=6, input_embedding=4)
+    with pytest.raises(ValueError, match="head_channels"):
+        GatedPixelCNN(image_channels=3, hidden_channels=6, head_channels=7)

@@ -24,7 +24,7 @@ from arkern.families import draw_noise
 from arkern.models.pixelcnn import PixelCNN
 from arkern.sampling import sample_image, teacher_forced_outputs
 from arkern.testing import assert_close
-from tests.conftest import pixelcnn, pixelcnnpp
+from tests.conftest import image_model, pixelcnn, pixelcnnpp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -298,3 +298,18 @@ def test_pixelcnnpp_bad_input():
         sample_image(model, 1, shape=(4, 4), method="naive", top_k=3)
     with pytest.raises(ValueError, match="levels"):
         model(torch.full((1, 3, 4, 4), 256))
+
+
+def test_plain_blocks_and_input_range():
+    """residual=False (ReLU, kxk conv blocks) on inputs in [0, 1]: cached == forward, naive == cached."""
+    model = image_model("plain", 3, torch.float64)
+    assert model.prepare(torch.tensor([0, 3, 6])).tolist() == [0.0, 0.5, 1.0]
+    x = torch.randint(0, model.num_classes, (2, 3, 5, 6))
+    with torch.no_grad():
+        expected = model.output_map(model.prepare(x))
+    assert_close(teacher_forced_outputs(model, x), expected, name="cached logits", dtype=torch.float64)
+    noise = draw_noise(model, 2, (4, 5), seed=2)
+    naive = sample_image(model, 2, shape=(4, 5), method="naive", noise=noise)
+    assert torch.equal(naive, sample_image(model, 2, shape=(4, 5), method="cached", noise=noise))
+    with pytest.raises(ValueError, match="input_range must be two finite numbers lo < hi"):
+        PixelCNN(input_range=(1.0, 0.0))

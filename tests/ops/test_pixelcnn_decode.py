@@ -44,7 +44,8 @@ def _labels(labels: int | None, n: int) -> torch.Tensor | None:
     return None if labels is None else torch.arange(n) % labels
 
 
-CASES = [("pixelcnn", 1, None), ("pixelcnn", 3, None), ("gated", 1, None), ("gated", 3, 4), ("gated", 1, 3)]
+CASES = [("pixelcnn", 1, None), ("pixelcnn", 3, None), ("gated", 1, None), ("gated", 3, 4), ("gated", 1, 3),
+         ("plain", 3, None), ("coded", 1, 3)]
 
 
 @pytest.mark.parametrize("kind,c,labels", CASES)
@@ -182,10 +183,10 @@ def test_kernel_validates_before_running_and_opcheck():
     noise = torch.rand(2, 3, 3, 4, dtype=torch.float64)
     cond = condition_bias(model, packed, torch.tensor([0, 1]))
     op = torch.ops.arkern.pixelcnn_generate.default
-    args = [list(packed.layout), packed.weights, packed.biases, caches, image, noise, cond, 0, 3, 1.0, 0, 1.0, True,
-            None]
-    bad = {1: packed.weights[:-1], 2: [b[:-1] for b in packed.biases], 3: caches[:-1], 6: cond[:, :1],
-           8: 4, 4: image[:, :2].contiguous(), 5: noise.float()}
+    args = [list(packed.layout), packed.weights, packed.biases, packed.input_table, caches, image, noise, cond, 0, 3,
+            1.0, 0, 1.0, True, None]
+    bad = {1: packed.weights[:-1], 2: [b[:-1] for b in packed.biases], 3: packed.input_table[:-1], 4: caches[:-1],
+           7: cond[:, :1], 9: 4, 5: image[:, :2].contiguous(), 6: noise.float(), 0: list(packed.layout)[:9]}
     for index, value in bad.items():
         with pytest.raises(RuntimeError, match="pixelcnn_generate"):
             op(*[value if k == index else a for k, a in enumerate(args)])
