@@ -218,8 +218,8 @@ def test_save_load_roundtrip_and_non_finite(tmp_path):
     wavenet = WaveNet(num_layers=2, residual_channels=4, skip_channels=4, num_classes=8, max_dilation=2)
     save(wavenet, tmp_path / "wn")  # WaveNet: kwargs from its config
     assert arkern.load(tmp_path / "wn.json").config == wavenet.config
-    with pytest.raises(ValueError, match="pass kwargs"):
-        save(model, tmp_path / "nokwargs")
+    json_default, _ = save(model, tmp_path / "nokwargs")  # image models: kwargs from what the constructor kept
+    assert json.loads(json_default.read_text())["kwargs"] == {**model.kwargs, **kwargs}
     with pytest.raises(ValueError, match="does not match"):
         save(model, tmp_path / "wrong", kwargs={**kwargs, "num_layers": 3})
     from safetensors.torch import save_file
