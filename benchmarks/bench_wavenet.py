@@ -17,7 +17,7 @@ def test_wavenet(benchmark, case, provider, threads):
     run_benchmark(benchmark, case, provider, threads)
 
 
-@pytest.mark.parametrize("case,provider,threads", bench_params([vocoder_case()]))
+@pytest.mark.parametrize("case,provider,threads", bench_params([vocoder_case(steps=64)]))
 def test_wavenet_vocoder(benchmark, case, provider, threads):
     # fused vs wavenet_vocoder's own incremental_forward (the LJSpeech-size cases: python -m arkern.bench.wavenet)
     run_benchmark(benchmark, case, provider, threads)
