@@ -17,9 +17,12 @@ def test_wavenet(benchmark, case, provider, threads):
     run_benchmark(benchmark, case, provider, threads)
 
 
-@pytest.mark.parametrize("case,provider,threads", bench_params([vocoder_case(steps=64)]))
+@pytest.mark.parametrize("case,provider,threads", bench_params([vocoder_case()]))
 def test_wavenet_vocoder(benchmark, case, provider, threads):
     # fused vs wavenet_vocoder's own incremental_forward (the LJSpeech-size cases: python -m arkern.bench.wavenet)
+    if provider == "wavenet_vocoder" and threads > 1:
+        pytest.skip("upstream's per-op Python loop on 2 threads times torch's thread pool waiting, not sampling "
+                    "(README, WaveNet vocoders); its 1-thread figure is the baseline")
     run_benchmark(benchmark, case, provider, threads)
 
 

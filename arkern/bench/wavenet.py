@@ -130,9 +130,13 @@ def vocoder_case(steps: int = 256) -> Case:
     """The vocoder-sized MoL model (24 layers, 4 stacks, 64/128/64, cin 80, upsampling 4·4·4·4), batch 1:
     arkern's fused sampler vs wavenet_vocoder's own incremental_forward (after make_generation_fast_())."""
 
+    if steps % 256:
+        raise ValueError(f"vocoder_case: steps must be a multiple of the hop 256 (upstream's incremental_forward "
+                         f"samples exactly frames x hop), got {steps}")
+
     def setup():
         upstream, model = _vocoder(VOCODER)
-        frames = -(-steps // 256)
+        frames = steps // 256
         c = torch.rand(1, 80, frames)
 
         def fused():
