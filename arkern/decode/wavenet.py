@@ -13,7 +13,7 @@ All three draw with :func:`arkern.wavenet_heads.sample` semantics from the same 
 logistic quantile), so they return the same samples.
 
 Local conditioning is upsampled and projected window by window while sampling (:meth:`WaveNet.local_window`,
-windows of at most ~4 MB of projected features), never for the whole utterance at once.
+windows of about 4 MB of projected features, at least 8 samples), never for the whole utterance at once.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from arkern.ops.causal_conv1d import causal_conv1d_update
 from arkern.ops.wavenet_decode import wavenet_generate
 from arkern.ops.wavenet_family_decode import wavenet_family_generate
 
-COND_WINDOW_FLOATS = 2**20  # projected local conditioning held at once while sampling (floats, all rows)
+COND_WINDOW_FLOATS = 2**20  # projected local conditioning held at once while sampling (floats, all rows;
+# windows have at least 8 samples)
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _window_size(model: WaveNet, batch: int, chunk: int) -> int:
     n = max(1, COND_WINDOW_FLOATS // max(1, batch * cfg.num_layers * cfg.gates))
     if cfg.upsample == "nearest":
         n *= cfg.cond_hop
-    return max(64, min(chunk, n))
+    return max(8, min(chunk, n))
 
 
 def _roll_rings(rings: list[torch.Tensor], shift: int) -> None:

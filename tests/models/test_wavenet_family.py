@@ -73,7 +73,7 @@ def _data(model: WaveNet, batch: int, T: int) -> torch.Tensor:
 @pytest.mark.parametrize("ops", ["arkern", "eager"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_cached_outputs_match_forward(name, ops, monkeypatch):
-    monkeypatch.setattr(dw, "COND_WINDOW_FLOATS", 1)  # windows of 64 samples: several per run
+    monkeypatch.setattr(dw, "COND_WINDOW_FLOATS", 1)  # windows of 8 samples: several per run
     model, batch = _model(name), CONFIGS[name][1]
     T = 24 if name != "gauss_stretch" else 20
     cond = _condition(model, name, batch)
