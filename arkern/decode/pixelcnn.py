@@ -110,7 +110,8 @@ class GatedPixelCNNDecoder:
 
     def commit(self, pixel: torch.Tensor, i: int, j: int) -> None:
         """pixel (N, C): the final (fully sampled) input at (i, j), written into the first conv's cache."""
-        self.h_convs[0].write(self.model.embed(pixel), i, j)
+        if not self.h_convs[0].stateless:  # a (1, 1) first layer keeps no cache
+            self.h_convs[0].write(self.model.embed(pixel), i, j)
 
 
 @torch.no_grad()

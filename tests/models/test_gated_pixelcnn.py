@@ -138,3 +138,14 @@ def test_option_errors():
         GatedPixelCNN(image_channels=3, hidden_channels=6, input_embedding=4)
     with pytest.raises(ValueError, match="head_channels"):
         GatedPixelCNN(image_channels=3, hidden_channels=6, head_channels=7)
+
+
+def test_first_layer_kernel_one_samples_with_every_method():
+    """A (1, 1) first layer (mask A: nothing of its own pixel) keeps no cache; the samplers still agree."""
+    torch.manual_seed(1)
+    model = GatedPixelCNN(1, 5, hidden_channels=4, num_layers=2, input_kernel_size=1, num_labels=2,
+                          dtype=torch.float64).eval()
+    noise, cond = draw_noise(model, 2, (4, 5), seed=0), torch.tensor([0, 1])
+    images = [sample_image(model, 2, shape=(4, 5), method=m, noise=noise, condition=cond)
+              for m in ("naive", "cached", "fused")]
+    assert torch.equal(images[0], images[1]) and torch.equal(images[0], images[2])
