@@ -11,9 +11,12 @@
 // - the output 1x1 conv and the draw (float64, the decisions of
 //   arkern.distributions.sample_discretized_logistic_mixture), whose pixel is fed back at once.
 //
-// Every stride-1 shifted conv keeps a cache of its input map at its scale, zero-padded (top kh-1; 'down'
-// (kw-1)/2 left and right, 'downright' kw-1 left), channel fastest, so one kernel row of taps is one
-// contiguous run; a stride-2 conv caches its full-resolution input the same way. Matrices are packed as
+// Every shifted conv keeps the last kh rows of its zero-padded input map (top kh-1; 'down' (kw-1)/2 left
+// and right, 'downright' kw-1 left) as a ring of rows, channel fastest, so one kernel row of taps is one
+// contiguous run (Conv in pixelcnnpp_decode.h); a stride-2 conv keeps its full-resolution input's rows
+// the same way. The final down-pass `u` and `ul` of scales 1 and 2, which the up-samplings read, are kept
+// for one row of their scale: row r of scale s - 1 up-samples from row r / 2 of scale s, the newest one.
+// So the memory of a batch row does not grow with the image height. Matrices are packed as
 // in pixelcnn_decode.h (columns ordered kernel row, kernel column, input channel), float32.
 //
 // config = [C, M, bins, f, R]: image channels, mixture components, levels per channel, filters, gated
@@ -75,7 +78,7 @@ struct Cursor {
     mat.n = n;
     return mat;
   }
-  ConvSpec conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, bool down, int64_t stride, int64_t h, int64_t w) {
+  ConvSpec conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, bool down, int64_t stride, int64_t w) {
     ConvSpec c;
     c.mat = next(cout, kh * kw * cin);
     c.kh = kh;
@@ -85,17 +88,16 @@ struct Cursor {
     c.right = down ? (kw - 1) / 2 : 0;
     c.cin = cin;
     c.stride = stride;
-    c.H = h;
     c.W = w;
     return c;
   }
-  BlockSpec block(int64_t f, bool down, int64_t aux_parts, int64_t h, int64_t w) {
+  BlockSpec block(int64_t f, bool down, int64_t aux_parts, int64_t w) {
     BlockSpec s;
     const int64_t kw = down ? 3 : 2;
-    s.conv_in = conv(2 * f, f, 2, kw, down, 1, h, w);
+    s.conv_in = conv(2 * f, f, 2, kw, down, 1, w);
     s.aux_parts = aux_parts;
     if (aux_parts > 0) s.nin = next(f, 2 * aux_parts * f);
-    s.conv_out = conv(2 * f, 2 * f, 2, kw, down, 1, h, w);
+    s.conv_out = conv(2 * f, 2 * f, 2, kw, down, 1, w);
     return s;
   }
 };
@@ -113,19 +115,19 @@ Layers build_layers(at::IntArrayRef config, int64_t H, int64_t W, const std::vec
   L.P = L.C == 3 ? 10 * L.M : L.M * (1 + 3 * L.C);
   Cursor cur{w, b, 0, &L.max_n};
   const int64_t f = L.f, ci = L.C + 1;
-  L.u_init = cur.conv(ci, f, 2, 3, true, 1, H, W);
-  L.ul_init_down = cur.conv(ci, f, 1, 3, true, 1, H, W);
-  L.ul_init_right = cur.conv(ci, f, 2, 1, false, 1, H, W);
+  L.u_init = cur.conv(ci, f, 2, 3, true, 1, W);
+  L.ul_init_down = cur.conv(ci, f, 1, 3, true, 1, W);
+  L.ul_init_right = cur.conv(ci, f, 2, 1, false, 1, W);
   for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.R; ++k) L.up_u[s].push_back(cur.block(f, true, 0, H >> s, W >> s));
+    for (int64_t k = 0; k < L.R; ++k) L.up_u[s].push_back(cur.block(f, true, 0, W >> s));
   for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.R; ++k) L.up_ul[s].push_back(cur.block(f, false, 1, H >> s, W >> s));
-  for (int64_t s = 0; s < 2; ++s) L.down_u[s] = cur.conv(f, f, 2, 3, true, 2, H >> s, W >> s);
-  for (int64_t s = 0; s < 2; ++s) L.down_ul[s] = cur.conv(f, f, 2, 2, false, 2, H >> s, W >> s);
+    for (int64_t k = 0; k < L.R; ++k) L.up_ul[s].push_back(cur.block(f, false, 1, W >> s));
+  for (int64_t s = 0; s < 2; ++s) L.down_u[s] = cur.conv(f, f, 2, 3, true, 2, W >> s);
+  for (int64_t s = 0; s < 2; ++s) L.down_ul[s] = cur.conv(f, f, 2, 2, false, 2, W >> s);
   for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_u[s].push_back(cur.block(f, true, 1, H >> s, W >> s));
+    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_u[s].push_back(cur.block(f, true, 1, W >> s));
   for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_ul[s].push_back(cur.block(f, false, 2, H >> s, W >> s));
+    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_ul[s].push_back(cur.block(f, false, 2, W >> s));
   // up-sampling layers: one matrix per kernel tap (zero bias), then the layer's bias alone (n = 0)
   for (int64_t s = 0; s < 2; ++s) {
     for (int64_t t = 0; t < 6; ++t) L.up_u_taps[s][t] = cur.next(f, f);
@@ -216,8 +218,11 @@ struct Group {
   std::array<Conv, 2> down_u, down_ul;
   Scratch sc;
   // per scale s: the u stream's current row, (k, nb, W_s) f-vectors: up pass values k = 0..R, down pass
-  // values k = 0..n_dn - 1; for s = 1, 2 the final down-pass u and ul maps (nb, H_s, W_s)
-  std::array<std::vector<float>, 3> u_up, u_dn, u_dn_map, ul_dn_map;
+  // values k = 0..n_dn - 1; for s = 1, 2 the newest row of the final down-pass u and ul, (nb, W_s): row
+  // r / 2 of scale s when scale s - 1 is at row r (the u stream computes scale s first when r is even; the
+  // ul stream writes pixel (r / 2, c / 2) before it is read at (r, c), and rewrites that row only when
+  // scale s - 1 reaches row r + 2)
+  std::array<std::vector<float>, 3> u_up, u_dn, u_dn_row, ul_dn_row;
   std::vector<float> u_row, ul_down_row, up_row, ul_vals, right, upb, fin, hbuf, acc, prev, outp;
   std::vector<Pos> pos;
   std::vector<const float*> xp, a1, a2, src;
@@ -237,12 +242,12 @@ struct Group {
       make(L.up_ul[s], up_ul[s]);
       make(L.dn_u[s], dn_u[s]);
       make(L.dn_ul[s], dn_ul[s]);
-      const int64_t ws = W >> s, hs = L.H >> s;
+      const int64_t ws = W >> s;
       u_up[s].assign((L.R + 1) * nb * ws * fs, 0.0f);
       u_dn[s].assign(std::max<int64_t>(1, L.n_dn(s)) * nb * ws * fs, 0.0f);
       if (s > 0) {
-        u_dn_map[s].assign(nb * hs * ws * fs, 0.0f);
-        ul_dn_map[s].assign(nb * hs * ws * fs, 0.0f);
+        u_dn_row[s].assign(nb * ws * fs, 0.0f);
+        ul_dn_row[s].assign(nb * ws * fs, 0.0f);
       }
     }
     for (int64_t s = 0; s < 2; ++s) {
@@ -266,8 +271,8 @@ struct Group {
     const int64_t ws = L.W >> s;
     return buf.data() + ((k * nb + b) * ws + c) * fs;
   }
-  float* map_at(std::vector<float>& m, int64_t s, int64_t b, int64_t r, int64_t c) {
-    return m.data() + ((b * (L.H >> s) + r) * (L.W >> s) + c) * fs;
+  float* dn_at(std::vector<float>& row, int64_t s, int64_t b, int64_t c) {
+    return row.data() + (b * (L.W >> s) + c) * fs;
   }
   float* ul_val(int64_t s, int64_t k, int64_t b) { return ul_vals.data() + ((s * (L.R + 1) + k) * nb + b) * fs; }
   float* vec(std::vector<float>& buf, int64_t b) { return buf.data() + b * fs; }
@@ -342,7 +347,7 @@ struct Group {
         for (int64_t p = 0; p < np; ++p) xp[p] = yp[p];
       }
       if (s > 0)
-        for (int64_t p = 0; p < np; ++p) std::copy_n(xp[p], f, map_at(u_dn_map[s], s, pos[p].b, r, pos[p].j));
+        for (int64_t p = 0; p < np; ++p) std::copy_n(xp[p], f, dn_at(u_dn_row[s], s, pos[p].b, pos[p].j));
     }
   }
 
@@ -357,7 +362,7 @@ struct Group {
         for (int64_t kw = 0; kw < 3; ++kw) {
           const int64_t t = c + 1 - kw;
           if (t < 0 || t % 2 != 0 || t / 2 >= ws / 2) continue;
-          const float* xs[1] = {map_at(u_dn_map[s + 1], s + 1, b, r / 2, t / 2)};
+          const float* xs[1] = {dn_at(u_dn_row[s + 1], s + 1, b, t / 2)};
           float* ys[1] = {acc.data()};
           matvec(L.up_u_taps[s][kh * 3 + kw], 1, xs, ys, sc.team);  // zero bias: W x
           for (int64_t k = 0; k < f; ++k) o[k] += acc[k];
@@ -369,7 +374,7 @@ struct Group {
   // transposed conv (one tap, (r % 2, c % 2)), into upb.
   void up_sample_ul(int64_t s, int64_t r, int64_t c) {
     for (int64_t b = 0; b < nb; ++b) {
-      xp[b] = map_at(ul_dn_map[s + 1], s + 1, b, r / 2, c / 2);
+      xp[b] = dn_at(ul_dn_row[s + 1], s + 1, b, c / 2);
       yp[b] = vec(upb, b);
     }
     matvec(L.up_ul_taps[s][(r % 2) * 2 + (c % 2)], nb, xp.data(), yp.data(), sc.team);
@@ -441,14 +446,14 @@ struct Group {
         ul_level_from_below(2, q, p);
         for (int64_t b = 0; b < nb; ++b) {
           src[b] = ul_val(2, R, b);
-          dst[b] = map_at(ul_dn_map[2], 2, b, q, p);
+          dst[b] = dn_at(ul_dn_row[2], 2, b, p);
         }
         ul_down(2, q, p);
       }
       up_sample_ul(1, r, c);
       for (int64_t b = 0; b < nb; ++b) {
         src[b] = vec(upb, b);
-        dst[b] = map_at(ul_dn_map[1], 1, b, r, c);
+        dst[b] = dn_at(ul_dn_row[1], 1, b, c);
       }
       ul_down(1, r, c);
     }

@@ -88,21 +88,31 @@ struct Scratch {
 // A shifted conv's weights and geometry (shared by all groups).
 struct ConvSpec {
   Mat<float, float> mat;
-  int64_t kh, kw, top, left, right, cin, stride, H, W;  // H, W: the input map's size
+  int64_t kh, kw, top, left, right, cin, stride, W;  // W: the input map's width
 };
 
-// One group's cache of a conv's input.
+// One group's cache of a conv's input: the last kh rows of the zero-padded input map (top kh - 1 rows,
+// `left` / `right` columns of zeros), a ring in which padded row pi lives in slot pi % kh, channel fastest.
+// An output row i reads the kh consecutive padded rows i * stride .. i * stride + kh - 1 (distinct slots).
+// The decode schedule keeps the ring valid: an input row (or, in the per-pixel `ul` stream, an input pixel)
+// is written only once every output that reads the row it replaces has been computed, i.e. after output
+// row (or pixel) i of a stride-s conv, the next write is padded row i * s + kh at the earliest; and every
+// output reads only columns that the current row has already written. The padding columns are never
+// written; the top padding rows are zero until the first outputs, which read them, are done.
 struct Conv {
   const ConvSpec* s;
   std::vector<float> cache;
-  int64_t rows, cols;
+  int64_t slots, cols;
   void reset(const ConvSpec& spec, int64_t nb) {
     s = &spec;
-    rows = spec.H + spec.top;
+    slots = spec.kh;
     cols = spec.W + spec.left + spec.right;
-    cache.assign(nb * rows * cols * spec.cin, 0.0f);
+    cache.assign(nb * slots * cols * spec.cin, 0.0f);
   }
-  float* at(int64_t b, int64_t pi, int64_t pj) { return cache.data() + ((b * rows + pi) * cols + pj) * s->cin; }
+  // Padded row pi, padded column pj of batch row b.
+  float* at(int64_t b, int64_t pi, int64_t pj) {
+    return cache.data() + ((b * slots + pi % slots) * cols + pj) * s->cin;
+  }
   void write(int64_t b, int64_t i, int64_t j, const float* x) { std::copy_n(x, s->cin, at(b, s->top + i, s->left + j)); }
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
