@@ -5,12 +5,17 @@ The cases live in arkern.bench.pixelcnn; naive runs only where one whole image t
 (`python -m arkern.bench.pixelcnn` prints the full table with naive extrapolated from a few forwards).
 Every case runs at 1 and 2 threads; `test_pixelcnn_contention` times the fused samplers at 1 and 2 threads
 next to a competing busy process (arkern.bench.contention), where 2 threads must not be slower than 1.
+
+The CIFAR PixelCNN++ (53.6M parameters) is timed once per call: "fused" whole images against one step of the
+upstream-style naive loop (32·32 steps make an image; extra_info["images"] per call gives images/s for both).
+The CI smoke run (--benchmark-disable) runs a small stand-in instead; `python -m arkern.bench.pixelcnn --cifar`
+prints the real-size table with peak RSS.
 """
 
 import pytest
 
 from arkern.bench.contention import CASES, busy_process
-from arkern.bench.pixelcnn import cases
+from arkern.bench.pixelcnn import cases, cifar_case
 from benchmarks.conftest import THREADS, bench_params, run_benchmark, run_contention
 
 
@@ -24,3 +29,12 @@ def test_pixelcnn(benchmark, case, provider, threads):
 def test_pixelcnn_contention(benchmark, name, threads):
     with busy_process():
         run_contention(benchmark, name, threads)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("batch", (1, 16, 64))
+@pytest.mark.parametrize("provider", ("fused", "naive-step"))
+def test_pixelcnnpp_cifar(benchmark, smoke_run, provider, batch, threads):
+    case = cifar_case(batch, small=smoke_run)
+    benchmark.extra_info["images"] = case.params["images"][provider]
+    run_benchmark(benchmark, case, provider, threads, rounds=1 if batch > 1 or provider == "naive-step" else 3)

@@ -23,8 +23,16 @@ def bench_params(cases) -> list:
     return params
 
 
-def run_benchmark(benchmark, case, provider: str, threads: int) -> None:
-    """Time one provider of a case with `threads` intra-op threads; grouped by case and thread count."""
+@pytest.fixture(scope="session")
+def smoke_run(pytestconfig) -> bool:
+    """True in the CI smoke run (--benchmark-disable: every body once, untimed), where suites run small
+    stand-ins for their real-size configurations."""
+    return bool(pytestconfig.getoption("benchmark_disable", default=False))
+
+
+def run_benchmark(benchmark, case, provider: str, threads: int, rounds: int | None = None) -> None:
+    """Time one provider of a case with `threads` intra-op threads; grouped by case and thread count.
+    rounds: a fixed number of single calls (for calls of many seconds) instead of pytest-benchmark's calibration."""
     fns = case.setup()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -32,7 +40,10 @@ def run_benchmark(benchmark, case, provider: str, threads: int) -> None:
         benchmark.group = f"{case.family}: {case.name} ({threads} thread{'s' if threads > 1 else ''})"
         benchmark.extra_info.update(provider=provider, baseline=case.baseline, threads=threads,
                                     dtype=str(case.params.get("dtype", "float32")))
-        benchmark(fns[provider])
+        if rounds is None:
+            benchmark(fns[provider])
+        else:
+            benchmark.pedantic(fns[provider], rounds=rounds, iterations=1)
     finally:
         torch.set_num_threads(old)
 

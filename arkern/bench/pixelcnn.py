@@ -20,7 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import resource
+import subprocess
+import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +38,7 @@ from arkern.families import draw_noise, family_of
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.models.pixelcnnpp import PixelCNNpp
+from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp
 from arkern.nn import Residual, masked_conv_mask
 from arkern.sampling import sample_image
 
@@ -336,6 +342,133 @@ def sampling_table(models: dict | None = None, sizes=(16, 28, 32), batches=(1, 1
     return rows
 
 
+# ------------------------------------------------------------------ PixelCNN++ at the CIFAR-10 size
+
+
+def pixelcnnpp_cifar() -> PixelCNNpp:
+    """The CIFAR-10 PixelCNN++ (pixel-cnn-pp's nr_resnet=5, nr_filters=160, nr_logistic_mix=10): RGB, 160
+    filters, 5 gated resnets per scale in the up pass, 10 mixtures; 53.6M parameters."""
+    return PixelCNNpp(image_channels=3, filters=160, num_resnets=5, num_mixtures=10)
+
+
+def pixelcnnpp_cifar_small() -> PixelCNNpp:
+    """The stand-in for :func:`pixelcnnpp_cifar` in the CI smoke run: RGB, 16 filters, 1 resnet, 2 mixtures."""
+    return PixelCNNpp(image_channels=3, filters=16, num_resnets=1, num_mixtures=2)
+
+
+@torch.no_grad()
+def upstream_naive_step(model: PixelCNNpp, xf: torch.Tensor, u: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """One step of the upstream sampling loop (pclucas14/pixel-cnn-pp's main.py): a full teacher-forced forward
+    of the whole network, the mixture drawn at every pixel of the output map, pixel (i, j) kept.
+    Shapes: xf (N, C, H, W) values in [-1, 1], u (N·H·W, 1 + C) uniforms -> (N, C) levels at (i, j)."""
+    out = model.output_map(xf)
+    n, p, h, w = out.shape
+    _, levels = model.draw(out.permute(0, 2, 3, 1).reshape(-1, p), u, 0)
+    return levels.reshape(n, h, w, -1)[:, i, j]
+
+
+def upstream_naive_seconds(model: PixelCNNpp, batch: int, size: int, forwards: int = 2) -> float:
+    """Seconds the upstream-style naive loop needs for `batch` whole size×size images: the fastest of `forwards`
+    timed steps (:func:`upstream_naive_step`, the same work at every pixel) times size·size steps."""
+    xf = model.prepare(torch.zeros(batch, model.image_channels, size, size, dtype=torch.int64))
+    u = torch.rand(batch * size * size, 1 + model.image_channels, dtype=torch.float64)
+    best = float("inf")
+    for k in range(forwards):
+        t0 = time.perf_counter()
+        upstream_naive_step(model, xf, u, size // 2, k % size)
+        best = min(best, time.perf_counter() - t0)
+    return best * size * size
+
+
+def cifar_run(batch: int, threads: int, rounds: int = 1, forwards: int = 2, size: int = 32,
+              small: bool = False) -> dict:
+    """The fused sampler and the upstream-style naive loop on the CIFAR PixelCNN++ (random weights: the speed
+    does not depend on them), measured in *this* process, which should be a fresh one (:func:`cifar_table`
+    starts one per row) so that its peak RSS is that of the fused sampler alone.
+
+    Returns seconds for `batch` whole size×size images: "fused" (fastest of `rounds` calls) and "naive"
+    (fastest of `rounds` :func:`upstream_naive_seconds`), interleaved; "rss_model_mb": peak RSS (ru_maxrss) once
+    the model is built and packed, "rss_peak_mb": after the first fused call (before the naive loop, whose
+    activation maps are larger).
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = (pixelcnnpp_cifar_small() if small else pixelcnnpp_cifar()).eval()
+    noise = draw_noise(model, batch, (size, size), seed=0)
+    pack_pixelcnnpp(model)
+    maxrss_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    out = {"params": sum(p.numel() for p in model.parameters()), "rss_model_mb": maxrss_mb()}
+    fused = naive = float("inf")
+    for k in range(rounds):  # interleaved, so that both see the same load on a shared machine
+        t0 = time.perf_counter()
+        sample_image(model, batch, shape=(size, size), method="fused", noise=noise)
+        fused = min(fused, time.perf_counter() - t0)
+        if k == 0:
+            out["rss_peak_mb"] = maxrss_mb()
+        naive = min(naive, upstream_naive_seconds(model, batch, size, forwards))
+    out.update(fused=fused, naive=naive)
+    return out
+
+
+def cifar_case(batch: int, *, small: bool = False, size: int = 32) -> Case:
+    """The CIFAR PixelCNN++ for pytest-benchmark (benchmarks/bench_pixelcnn.py; small: the CI smoke run's
+    stand-in, 8x8). Providers: "fused" samples `batch` whole images; "naive-step" is one step of the
+    upstream-style naive loop (:func:`upstream_naive_step`), size·size of which make the same images.
+    params["images"][provider]: images per call, so images/s = images / seconds for both."""
+    size = 8 if small else size
+
+    def setup():
+        torch.manual_seed(0)
+        model = (pixelcnnpp_cifar_small() if small else pixelcnnpp_cifar()).eval()
+        noise = draw_noise(model, batch, (size, size), seed=0)
+        xf = model.prepare(torch.zeros(batch, model.image_channels, size, size, dtype=torch.int64))
+        u = torch.rand(batch * size * size, 1 + model.image_channels, dtype=torch.float64)
+        return {"fused": lambda: sample_image(model, batch, shape=(size, size), method="fused", noise=noise),
+                "naive-step": lambda: upstream_naive_step(model, xf, u, size // 2, size // 2)}
+
+    name = f"PixelCNNpp {'f=16 R=1 M=2 (smoke)' if small else 'CIFAR f=160 R=5 M=10'} N={batch} {size}x{size} fp32"
+    return Case("pixelcnn", name, setup, baseline="naive-step", items=batch,
+                params={"dtype": "float32", "batch": batch, "size": size,
+                        "images": {"fused": batch, "naive-step": batch / (size * size)}})
+
+
+def cifar_table(batches=(1, 16, 64), threads=(1, 2), rounds: int = 2, forwards: int = 2, samples: int = 10_000,
+                printer=print) -> list[dict]:
+    """images/s of the fused sampler and the upstream-style naive loop (extrapolated), their ratio and the
+    fused sampler's peak RSS for the CIFAR PixelCNN++, one fresh process per (batch, threads); then the time
+    `samples` images take at the fastest measured setting (an extrapolation, stated as one).
+    Batch 1 takes the best of `rounds` fused calls and naive estimates, larger batches one of each (naive from
+    one forward)."""
+    info = machine_info()
+    printer(f"machine: {info['cpu']} ({info['cores']} cores, {info['capability']}), torch {info['torch']}; "
+            f"PixelCNN++ CIFAR config (f=160, R=5, M=10, 32x32 RGB), float32 weights, random values")
+    printer(f"naive*: upstream-style loop, a full forward per pixel; the fastest of {forwards} forwards (batch 1; 1 "
+            "forward at larger batches) x 1024")
+    head = (f"{'N':>3} {'thr':>3} {'fused img/s':>11} {'naive* img/s':>12} {'fused/naive':>11} {'peak RSS':>9} "
+            f"{'model RSS':>9}")
+    printer(head)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this arkern's parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    rows = []
+    for batch in batches:
+        for n in threads:
+            spec = json.dumps({"batch": batch, "threads": n, "rounds": rounds if batch == 1 else 1,
+                               "forwards": forwards if batch == 1 else 1})
+            res = subprocess.run([sys.executable, "-m", "arkern.bench.pixelcnn", "--cifar-run", spec], env=env,
+                                 check=True, capture_output=True, text=True)
+            got = json.loads(res.stdout.strip().splitlines()[-1])
+            got.update(batch=batch, threads=n)
+            rows.append(got)
+            printer(f"{batch:>3} {n:>3} {batch / got['fused']:>11.3f} {batch / got['naive']:>12.5f} "
+                    f"{got['naive'] / got['fused']:>10.0f}x {got['rss_peak_mb']:>6.0f} MB "
+                    f"{got['rss_model_mb']:>6.0f} MB")
+    best = max(rows, key=lambda r: r["batch"] / r["fused"])
+    ips = best["batch"] / best["fused"]
+    printer(f"{samples} samples: {samples / ips / 60:.1f} min at the fastest measured setting (batch {best['batch']}, "
+            f"{best['threads']} thread{'s' if best['threads'] > 1 else ''}, {ips:.3f} img/s), extrapolated")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="PixelCNN sampling: images/s and ratios measured in one run")
     parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
@@ -343,7 +476,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 16, 64])
     parser.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cifar", action="store_true",
+                        help="the CIFAR PixelCNN++ table instead (fused vs upstream-style naive, peak RSS)")
+    parser.add_argument("--cifar-run", metavar="JSON", help=argparse.SUPPRESS)  # one row, in a fresh process
     args = parser.parse_args(argv)
+    if args.cifar_run:
+        print(json.dumps(cifar_run(**json.loads(args.cifar_run))))
+        return
+    if args.cifar:
+        cifar_table(args.batches, args.threads, min(args.rounds, 2))
+        return
     sampling_table({m: MODELS[m] for m in args.models}, args.sizes, args.batches, args.threads, args.rounds)
 
 
