@@ -79,12 +79,15 @@ class Crew {
   }
 
   // Runs job(ctx, w, c) for c in [0, n) on `workers` workers (the caller is worker 0); returns when all ran.
-  // Worker w owns chunks [bounds[w], bounds[w + 1]) (default: w * n / workers ...).
-  void phase(int workers, int64_t n, Job job, const void* ctx, const int64_t* bounds = nullptr) {
+  // Worker w owns chunks [bounds[w], bounds[w + 1]) (default: w * n / workers ...); a peer's chunks are taken
+  // after `patience` ns without progress.
+  void phase(int workers, int64_t n, Job job, const void* ctx, const int64_t* bounds = nullptr,
+             int64_t patience = kPatience) {
     TORCH_CHECK(n <= kMaxChunks && workers <= kMaxWorkers, "Crew::phase: too many chunks or workers");
     job_ = job;
     ctx_ = ctx;
     workers_ = workers;
+    patience_ = patience;
     n_ = n;
     done_.store(0, std::memory_order_relaxed);
     const uint64_t e = ++epoch_count_;
@@ -171,7 +174,7 @@ class Crew {
         if (cur != last) {  // the owner is making progress
           last = cur;
           since = detail::now_ns();
-        } else if ((spins & 15) == 0 && detail::now_ns() - since > kPatience) {
+        } else if ((spins & 15) == 0 && detail::now_ns() - since > patience_) {
           const int64_t c = claim(v, e, cur);
           if (c >= 0) run_chunk(w, c);
           last = next_[v].v.load(std::memory_order_acquire);
@@ -215,7 +218,7 @@ class Crew {
   Job job_ = nullptr;
   const void* ctx_ = nullptr;
   std::atomic<int> workers_{1};
-  int64_t n_ = 0;
+  int64_t n_ = 0, patience_ = kPatience;
   uint64_t epoch_count_ = 0;
   int threads_ = 0;
   std::exception_ptr error_;
@@ -253,13 +256,13 @@ class Session {
   // f(worker, chunk) for every chunk in [0, n); worker w owns chunks [bounds[w], bounds[w + 1]) when given
   // (workers() + 1 entries), else an equal share.
   template <typename F>
-  void phase(int64_t n, const F& f, const int64_t* bounds = nullptr) {
+  void phase(int64_t n, const F& f, const int64_t* bounds = nullptr, int64_t patience = Crew::kPatience) {
     if (workers_ <= 1 || !team_on_ || n <= 1) {
       for (int64_t c = 0; c < n; ++c) f(0, c);
       return;
     }
     Crew::get().phase(workers_, n, [](const void* ctx, int w, int64_t c) { (*static_cast<const F*>(ctx))(w, c); },
-                      &f, bounds);
+                      &f, bounds, patience);
   }
 
   // Whether phases currently run on the team (for callers that split work differently when alone).

@@ -20,11 +20,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -327,6 +330,251 @@ struct Rows {
   }
 };
 
+// Batch 1 and 2 on a team of two: the steps as a pipeline instead of phases. A step's products at one
+// row are ~1 us each, too short to split over cores, so the work is split by kind. The caller (A) runs the
+// chain each next layer waits for: the dilated conv's current-input tap, the gate and the residual outputs,
+// then the head and the draw. Tasks off the chain go to the helper (B): each layer's skip outputs (needed
+// at the head) and each layer's past tap W_past x[t - d] + b for the next step (its input is already in the
+// ring). Tasks are claimed per layer with one CAS on a step counter, so each runs once; A takes over every
+// task B has not claimed when it needs it (B descheduled, asleep or alone), computing past taps d steps at
+// once as Rows does. One Crew phase per step: chunk 0 is A's step, chunk 1 B's help until A's step is done.
+// Every output keeps its accumulation order (the past tap starts the chain the current tap continues; skip
+// contributions are summed per layer in order by A), so samples equal Rows' and 1 thread's bit for bit.
+template <typename WT>
+struct Pipe {
+  using Atom = std::atomic<int64_t>;
+  const Net& net;
+  const WT *w_dil, *w_rs, *w_out, *w_end;
+  const std::vector<float*>& rings;
+  int64_t* prev;
+  int64_t row0;
+  int nb;
+  int64_t t0, steps;
+  const double* noise;
+  const float *cond, *gbias;
+  int64_t cond_frames, hop;
+  const int64_t* forced;
+  int64_t* samples;
+  float* logits_out;
+
+  int64_t two_rp = 0, rs_p = 0, res_tiles = 0, rs_tiles = 0, dil_tiles = 0, w_dil_stride = 0, w_rs_stride = 0;
+  std::vector<std::vector<float>> past;           // per layer (nb, d, 2Rp): b + W_past x[t - d] (+ W_now x[t])
+  std::vector<float> mem;
+  float *g_mem = nullptr, *part_mem = nullptr;    // per layer: gate outputs (nb, Rp), skip outputs (nb, Sp)
+  float *x[kMaxRows], *tmp[kMaxRows], *rs_a[kMaxRows], *rs_b[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
+      *o[kMaxRows], *lg[kMaxRows];
+  std::vector<const float*> px_a, px_b;
+  std::vector<float*> py_a, py_b;
+  // per layer: last step whose gate output is published / past tap claimed, done / skip task claimed, done
+  std::unique_ptr<Atom[]> g_pub, past_claim, past_done, skip_claim, skip_done;
+  alignas(64) Atom a_done{-1};  // last step A finished
+  int64_t s = 0, t = 0;
+
+  float* gl(int64_t l, int b) const { return g_mem + (l * nb + b) * net.Rp; }
+  float* part(int64_t l, int b) const { return part_mem + (l * nb + b) * net.Sp; }
+  float* slot(int64_t l, int b, int64_t step) const {
+    const int64_t d = net.dil[l];
+    return const_cast<float*>(past[l].data()) + (b * d + (t0 + step) % d) * two_rp;
+  }
+
+  void setup() {
+    const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, Ap = net.Ap;
+    two_rp = 2 * Rp;
+    rs_p = Rp + Sp;
+    res_tiles = arkern_decode::tiles(Rp);
+    rs_tiles = arkern_decode::tiles(rs_p);
+    dil_tiles = arkern_decode::tiles(two_rp);
+    w_dil_stride = two_rp * 2 * R;
+    w_rs_stride = rs_p * R;
+    int64_t dmax = 1;
+    past.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      past[l].assign(static_cast<size_t>(nb * net.dil[l] * two_rp), 0.0f);
+      dmax = std::max(dmax, net.dil[l]);
+    }
+    const int64_t rs_room = rs_tiles * arkern_decode::kTile;
+    mem.assign(static_cast<size_t>(nb) * (L * Rp + L * Sp + Rp + two_rp + 2 * rs_room + Sp + Sp + 2 * Ap), 0.0f);
+    float* p = mem.data();
+    g_mem = p; p += L * nb * Rp;
+    part_mem = p; p += L * nb * Sp;
+    for (int b = 0; b < nb; ++b) {
+      x[b] = p; p += Rp;
+      tmp[b] = p; p += two_rp;
+      rs_a[b] = p; p += rs_room;
+      rs_b[b] = p; p += rs_room;
+      skip[b] = p; p += Sp;
+      h[b] = p; p += Sp;
+      o[b] = p; p += Ap;
+      lg[b] = p; p += Ap;
+    }
+    px_a.resize(nb * dmax);
+    py_a.resize(nb * dmax);
+    px_b.resize(nb);
+    py_b.resize(nb);
+    for (auto* a : {&g_pub, &past_claim, &past_done, &skip_claim, &skip_done}) {
+      a->reset(new Atom[L]);
+      for (int64_t l = 0; l < L; ++l) (*a)[l].store(-1, std::memory_order_relaxed);
+    }
+  }
+
+  // b + W_past x[t - d] into the slots of steps [first, first + n) of layer l (inputs from the ring).
+  void past_tap(int64_t l, int64_t first, int64_t n, std::vector<const float*>& px, std::vector<float*>& py) {
+    const int64_t d = net.dil[l], R = net.R;
+    for (int b = 0; b < nb; ++b)
+      for (int64_t k = 0; k < n; ++k) {
+        px[b * n + k] = rings[l] + ((row0 + b) * d + (t0 + first + k) % d) * R;
+        py[b * n + k] = slot(l, b, first + k);
+      }
+    matvec_tiles<WT>(nb * static_cast<int>(n), w_dil + l * w_dil_stride, two_rp, 2 * R, 0, R, px.data(), py.data(),
+                     net.b_dil + l * two_rp, 0, dil_tiles);
+    past_done[l].store(first + n - 1, std::memory_order_release);
+  }
+
+  // Layer l's skip outputs at step `step` (from its published gate outputs) into part(l).
+  void skip_task(int64_t l, float* const* rs) {
+    const int64_t R = net.R, Rp = net.Rp;
+    float* g[kMaxRows];
+    for (int b = 0; b < nb; ++b) g[b] = gl(l, b);
+    const int64_t m0 = res_tiles * arkern_decode::kTile;
+    if (m0 >= rs_p) return;  // every skip output shares a tile with residual outputs: A has them
+    matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs, net.b_rs + l * rs_p, res_tiles, rs_tiles);
+    for (int b = 0; b < nb; ++b) std::copy(rs[b] + m0, rs[b] + rs_p, part(l, b) + m0 - Rp);
+  }
+
+  static bool claim(Atom& a, int64_t from, int64_t to) {
+    int64_t cur = from;
+    return a.compare_exchange_strong(cur, to, std::memory_order_acq_rel);
+  }
+  static void wait_for(const Atom& a, int64_t v) {
+    for (int spins = 0; a.load(std::memory_order_acquire) < v; ++spins) {
+      arkern_team::detail::cpu_relax();
+      if ((spins & 1023) == 1023) std::this_thread::yield();
+    }
+  }
+
+  // A: step s, alone when `alone` (past taps then cover up to d steps at once).
+  void step_a(bool alone, Sampler& sampler) {
+    const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A;
+    for (int b = 0; b < nb; ++b) {
+      const int64_t* pv = prev + (row0 + b) * 2;
+      const float* e_old = net.emb + pv[0] * R;
+      const float* e_new = net.emb + (A + pv[1]) * R;
+      for (int64_t c = 0; c < R; ++c) x[b][c] = e_old[c] + e_new[c];
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t d = net.dil[l];
+      if (past_claim[l].load(std::memory_order_acquire) < s) {
+        const int64_t n = alone ? std::min(d, steps - s) : 1;
+        if (claim(past_claim[l], s - 1, s + n - 1)) past_tap(l, s, n, px_a, py_a);
+      }
+      wait_for(past_done[l], s);
+      float* y[kMaxRows];
+      for (int b = 0; b < nb; ++b) y[b] = slot(l, b, s);
+      matvec_tiles<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, R, 2 * R, x, y, net.b_dil + l * two_rp, 0,
+                       dil_tiles);  // ... plus W_now x[t]
+      for (int b = 0; b < nb; ++b) {
+        std::copy(y[b], y[b] + two_rp, tmp[b]);
+        const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
+                                 gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
+        for (const float* f : extra) {
+          if (!f) continue;
+          for (int64_t c = 0; c < R; ++c) {
+            tmp[b][c] += f[c];
+            tmp[b][Rp + c] += f[R + c];
+          }
+        }
+        gate(tmp[b], tmp[b] + Rp, gl(l, b), Rp);
+        std::copy(x[b], x[b] + R, rings[l] + ((row0 + b) * d + t % d) * R);
+      }
+      g_pub[l].store(s, std::memory_order_release);
+      float* g[kMaxRows];
+      for (int b = 0; b < nb; ++b) g[b] = gl(l, b);
+      matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs_a, net.b_rs + l * rs_p, 0, res_tiles);
+      for (int b = 0; b < nb; ++b) {
+        for (int64_t c = 0; c < R; ++c) x[b][c] += rs_a[b][c];
+        for (int64_t m = Rp; m < std::min(rs_p, res_tiles * arkern_decode::kTile); ++m) part(l, b)[m - Rp] = rs_a[b][m];
+      }
+    }
+    for (int64_t l = 0; l < L; ++l) {  // skip outputs B has not taken
+      if (skip_claim[l].load(std::memory_order_acquire) < s && claim(skip_claim[l], s - 1, s)) {
+        skip_task(l, rs_a);
+        skip_done[l].store(s, std::memory_order_release);
+      }
+    }
+    for (int b = 0; b < nb; ++b) std::fill(skip[b], skip[b] + Sp, 0.0f);
+    for (int64_t l = 0; l < L; ++l) {  // summed in layer order, as one thread does
+      wait_for(skip_done[l], s);
+      for (int b = 0; b < nb; ++b)
+        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += part(l, b)[c];
+    }
+    for (int b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
+    matvec_tiles<WT>(nb, w_out, net.Ap, net.S, 0, net.S, h, o, net.b_out, 0, arkern_decode::tiles(net.Ap));
+    for (int b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < net.Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
+    matvec_tiles<WT>(nb, w_end, net.Ap, net.A, 0, net.A, o, lg, net.b_end, 0, arkern_decode::tiles(net.Ap));
+    double u[kMaxRows];
+    int64_t drawn[kMaxRows];
+    if (!forced) {
+      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
+      sampler.draw(lg, nb, A, u, drawn);
+    }
+    for (int b = 0; b < nb; ++b) {
+      const int64_t row = row0 + b;
+      const int64_t yv = forced ? forced[row * steps + s] : drawn[b];
+      samples[row * steps + s] = yv;
+      if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
+      int64_t* pv = prev + row * 2;
+      pv[0] = pv[1];
+      pv[1] = yv;
+    }
+    a_done.store(s, std::memory_order_release);
+  }
+
+  // B during step s: past taps A will need this step, skip outputs, past taps of step s + 1; until A is done.
+  void help_b() {
+    const int64_t L = net.L;
+    int64_t lp = 0, ls = 0, ln = 0;  // next layer to look at: past (this step), skip, past (next step)
+    for (int spins = 0; a_done.load(std::memory_order_acquire) < s; ++spins) {
+      bool did = false;
+      for (; lp < L && !did; ++lp)
+        if (past_claim[lp].load(std::memory_order_acquire) < s && claim(past_claim[lp], s - 1, s)) {
+          past_tap(lp, s, 1, px_b, py_b);
+          did = true;
+        }
+      for (; !did && ls < L && g_pub[ls].load(std::memory_order_acquire) >= s; ++ls)
+        if (claim(skip_claim[ls], s - 1, s)) {
+          skip_task(ls, rs_b);
+          skip_done[ls].store(s, std::memory_order_release);
+          did = true;
+        }
+      for (; !did && s + 1 < steps && ln < L && g_pub[ln].load(std::memory_order_acquire) >= s; ++ln)
+        if (claim(past_claim[ln], s, s + 1)) {
+          past_tap(ln, s + 1, 1, px_b, py_b);
+          did = true;
+        }
+      if (!did) arkern_team::detail::cpu_relax();
+    }
+  }
+
+  void run(arkern_team::Session& team, Sampler& sampler) {
+    const int64_t bounds[3] = {0, 1, 2};
+    for (s = 0; s < steps; ++s) {
+      t = t0 + s;
+      const bool alone = !team.active();
+      // B's chunk is help only: taken at once (and found finished) when no helper has picked it up
+      team.phase(2, [&](int, int64_t c) {
+        if (c == 0) {
+          step_a(alone, sampler);
+        } else {
+          help_b();
+        }
+      }, bounds, 0);
+      team.step_done();
+    }
+  }
+};
+
 void check_f32(const at::Tensor& t, const char* name, int64_t numel) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
               "wavenet_generate: ", name, " must be a contiguous float32 CPU tensor");
@@ -443,6 +691,14 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
         const uint64_t key = (((((1ull * 1009 + net.L) * 1009 + net.R) * 1009 + net.S) * 1009 + net.A) * 1009 +
                               nb) * 2 + (std::is_same_v<WT, float> ? 0 : 1);
         arkern_team::Session team(key);  // one worker inside a parallel region
+        if (team.workers() == 2 && nb <= kPastMaxRows) {
+          Pipe<WT> pipe{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
+                        ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
+                        samples.data_ptr<int64_t>(), lo};
+          pipe.setup();
+          pipe.run(team, sampler);
+          continue;
+        }
         Rows<WT> rows{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
                       ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
                       samples.data_ptr<int64_t>(), lo};

@@ -31,6 +31,8 @@ WAVENET = {
     # 2Rp = 96: two dilated-conv tiles, the second holding tanh and sigmoid outputs; Rp + Sp = 128 with the
     # residual tile also holding skip outputs; Ap = 144: three head tiles
     "odd": dict(num_layers=5, residual_channels=40, skip_channels=70, num_classes=131, max_dilation=16),
+    # Rp + Sp = 32: the skip outputs all share the residual outputs' tile
+    "tiny": dict(num_layers=4, residual_channels=5, skip_channels=7, num_classes=19, max_dilation=4),
     "cond": dict(num_layers=4, residual_channels=24, skip_channels=40, num_classes=70, max_dilation=8,
                  cond_channels=3, cond_hop=4, global_channels=2),
 }
@@ -80,7 +82,7 @@ def assert_same_runs(one, two):
 
 
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name,batch", [("odd", 1), ("odd", 2), ("odd", 3), ("cond", 1), ("cond", 5)])
+@pytest.mark.parametrize("name,batch", [("odd", 1), ("odd", 2), ("odd", 3), ("tiny", 1), ("cond", 1), ("cond", 5)])
 def test_wavenet_one_and_two_threads_identical(name, batch, wdtype, team_mode):
     T = 70
     one = at_threads(1, lambda: wavenet_run(name, wdtype, batch, T))
