@@ -13,8 +13,9 @@
 // float32 accumulators per batch row held in AVX-512 registers; four batch rows share every weight load,
 // and more rows share each tile while it is in cache (decode_matvec.h, WaveNetPacking). bfloat16 weights are
 // widened to float32 with a shift (no avx512_bf16 needed); accumulation is always float32. Up to 64 batch rows
-// run as one group whose every step a team of threads splits over output tiles (Rows below; csrc/cpu/team.h);
-// more rows are split into groups run in parallel with at::parallel_for.
+// run as one group whose every step a team of threads splits over output tiles (Rows below; csrc/cpu/team.h),
+// 1-2 rows on two threads as a pipeline (Pipe below); more rows are split into groups run in parallel with
+// at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
