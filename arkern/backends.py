@@ -187,3 +187,62 @@ def forced_backend() -> str | None:
 def last_backend(op: str) -> str | None:
     """The backend that ran the most recent eager call of `op` (e.g. "masked_conv2d"), or None."""
     return _last.get(op)
+
+
+# ---------------------------------------------------------------- the CPU kernels' instruction set
+
+CPU_ISAS: tuple[str, ...] = ("avx2", "avx512", "amx")
+
+
+def cpu_isas() -> dict[str, str | None]:
+    """Each instruction-set level of the fused CPU samplers -> None if usable here, else why not.
+
+    Levels (csrc/cpu/isa.h): "avx2" (the portable code paths), "avx512" (the hand-written AVX-512 kernels,
+    in builds for an AVX-512 target), "amx" (AMX-BF16 tiles for the batched products of bfloat16 models; the
+    CPU must have amx_tile + amx_bf16 and the OS must grant the tile state). Without the compiled extension
+    every level is unavailable, with that reason.
+    """
+    reason = load_extension()
+    if reason is not None:
+        return dict.fromkeys(CPU_ISAS, reason)
+    status = torch.ops.arkern.cpu_isa_status()
+    return {name: (why or None) for name, why in zip(CPU_ISAS, status[1:])}
+
+
+def cpu_isa() -> str | None:
+    """The level the fused CPU samplers use now: ``ARKERN_ISA`` or :func:`set_cpu_isa` if given, else the
+    best available; None without the compiled extension.
+
+    Raises:
+        RuntimeError: ``ARKERN_ISA`` names an unknown level or one this machine or build lacks (with why).
+    """
+    if load_extension() is not None:
+        return None
+    return torch.ops.arkern.cpu_isa_status()[0]
+
+
+def set_cpu_isa(isa: str | None) -> str:
+    """Force the level of the fused CPU samplers for this process ("avx2", "avx512" or "amx"); None returns to
+    the default (``ARKERN_ISA``, else the best available). Returns the level now in use.
+
+    Raises:
+        ValueError: an unknown level name.
+        BackendUnavailableError: the level is unavailable here (the message says why), or the extension is
+            not built.
+    """
+    if isa is not None and isa not in CPU_ISAS:
+        raise ValueError(f"set_cpu_isa: isa must be one of {CPU_ISAS} or None, got {isa!r}")
+    reason = load_extension()
+    if reason is not None:
+        raise BackendUnavailableError(f"set_cpu_isa: {reason}")
+    if isa is not None and cpu_isas()[isa] is not None:
+        raise BackendUnavailableError(f"set_cpu_isa: {isa} is unavailable here: {cpu_isas()[isa]}")
+    return torch.ops.arkern.set_cpu_isa(isa or "")
+
+
+def last_cpu_isa(op: str) -> str | None:
+    """The level the most recent CPU-kernel call of `op` (e.g. "wavenet_generate") ran its matrix products on
+    ("amx" only for bfloat16 models with enough rows per group), or None before any call."""
+    if load_extension() is not None:
+        return None
+    return torch.ops.arkern.last_cpu_isa(op) or None

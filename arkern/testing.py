@@ -47,6 +47,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, name: str = "t
             f"max abs err={err.max().item():.3g}, max rel err={rel:.3g}")
 
 
+def assert_close_rounded(actual: torch.Tensor, expected: torch.Tensor, *, name: str = "tensor",
+                         dtype: torch.dtype = torch.float32, fraction: float = 0.98) -> None:
+    """:func:`assert_close` for two computations of the bfloat16 precision (intermediates rounded to bfloat16)
+    that differ only in the order of their float32 sums: an intermediate whose value falls the other side of a
+    bfloat16 rounding boundary moves everything computed from it by about one bfloat16 step. So: every element
+    within bfloat16 tolerances, and at least `fraction` of them within `dtype` tolerances."""
+    assert_close(actual, expected, name=name, dtype=torch.bfloat16)
+    rtol, atol = tolerances(dtype)
+    a, e = actual.detach().to(torch.float64).cpu(), expected.detach().to(torch.float64).cpu()
+    close = ((a - e).abs() <= atol + rtol * e.abs()).double().mean().item() if a.numel() else 1.0
+    if close < fraction:
+        raise AssertionError(f"{name}: only {close:.4f} of the elements are within {dtype} tolerances "
+                             f"(rtol={rtol:g}, atol={atol:g}); at least {fraction} expected")
+
+
 def noncontiguous(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """The same values as `t`, as a strided slice out of a larger tensor (every other element of `dim`)."""
     shape = list(t.shape)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arkern.bench.harness import default_isa
+
 THREADS = (1, 2)
 
 
@@ -44,6 +46,7 @@ def run_benchmark(benchmark, case, provider: str, threads: int, rounds: int | No
             benchmark(fns[provider])
         else:
             benchmark.pedantic(fns[provider], rounds=rounds, iterations=1)
+        benchmark.extra_info["isa"] = (case.isa(provider) if case.isa else None) or default_isa(provider)
     finally:
         torch.set_num_threads(old)
 

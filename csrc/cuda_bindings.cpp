@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cuda(
     const at::Tensor& b_end, at::IntArrayRef dilations, at::TensorList rings, const at::Tensor& prev, int64_t t0,
     const at::Tensor& noise, const c10::optional<at::Tensor>& cond, int64_t cond_hop,
     const c10::optional<at::Tensor>& gbias, double temperature, int64_t top_k, double top_p, bool return_logits,
-    const c10::optional<at::Tensor>& forced) {
+    const c10::optional<at::Tensor>& forced, const c10::optional<at::Tensor>& /*tiles: the CPU kernel's AMX copy*/) {
   TORCH_CHECK(noise.is_cuda(), "wavenet_generate (CUDA): noise must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(noise.device());
   TORCH_CHECK(emb.dim() == 3 && emb.size(0) == 2, "wavenet_generate (CUDA): emb must be (2, A, R), got ", emb.sizes());

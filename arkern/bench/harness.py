@@ -25,6 +25,10 @@ class Case:
         so inputs are only allocated when the case runs.
     baseline: the provider every ratio is measured against.
     items: work items per call (e.g. samples generated), to report items/s; None for plain ops.
+    params: the configuration as data (e.g. batch, dtype), kept with every measurement; "batch" puts the
+        case on the samples/s-vs-batch plot.
+    isa: provider -> the instruction-set level its row ran at, asked right after that provider was timed
+        (e.g. ``arkern.backends.last_cpu_isa`` of the fused op); None: :func:`default_isa`.
     """
 
     family: str
@@ -33,6 +37,7 @@ class Case:
     baseline: str = "reference"
     items: float | None = None
     params: dict = field(default_factory=dict)
+    isa: Callable[[str], str | None] | None = None
 
 
 @dataclass
@@ -44,6 +49,25 @@ class Measurement:
     seconds: float  # median time of one call
     speedup: float | None  # baseline seconds / seconds, same run
     items_per_s: float | None
+    isa: str = ""
+    params: dict = field(default_factory=dict)
+
+
+def torch_isa() -> str:
+    """The row label of code torch runs (its own dispatch: e.g. "torch:avx512"; bfloat16 GEMMs may use AMX)."""
+    return "torch:" + torch.backends.cpu.get_cpu_capability().lower().replace("default", "generic")
+
+
+def build_isa() -> str:
+    """The level arkern's compiled kernels without run-time dispatch are built for ("avx512" or "avx2")."""
+    from arkern.backends import cpu_isas
+
+    return "avx512" if cpu_isas().get("avx512") is None else "avx2"
+
+
+def default_isa(provider: str) -> str:
+    """Row label when a case does not say: torch's level for the PyTorch baselines, else the build's."""
+    return torch_isa() if provider in ("reference", "eager", "naive", "roofline") else build_isa()
 
 
 def measure(fn: Callable[[], object], threads: int, min_run_time: float = 0.3) -> float:
@@ -57,10 +81,14 @@ def run_case(case: Case, threads: int, min_run_time: float = 0.3,
     """Time every provider of `case` at `threads` threads; ratios against the baseline."""
     fns = case.setup()
     names = [p for p in fns if providers is None or p in providers or p == case.baseline]
-    times = {p: measure(fns[p], threads, min_run_time) for p in names}
+    times, isas = {}, {}
+    for p in names:
+        times[p] = measure(fns[p], threads, min_run_time)
+        isas[p] = (case.isa(p) if case.isa else None) or default_isa(p)
     base = times.get(case.baseline)
     return [Measurement(case.family, case.name, p, threads, t, (base / t) if base else None,
-                        (case.items / t) if case.items else None) for p, t in times.items()]
+                        (case.items / t) if case.items else None, isas[p], dict(case.params))
+            for p, t in times.items()]
 
 
 def machine_info() -> dict:
@@ -84,13 +112,15 @@ def _cores() -> int:
 
 def format_table(rows: list[Measurement]) -> str:
     """A plain-text table: one line per (case, provider, threads)."""
-    head = f"{'family':<16} {'case':<44} {'provider':<12} {'thr':>3} {'time':>11} {'vs base':>8} {'items/s':>10}"
+    head = (f"{'family':<16} {'case':<44} {'provider':<12} {'isa':<13} {'thr':>3} {'time':>11} {'vs base':>8} "
+            f"{'items/s':>10}")
     lines = [head, "-" * len(head)]
     for m in rows:
         t = f"{m.seconds * 1e3:9.3f}ms" if m.seconds >= 1e-3 else f"{m.seconds * 1e6:9.1f}us"
         ratio = f"{m.speedup:7.2f}x" if m.speedup is not None else ""
         ips = f"{m.items_per_s:10.0f}" if m.items_per_s is not None else ""
-        lines.append(f"{m.family:<16} {m.case[:44]:<44} {m.provider:<12} {m.threads:>3} {t:>11} {ratio:>8} {ips:>10}")
+        lines.append(f"{m.family:<16} {m.case[:44]:<44} {m.provider:<12} {m.isa:<13} {m.threads:>3} {t:>11} "
+                     f"{ratio:>8} {ips:>10}")
     return "\n".join(lines)
 
 
@@ -119,19 +149,46 @@ def run_report(families: Iterable[str], *, quick: bool = False, threads: Iterabl
 
 
 def _plot(rows: list[Measurement], path: str) -> None:
+    """Samples/s against batch size, one line per (configuration, provider, level, threads), one panel per
+    family that has batched cases; families without a batch parameter get the speedup bars."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("the plot needs matplotlib: pip install 'arkern[plot]'") from exc
-    pts = [r for r in rows if r.speedup is not None and r.provider != "reference"]
-    labels = [f"{r.family}: {r.case[:30]} [{r.provider}, {r.threads}t]" for r in pts]
-    fig, ax = plt.subplots(figsize=(10, 0.3 * len(pts) + 1.5))
-    ax.barh(range(len(pts)), [r.speedup for r in pts])
-    ax.set_yticks(range(len(pts)), labels, fontsize=7)
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("speedup over baseline (same run)")
+    batched = [r for r in rows if "batch" in r.params and r.items_per_s]
+    bars = [r for r in rows if "batch" not in r.params and r.speedup is not None and r.provider != "reference"]
+    families = sorted({r.family for r in batched})
+    panels = len(families) + (1 if bars else 0)
+    if not panels:
+        raise RuntimeError("nothing to plot: no measurement has a batch size or a speedup")
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 4.5 * len(families) + (0.3 * len(bars) + 1.5 if bars else 0)),
+                             squeeze=False)
+    for ax, family in zip(axes[:, 0], families):
+        lines: dict[tuple, list[tuple[int, float]]] = {}
+        for r in batched:
+            if r.family == family:
+                config = r.case.replace(f"B={r.params['batch']} ", "").replace(f" B={r.params['batch']}", "")
+                lines.setdefault((config, r.provider, r.isa, r.threads), []).append((r.params["batch"], r.items_per_s))
+        for (config, provider, isa, threads), pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o",
+                    ls="-" if threads == 1 else "--", label=f"{config} {provider} [{isa}, {threads}t]")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("samples/s")
+        ax.set_title(f"{family}: samples/s by batch, instruction-set level and threads (one run)")
+        ax.legend(fontsize=6, ncol=2)
+        ax.grid(True, which="both", lw=0.3)
+    if bars:
+        ax = axes[-1, 0]
+        labels = [f"{r.family}: {r.case[:30]} [{r.provider}, {r.isa}, {r.threads}t]" for r in bars]
+        ax.barh(range(len(bars)), [r.speedup for r in bars])
+        ax.set_yticks(range(len(bars)), labels, fontsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("speedup over baseline (same run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -33,6 +33,7 @@ import torch.utils.benchmark as tbench
 from torch import nn
 
 import arkern.nn as ann
+from arkern.backends import last_cpu_isa
 from arkern.bench.harness import Case, machine_info
 from arkern.families import draw_noise, family_of
 from arkern.models.gated_pixelcnn import GatedPixelCNN
@@ -217,8 +218,10 @@ def _sampling_case(name: str, make_model, batch: int, size: int, providers: tupl
         torch.manual_seed(0)
         return _providers(make_model().eval(), batch, size, providers)
     baseline = "naive" if "naive" in providers else ("eager" if "eager" in providers else providers[0])
+    op = "pixelcnnpp_generate" if "PixelCNN++" in name else "pixelcnn_generate"
     return Case("pixelcnn", f"{name} N={batch} {size}x{size} fp32", setup, baseline=baseline, items=batch,
-                params={"dtype": "float32", "batch": batch, "size": size})
+                params={"dtype": "float32", "batch": batch, "size": size},
+                isa=lambda p: last_cpu_isa(op) if p.startswith("fused") else None)
 
 
 def pixelcnn_c64() -> PixelCNN:

@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from arkern.backends import last_cpu_isa
 from arkern.bench.harness import Case
 from arkern.decode import wavenet as dw
 from arkern.distributions import sample_categorical
@@ -83,7 +84,8 @@ def wavenet_case(batch: int, dtype: torch.dtype = torch.float32, *, skip_channel
         return fns
 
     return Case("wavenet", name, setup, baseline="eager", items=batch * steps,
-                params={"dtype": _dtype_name(dtype), "batch": batch, "skip_channels": skip_channels})
+                params={"dtype": _dtype_name(dtype), "batch": batch, "skip_channels": skip_channels},
+                isa=lambda p: last_cpu_isa("wavenet_generate") if p == "fused" else None)
 
 
 def cases(quick: bool = False) -> list[Case]:

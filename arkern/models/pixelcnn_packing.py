@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arkern.backends import cpu_isas
 from arkern.models._packcache import cached_pack
 from arkern.models.gated_pixelcnn import GatedPixelCNN
 from arkern.models.pixelcnn import PixelCNN
 from arkern.nn import DownShift, Gate, MaskedConv2d, Residual, ShiftedConv2d, masked_conv_mask
-from arkern.ops.pixelcnn_decode import PixelCNNFused, PixelCNNLayout, matrix_shapes, pad16, tile_matrix
+from arkern.ops.pixelcnn_decode import PixelCNNFused, PixelCNNLayout, matrix_shapes, pack_tiles, pad16, tile_matrix
 
 __all__ = ["pack_pixelcnn", "pack_gated_pixelcnn", "pixelcnn_fused_reasons", "gated_pixelcnn_fused_reasons",
            "condition_bias"]
@@ -72,9 +73,12 @@ def _input_table(model: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 def _packed(model: nn.Module, layout: PixelCNNLayout, mats: list[tuple[torch.Tensor, torch.Tensor]],
             weight_dtype: torch.dtype, dtype: torch.dtype) -> PixelCNNFused:
     assert [tuple(w.shape) for w, _ in mats] == matrix_shapes(layout)
-    return PixelCNNFused(layout=layout, weights=[tile_matrix(w, weight_dtype) for w, _ in mats],
-                         biases=[F.pad(b, (0, pad16(b.shape[0]) - b.shape[0])).contiguous() for _, b in mats],
-                         input_table=_input_table(model, dtype), dtype=dtype)
+    packed = PixelCNNFused(layout=layout, weights=[tile_matrix(w, weight_dtype) for w, _ in mats],
+                           biases=[F.pad(b, (0, pad16(b.shape[0]) - b.shape[0])).contiguous() for _, b in mats],
+                           input_table=_input_table(model, dtype), dtype=dtype)
+    if weight_dtype == torch.bfloat16 and cpu_isas()["amx"] is None:
+        packed.tiles = pack_tiles(packed)
+    return packed
 
 
 @torch.no_grad()
@@ -219,8 +223,9 @@ def gated_pixelcnn_fused_reasons(model: GatedPixelCNN) -> list[str]:
 def pack_pixelcnn(model: PixelCNN, weight_dtype: torch.dtype | None = None) -> PixelCNNFused:
     """Pack a PixelCNN for the fused kernel, re-packing only when a parameter changed.
 
-    weight_dtype: the model's dtype (default) or torch.bfloat16 (float32 models; accumulation stays
-    float32, so outputs differ from the model's by bfloat16 rounding of the weights).
+    weight_dtype: the model's dtype (default) or torch.bfloat16 (float32 models): the bfloat16 precision
+    (docs/design.md), weights and every matrix input rounded to bfloat16, float32 sums; with AMX tile copies
+    when this CPU has AMX (:func:`arkern.ops.pixelcnn_decode.pack_tiles`).
     """
     weight_dtype = weight_dtype or next(model.parameters()).dtype
     return cached_pack(model, ("pixelcnn", weight_dtype), lambda: _pack_pixelcnn(model, weight_dtype))

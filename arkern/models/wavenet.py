@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from arkern import wavenet_heads as heads
+from arkern.backends import cpu_isas
 from arkern.models._packcache import cached_pack
 from arkern.models.wavenet_upsample import UPSAMPLERS, WaveNetUpsampler
 from arkern.ops.causal_conv1d import causal_conv1d
-from arkern.ops.wavenet_decode import WaveNetFused, pack_matrix, pad_vector
+from arkern.ops.wavenet_decode import WaveNetFused, pack_matrix, pack_tiles, pad_vector
 from arkern.ops.wavenet_family_decode import WaveNetFamilyFused
 
 INPUTS = ("embedding2", "embedding", "scalar")
@@ -400,7 +401,8 @@ def fused_unsupported(cfg: WaveNetConfig) -> str | None:
 
 @torch.no_grad()
 def pack_wavenet(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:
-    """Pack an :class:`arkern.models.WaveNet` once for the fused kernel; dtype float32 or bfloat16.
+    """Pack an :class:`arkern.models.WaveNet` once for the fused kernel; dtype float32 or bfloat16 (the bfloat16
+    precision; with its AMX tile copy when this CPU has AMX, see :func:`arkern.ops.wavenet_decode.pack_tiles`).
 
     The scalings are folded into the weights: the kernel's layer inputs are x'_l = x_l / a^l (a the
     residual scale), so layer l's dilated weights are multiplied by a^l and its residual conv by a^-l; skip
@@ -434,11 +436,14 @@ def pack_wavenet(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetF
         ws = model.skip[i].weight[:, :, 0].to(torch.float32) * c
         w_rs.append(pack_matrix(torch.cat([wr, ws]), [R, S], dtype))
         b_rs.append(pad_vector(torch.cat([br, bias(model.skip[i], S) * c]), [R, S]))
-    return WaveNetFused(
+    packed = WaveNetFused(
         emb=emb, w_dil=torch.cat(w_dil), b_dil=torch.stack(b_dil), w_rs=torch.cat(w_rs), b_rs=torch.stack(b_rs),
         w_out=pack_matrix(model.out.weight[:, :, 0], None, dtype), b_out=pad_vector(bias(model.out, A), [A]),
         w_end=pack_matrix(model.end.weight[:, :, 0], None, dtype), b_end=pad_vector(bias(model.end, A), [A]),
         dilations=list(model.dilations), residual_channels=R, skip_channels=S, num_classes=A)
+    if dtype == torch.bfloat16 and cpu_isas()["amx"] is None:
+        packed.tiles = pack_tiles(packed)
+    return packed
 
 
 def packed_weights(model: WaveNet, dtype: torch.dtype = torch.float32) -> WaveNetFused:

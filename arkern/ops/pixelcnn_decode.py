@@ -20,7 +20,7 @@ tensors and caches). Decode op: no autograd.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
 from arkern.ops._library import LIB, same_device
 from arkern.ops._validate import check_uniforms
+from arkern.ops.amx_layout import pack_vnni
 from arkern.reference import pixelcnn_decode as ref
 from arkern.reference.pixelcnn_decode import (
     TILE,
@@ -37,6 +38,7 @@ from arkern.reference.pixelcnn_decode import (
     cache_specs,
     matrix_shapes,
     pad16,
+    tile_splits,
     untile_matrix,
 )
 
@@ -45,12 +47,12 @@ OP = "pixelcnn_generate"
 LIB.define("pixelcnn_generate(int[] config, Tensor[] weights, Tensor[] biases, Tensor input_table, "
            "Tensor(a!)[] caches, "
            "Tensor(b!) image, Tensor noise, Tensor? cond, int row_begin, int row_end, float temperature, "
-           "int top_k, float top_p, bool return_logits, Tensor? forced) -> Tensor")
+           "int top_k, float top_p, bool return_logits, Tensor? forced, Tensor[] tiles) -> Tensor")
 
 
 @torch.library.register_fake("arkern::pixelcnn_generate")
 def _fake(config, weights, biases, input_table, caches, image, noise, cond, row_begin, row_end, temperature, top_k,
-          top_p, return_logits, forced):
+          top_p, return_logits, forced, tiles=()):
     same_device(OP, image=image, noise=noise, cond=cond, forced=forced, weight=weights[0], table=input_table,
                 cache=caches[0] if caches else None)
     b, c, _, w = image.shape
@@ -76,7 +78,9 @@ class PixelCNNFused:
 
     layout: the architecture; weights / biases: one flat tensor per matrix in :func:`matrix_shapes` order;
     input_table: (K, E) the first layer's input values of each level (activation dtype; the model's
-    ``prepare`` of every level, or its input embedding); dtype: activation dtype (float32 or float64).
+    ``prepare`` of every level, or its input embedding); dtype: activation dtype (float32 or float64);
+    tiles: empty, or for a bfloat16 pack on a CPU with AMX the matrices' AMX copies (:func:`pack_tiles`), used
+    by the "cpu" backend at the ``amx`` level.
     """
 
     layout: PixelCNNLayout
@@ -84,6 +88,7 @@ class PixelCNNFused:
     biases: list[torch.Tensor]
     input_table: torch.Tensor
     dtype: torch.dtype
+    tiles: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -101,6 +106,17 @@ class PixelCNNFused:
         """Zeroed caches for `batch` images of `width` columns: [(B, rows, W + 2·pad, Cin)]."""
         return [torch.zeros(batch, rows, width + 2 * pad, cin, dtype=self.dtype)
                 for rows, pad, cin in cache_specs(self.layout)]
+
+
+def pack_tiles(packed: PixelCNNFused) -> list[torch.Tensor]:
+    """The AMX copy of a bfloat16 pack (:mod:`arkern.ops.amx_layout`): per matrix W (m × n), the tiles of
+    W[:, :cut] then of W[:, cut:], cut from :func:`tile_splits` (0: one block of tiles for all of W)."""
+    out = []
+    for w, (m, n), cut in zip(packed.weights, matrix_shapes(packed.layout), tile_splits(packed.layout)):
+        full = F.pad(untile_matrix(w, m, n), (0, 0, 0, pad16(m) - m))
+        parts = [full[:, :cut]] if cut else []
+        out.append(torch.cat([pack_vnni(p) for p in (*parts, full[:, cut:])]))
+    return out
 
 
 # --------------------------------------------------------------------------------------- the op face
@@ -178,10 +194,11 @@ def pixelcnn_generate(packed: PixelCNNFused, caches: list[torch.Tensor], image: 
     row_end = image.shape[2] if row_end is None else row_end
     validate(packed, caches, image, noise, cond, row_begin, row_end, temperature, top_k, top_p, forced)
     kernel = BACKENDS.select(backend, image.device, packed.weight_dtype)
+    tiles = (list(packed.tiles),) if kernel.backend == "cpu" else ()  # its AMX copy (maybe empty)
     return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), packed.input_table,
                      list(caches), image, noise,
                      cond, row_begin, row_end, float(temperature), int(top_k or 0),
-                     float(top_p if top_p is not None else 1.0), bool(return_logits), forced)
+                     float(top_p if top_p is not None else 1.0), bool(return_logits), forced, *tiles)
 
 
 def matrix_elements(packed: PixelCNNFused) -> int:
@@ -189,5 +206,5 @@ def matrix_elements(packed: PixelCNNFused) -> int:
     return sum(w.numel() for w in packed.weights)
 
 
-__all__ = ["PixelCNNFused", "PixelCNNLayout", "tile_matrix", "untile_matrix", "matrix_shapes", "cache_specs",
-           "pixelcnn_generate", "BACKENDS"]
+__all__ = ["PixelCNNFused", "PixelCNNLayout", "pack_tiles", "tile_matrix", "untile_matrix", "matrix_shapes",
+           "cache_specs", "pixelcnn_generate", "BACKENDS"]

@@ -8,6 +8,14 @@ its rows zero-padded to Mp = ceil16(M) and is stored as row tiles of up to 64 ou
 transposed (N × width) and contiguous, float32 or bfloat16; biases, embeddings and conditioning stay
 float32. The ring buffers (the ``WaveNetState`` tensors) and the last two samples are mutated in place.
 
+Precision: float32 weights give float32 arithmetic. bfloat16 weights define the bfloat16 precision
+(docs/design.md, "bfloat16 precision"): the input of every matrix product is rounded to bfloat16 too (the
+residual input x, which the ring buffers then hold rounded, the gate output, relu(skip) and the hidden layer),
+each product of two bfloat16 values is exact and the sums are float32; embeddings, biases, conditioning, gates,
+residual and skip sums and logits stay float32. Every backend and instruction set computes exactly this, up to
+the order of the float32 sums. bfloat16 packs may carry ``tiles``, the same matrices in the AMX tile layout
+(:mod:`arkern.ops.amx_layout`), which the "cpu" backend uses for row groups of 4 or more at the ``amx`` level.
+
 Backends (float32 or bfloat16 packed weights): "reference", a plain-PyTorch loop over the same packed
 tensors (the ground truth for the packing and the kernels' arithmetic; any device); "cpu"
 (csrc/cpu/wavenet_decode.cpp); "triton" (arkern/triton/wavenet_decode.py; CUDA tensors, or CPU tensors under
@@ -26,6 +34,7 @@ from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
 from arkern.ops._library import LIB, same_device
 from arkern.ops._validate import check_uniforms
+from arkern.ops.amx_layout import pack_vnni
 from arkern.reference import wavenet_decode as ref
 from arkern.reference.wavenet_decode import TILE, pad16, unpack_matrix
 
@@ -34,12 +43,12 @@ OP = "wavenet_generate"
 LIB.define("wavenet_generate(Tensor emb, Tensor w_dil, Tensor b_dil, Tensor w_rs, Tensor b_rs, Tensor w_out, "
            "Tensor b_out, Tensor w_end, Tensor b_end, int[] dilations, Tensor(a!)[] rings, Tensor(b!) prev, "
            "int t0, Tensor noise, Tensor? cond, int cond_hop, Tensor? gbias, float temperature, int top_k, "
-           "float top_p, bool return_logits, Tensor? forced) -> (Tensor, Tensor)")
+           "float top_p, bool return_logits, Tensor? forced, Tensor? tiles=None) -> (Tensor, Tensor)")
 
 
 @torch.library.register_fake("arkern::wavenet_generate")
 def _fake(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise, cond,
-          cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
+          cond_hop, gbias, temperature, top_k, top_p, return_logits, forced, tiles=None):
     same_device(OP, noise=noise, prev=prev, emb=emb, cond=cond, gbias=gbias, forced=forced,
                 ring=rings[0] if rings else None)
     b, t = noise.shape
@@ -78,7 +87,8 @@ class WaveNetFused:
 
     Shapes (Rp = ceil16(R), Sp = ceil16(S), Ap = ceil16(A)): emb (2, A, R); w_dil (L·2Rp·2R,) with
     input [x(t-d); x(t)]; b_dil (L, 2Rp); w_rs (L·(Rp+Sp)·R,) giving [residual; skip]; b_rs (L, Rp+Sp);
-    w_out (Ap·S,); b_out (Ap,); w_end (Ap·A,); b_end (Ap,).
+    w_out (Ap·S,); b_out (Ap,); w_end (Ap·A,); b_end (Ap,);
+    tiles: None, or for bfloat16 packs the AMX copy of w_dil[0..L), w_rs[0..L), w_out, w_end (:func:`pack_tiles`).
     """
 
     emb: torch.Tensor
@@ -94,6 +104,7 @@ class WaveNetFused:
     residual_channels: int
     skip_channels: int
     num_classes: int
+    tiles: torch.Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -104,6 +115,17 @@ class WaveNetFused:
         """The packed tensors in the order of the op's schema."""
         return (self.emb, self.w_dil, self.b_dil, self.w_rs, self.b_rs, self.w_out, self.b_out,
                 self.w_end, self.b_end)
+
+
+def pack_tiles(packed: WaveNetFused) -> torch.Tensor:
+    """The AMX tile copy of a bfloat16 pack's matrices (flat bfloat16; :mod:`arkern.ops.amx_layout`): the
+    tiles of w_dil[l] (2Rp × 2R) for every layer, then of w_rs[l] ((Rp+Sp) × R), w_out (Ap × S), w_end (Ap × A)."""
+    R, S, A, L = packed.residual_channels, packed.skip_channels, packed.num_classes, len(packed.dilations)
+    Rp, Sp, Ap = pad16(R), pad16(S), pad16(A)
+    parts = [pack_vnni(unpack_matrix(w, 2 * Rp, 2 * R)) for w in packed.w_dil.reshape(L, -1)]
+    parts += [pack_vnni(unpack_matrix(w, Rp + Sp, R)) for w in packed.w_rs.reshape(L, -1)]
+    parts += [pack_vnni(unpack_matrix(packed.w_out, Ap, S)), pack_vnni(unpack_matrix(packed.w_end, Ap, A))]
+    return torch.cat(parts)
 
 
 BACKENDS = OpBackends(OP)
@@ -192,9 +214,10 @@ def wavenet_generate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torc
     """
     validate(packed, rings, prev, t0, noise, cond, cond_hop, gbias, temperature, top_k, top_p, forced)
     kernel = BACKENDS.select(backend, noise.device, packed.dtype)
+    tiles = (packed.tiles,) if kernel.backend == "cpu" and packed.tiles is not None else ()  # its AMX copy
     return kernel.fn(*packed.tensors(), list(packed.dilations), list(rings), prev, t0, noise, cond, cond_hop,
                      gbias, float(temperature), int(top_k or 0), float(top_p if top_p is not None else 1.0),
-                     bool(return_logits), forced)
+                     bool(return_logits), forced, *tiles)
 
 
 def roofline_bytes(packed: WaveNetFused) -> int:
@@ -207,4 +230,4 @@ def matrix_elements(packed: WaveNetFused) -> int:
     return sum(t.numel() for t in (packed.w_dil, packed.w_rs, packed.w_out, packed.w_end))
 
 
-__all__ = ["WaveNetFused", "pack_matrix", "unpack_matrix", "pad_vector", "wavenet_generate", "BACKENDS"]
+__all__ = ["WaveNetFused", "pack_matrix", "pack_tiles", "unpack_matrix", "pad_vector", "wavenet_generate", "BACKENDS"]

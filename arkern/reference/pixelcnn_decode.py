@@ -122,6 +122,20 @@ def gated_kernels(lay: PixelCNNLayout, layer: int) -> tuple[int, int, int]:
     return lay.a_height, lay.a_width, lay.b_width
 
 
+def tile_splits(config: list[int]) -> list[int]:
+    """Per matrix, the input where its AMX copy is cut in two, 0 if it is not (mirrors the C++): a PixelCNN's
+    spatial convs multiply the taps of the rows above once per image row and the current row's per pixel."""
+    lay = PixelCNNLayout(*config)
+    splits = [0] * len(matrix_shapes(config))
+    if lay.kind == 0:
+        c, per_block = lay.channels, lay.channels * (2 if lay.residual else 1)
+        for g in range(c):
+            splits[g] = (lay.a_height // 2) * lay.a_width * c * lay.input_width
+            for blk in range(lay.depth):
+                splits[c + blk * per_block + g] = (lay.b_height // 2) * lay.b_width * lay.hidden
+    return splits
+
+
 def cache_specs(config: list[int]) -> list[tuple[int, int, int]]:
     """(ring rows, pad columns per side, channels) of every cache for `config` (mirrors the C++)."""
     lay = PixelCNNLayout(*config)
@@ -136,14 +150,16 @@ def cache_specs(config: list[int]) -> list[tuple[int, int, int]]:
 
 
 def pixelcnn_generate(config, weights, biases, input_table, caches, image, noise, cond, row_begin, row_end,
-                      temperature, top_k, top_p, return_logits, forced):
+                      temperature, top_k, top_p, return_logits, forced, tiles=()):
     """The op in plain PyTorch over the packed tensors, all batch rows at once.
 
     Same arguments and results as ``torch.ops.arkern.pixelcnn_generate`` (see
     :func:`arkern.ops.pixelcnn_decode.pixelcnn_generate`). Raster order; at pixel (i, j) colour sub-step g
     runs output group g of every layer over the cached taps, then draws channel g and writes its value
     (the E values ``input_table[v]``) into the input caches. Gated PixelCNN first runs its vertical stack for
-    the whole row.
+    the whole row. bfloat16 weights: the bfloat16 precision, the input of every matrix product rounded to
+    bfloat16 (in ``lin``), products summed in float32. ``tiles`` (the AMX copy of the same weights) is not
+    needed here.
     """
     lay = PixelCNNLayout(*config)
     kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b, E = lay[:10]
@@ -156,9 +172,12 @@ def pixelcnn_generate(config, weights, biases, input_table, caches, image, noise
         for c in caches:
             c.zero_()
 
+    bf16 = weights[0].dtype == torch.bfloat16
+
     def lin(idx: int, x: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, m)
         w, b = mats[idx]
-        return x[:, :w.shape[1]] @ w.t() + b
+        x = x[:, :w.shape[1]]
+        return (x.to(torch.bfloat16).to(dt) if bf16 else x) @ w.t() + b
 
     def taps(cache: torch.Tensor, top: int, full: int, col: int, kw: int, tail: int) -> torch.Tensor:
         rows = cache.shape[1]

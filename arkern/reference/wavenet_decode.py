@@ -33,12 +33,14 @@ def unpack_matrix(packed: torch.Tensor, mp: int, n: int) -> torch.Tensor:
 
 
 def wavenet_generate(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, dilations, rings, prev, t0, noise,
-               cond, cond_hop, gbias, temperature, top_k, top_p, return_logits, forced):
+               cond, cond_hop, gbias, temperature, top_k, top_p, return_logits, forced, tiles=None):
     """The op's reference: a plain-PyTorch loop over the packed tensors, float32 arithmetic.
 
     Same arguments and results as ``torch.ops.arkern.wavenet_generate`` (see
     :func:`arkern.ops.wavenet_decode.wavenet_generate`): per step, embed the last two samples, run every
     gated dilated layer on [ring input of t - d; input of t], sum the skips, apply the head and draw.
+    bfloat16 weights: the bfloat16 precision, every matrix input rounded to bfloat16 (``q`` below) and the
+    products summed in float32. ``tiles`` (the AMX copy of the same weights) is not needed here.
     """
     A, R = emb.shape[1], emb.shape[2]
     L, Rp, Ap = len(dilations), pad16(R), pad16(A)
@@ -51,24 +53,28 @@ def wavenet_generate(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, 
     samples = prev.new_empty((B, T))
     logits_all = []
     rows = torch.arange(B, device=emb.device)
+
+    def q(v: torch.Tensor) -> torch.Tensor:  # a matrix input: rounded to bfloat16 in the bfloat16 precision
+        return v.to(torch.bfloat16).to(torch.float32) if w_dil.dtype == torch.bfloat16 else v
+
     for s in range(T):
         t = t0 + s
         x = emb[0, prev[:, 0]] + emb[1, prev[:, 1]]
         skip = torch.zeros(B, S, dtype=torch.float32, device=emb.device)
         for i, d in enumerate(dilations):
             past = rings[i][:, :, t % d].clone()
-            rings[i][:, :, t % d] = x
-            pre = torch.cat([past, x], 1) @ wd[i].t() + b_dil[i]
+            rings[i][:, :, t % d] = q(x)
+            pre = torch.cat([past, q(x)], 1) @ wd[i].t() + b_dil[i]
             pre = torch.cat([pre[:, :R], pre[:, Rp:Rp + R]], 1)
             if cond is not None:
                 pre = pre + cond[rows, t // cond_hop, i]
             if gbias is not None:
                 pre = pre + gbias[:, i]
             g = torch.tanh(pre[:, :R]) * torch.sigmoid(pre[:, R:])
-            rs = g @ wrs[i].t() + b_rs[i]
+            rs = q(g) @ wrs[i].t() + b_rs[i]
             x = x + rs[:, :R]
             skip = skip + rs[:, Rp:Rp + S]
-        logits = F.relu(F.relu(skip) @ wo.t() + b_out[:A]) @ we.t() + b_end[:A]
+        logits = q(F.relu(q(F.relu(skip)) @ wo.t() + b_out[:A])) @ we.t() + b_end[:A]
         if forced is not None:
             y = forced[:, s]
         else:

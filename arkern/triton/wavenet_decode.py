@@ -45,13 +45,23 @@ def _rows(Mp, N, mrow, TILE_M: tl.constexpr):
 
 
 @triton.jit
+def _q(x, w_ptr):
+    # the bfloat16 precision (bfloat16 weights): every matrix input is rounded to bfloat16, to nearest even (in
+    # integer arithmetic: the interpreter's float conversion truncates)
+    if w_ptr.dtype.element_ty == tl.bfloat16:
+        u = x.to(tl.uint32, bitcast=True)
+        x = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
 def _matvec(acc, w_ptr, wbase, width, mmask, in_ptrs, n_in, rmask, BLOCK_K: tl.constexpr):
     # acc (BB, M) += in (BB, n_in) @ W[rows, :n_in]^T, the rows given by _rows (lanes with mmask false
     # give 0); in_ptrs (BB,) points at each batch row's input vector.
     for k0 in range(0, n_in, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < n_in
-        x = tl.load(in_ptrs[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        x = _q(tl.load(in_ptrs[:, None] + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0), w_ptr)
         w = tl.load(w_ptr + wbase[:, None] + k[None, :] * width[:, None], mask=mmask[:, None] & kmask[None, :],
                     other=0.0).to(tl.float32)
         acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
@@ -170,7 +180,7 @@ def _step(emb_ptr, wd_ptr, bd_ptr, wrs_ptr, brs_ptr, wo_ptr, bo_ptr, we_ptr, be_
         tl.store(in2_ptrs[:, None] + r[None, :], past, mask=m2)
         tl.store(in2_ptrs[:, None] + R + c[None, :], state, mask=mx)
         tl.debug_barrier()  # the old slot is read (by every thread) before it is overwritten
-        tl.store(slot[:, None] + c[None, :], state, mask=mx)
+        tl.store(slot[:, None] + c[None, :], _q(state, wd_ptr), mask=mx)  # the ring holds matrix inputs
         pre = tl.zeros((BLOCK_B, 2 * BLOCK_R), dtype=tl.float32) + tl.load(bd_ptr + layer * 2 * Rp + q_row,
                                                                           mask=qv, other=0.0)
         pre = _matvec(pre, wd_ptr + layer * (2 * Rp * 2 * R), dil_base, dil_width, qv, in2_ptrs, 2 * R, rmask, K_DIL)

@@ -27,6 +27,8 @@
 #include <immintrin.h>
 #endif
 
+#include "isa.h"
+
 namespace arkern_decode {
 
 constexpr int64_t kTile = 64;  // outputs per weight tile
@@ -175,8 +177,13 @@ void tile_avx512(const WT* blk, int64_t jn, const float* const* x, int64_t xj, f
 template <class P, typename T, typename WT, int NB, int V>
 inline void tile(const WT* blk, int64_t jn, const T* const* x, int64_t xj, T* const* y, int64_t m0, const T* init) {
 #if defined(__AVX512F__)
+  // the hand-written AVX-512 tile unless a lower level is forced (arkern_isa: ARKERN_ISA=avx2)
   if constexpr (std::is_same_v<T, float>) {
-    tile_avx512<P, WT, NB, V>(blk, jn, x, xj, y, m0, init);
+    if (arkern_isa::use_avx512()) {
+      tile_avx512<P, WT, NB, V>(blk, jn, x, xj, y, m0, init);
+    } else {
+      tile_generic<P, T, WT, NB, V>(blk, jn, x, xj, y, m0, init);
+    }
   } else {
     tile_generic<P, T, WT, NB, V>(blk, jn, x, xj, y, m0, init);
   }

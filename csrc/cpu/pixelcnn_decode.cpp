@@ -85,6 +85,19 @@ std::vector<std::pair<int64_t, int64_t>> matrix_shapes(const Dims& d) {
   return s;
 }
 
+// Per matrix, the input where its AMX copy is cut in two (0: not cut): the PixelCNN's spatial convs multiply
+// the taps of the rows above once per image row and those of the current row per pixel.
+std::vector<int64_t> tile_splits(const Dims& d) {
+  std::vector<int64_t> s(matrix_shapes(d).size(), 0);
+  if (d.kind == 0) {
+    const int64_t per_block = d.residual ? 2 : 1;
+    for (int64_t g = 0; g < d.C; ++g) s[g] = (d.kh_a / 2) * d.kw_a * d.cin(0);
+    for (int64_t k = 0; k < d.depth; ++k)
+      for (int64_t g = 0; g < d.C; ++g) s[(1 + per_block * k) * d.C + g] = (d.kh_b / 2) * d.kw_b * d.h;
+  }
+  return s;
+}
+
 // (ring rows, columns, channels) of every cache for images of width W, in the order of the cache list.
 std::vector<std::array<int64_t, 3>> cache_shapes(const Dims& d, int64_t W) {
   std::vector<std::array<int64_t, 3>> s;
@@ -127,6 +140,8 @@ struct Runner {
   Dims d;
   int64_t B, H, W, row_begin, row_end;
   std::vector<Mat<T, WT>> mats;
+  std::vector<const uint16_t*> tiles;  // per matrix its AMX copy (bfloat16 packs on AMX machines), else empty
+  std::vector<int64_t> splits;         // tile_splits
   std::vector<std::array<int64_t, 3>> cshape;
   std::vector<T*> caches;
   int64_t* image;
@@ -235,7 +250,21 @@ struct Runner {
 
   void product(const Mat<T, WT>& m, int64_t nb, const std::vector<T*>& x, Scratch& s, T* const* y) const {
     for (int64_t b = 0; b < nb; ++b) s.in[b] = x[b];
-    matvec(m, nb, s.in.data(), y, s.team);
+    mv(m, nb, 0, m.n, s.in.data(), y, s.team);
+  }
+
+  // Inputs [ja, jz) of y = b + W x in the pack's precision, on the AMX copy of that range when there is one
+  // (output tiles split over `team` as matvec_range otherwise).
+  void mv(const Mat<T, WT>& m, int64_t nb, int64_t ja, int64_t jz, const T* const* x, T* const* y,
+          arkern_team::Session* team) const {
+    const uint16_t* t = nullptr;
+    const size_t k = static_cast<size_t>(&m - mats.data());
+    if (!tiles.empty()) {
+      const int64_t cut = splits[k];
+      if (ja == 0 && jz == cut && cut > 0) t = tiles[k];
+      if (ja == cut && jz == m.n) t = tiles[k] + (cut > 0 ? m.mp * arkern_amx::pad32(cut) : 0);
+    }
+    product_range(m, nb, ja, jz, x, y, t, team);
   }
 
   // Spatial conv c of the PixelCNN program: 0 the mask-A input conv, 1 + k the mask-B conv of block k.
@@ -279,7 +308,7 @@ struct Runner {
             in[q] = dst;
             out[q] = partial(s, b, c, g, j);
           }
-          matvec_range(m, n, 0, na, in, out);
+          mv(m, n, 0, na, in, out, nullptr);
         }
       }
     });
@@ -297,7 +326,7 @@ struct Runner {
       s.in[b] = s.gat[b];
       s.yp[b] = na > 0 ? partial(s, b, c, g, j) : s.y[b];
     }
-    matvec_range(m, nb, na, m.n, s.in.data(), s.yp.data(), s.team);
+    mv(m, nb, na, m.n, s.in.data(), s.yp.data(), s.team);
     return s.yp.data();
   }
 
@@ -320,7 +349,8 @@ struct Runner {
         for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
         s.in[b] = u;
       }
-      matvec(mats[px(2 + 2 * k, g)], nb, s.in.data(), s.y.data(), s.team);  // residual: 2 matrices per block
+      const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
+      mv(m1, nb, 0, m1.n, s.in.data(), s.y.data(), s.team);
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
     }
@@ -386,7 +416,8 @@ struct Runner {
         gate(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
         s.in[b] = s.act[b] + l * h;
       }
-      matvec(mats[gx(l, 2 + C + g)], nb, s.in.data(), s.y.data(), s.team);
+      const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
+      mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
     }
@@ -433,7 +464,8 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
                                  const at::Tensor& input_table, at::TensorList caches, const at::Tensor& image, const at::Tensor& noise,
                                  const std::optional<at::Tensor>& cond, int64_t row_begin, int64_t row_end,
                                  double temperature, int64_t top_k, double top_p, bool return_logits,
-                                 const std::optional<at::Tensor>& forced) {
+                                 const std::optional<at::Tensor>& forced, at::TensorList tiles) {
+  arkern_isa::selected();  // an invalid ARKERN_ISA fails here, not inside a parallel region
   CHECK_ARG(config.size() == kConfigInts, "config must hold ", kConfigInts, " ints, got ", config.size());
   const Dims d{config[0], config[1], config[2],  config[3],  config[4],  config[5],  config[6],  config[7], config[8],
                config[9], config[10], config[11], config[12], config[13], config[14], config[15], config[16]};
@@ -478,6 +510,18 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
   CHECK_ARG(input_table.scalar_type() == at_ && input_table.is_contiguous() && input_table.device().is_cpu() &&
                 input_table.sizes() == at::IntArrayRef({d.K, d.E}),
             "input_table must be a contiguous ", at_, " CPU tensor (", d.K, ", ", d.E, "), got ", input_table.sizes());
+  const auto splits = tile_splits(d);
+  CHECK_ARG(tiles.empty() || (tiles.size() == shapes.size() && wt == at::kBFloat16),
+            "tiles (the AMX copy of bfloat16 weights) must be empty or hold one tensor per matrix (",
+            shapes.size(), ") of a bfloat16 pack, got ", tiles.size());
+  for (size_t k = 0; k < tiles.size(); ++k) {
+    const auto [m, n] = shapes[k];
+    const int64_t cut = splits[k];
+    const int64_t numel = pad16(m) * (arkern_amx::pad32(cut) + arkern_amx::pad32(n - cut));
+    CHECK_ARG(tiles[k].scalar_type() == at::kBFloat16 && tiles[k].is_contiguous() && tiles[k].device().is_cpu() &&
+                  tiles[k].numel() == numel,
+              "tiles ", k, " must be a contiguous bfloat16 CPU tensor of ", numel, " elements, got ", tiles[k].numel());
+  }
   const auto cshape = cache_shapes(d, W);
   CHECK_ARG(caches.size() == cshape.size(), "expected ", cshape.size(), " caches, got ", caches.size());
   for (size_t c = 0; c < cshape.size(); ++c) {
@@ -522,6 +566,8 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
       const auto [m, n] = shapes[k];
       run.mats.push_back({weights[k].data_ptr<WT>(), biases[k].data_ptr<T>(), m, pad16(m), n});
     }
+    for (const auto& t : tiles) run.tiles.push_back(reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()));
+    run.splits = splits;
     run.cshape = cshape;
     for (const auto& c : caches) run.caches.push_back(c.data_ptr<T>());
     run.image = image.data_ptr<int64_t>();
@@ -559,6 +605,9 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
   } else {
     launch(float{}, float{});
   }
+  const bool amx = wt == at::kBFloat16 && !tiles.empty() && arkern_isa::use_amx();
+  arkern_isa::record("pixelcnn_generate", amx ? arkern_isa::Isa::amx
+                                          : arkern_isa::use_avx512() ? arkern_isa::Isa::avx512 : arkern_isa::Isa::avx2);
   return logits;
 }
 

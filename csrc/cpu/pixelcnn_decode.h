@@ -6,10 +6,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
+#include "amx.h"
 #include "decode_gate.h"
 #include "decode_matvec.h"
 #include "decode_sampler.h"
+#include "isa.h"
 #include "simd_math.h"
 #include "team.h"
 
@@ -70,6 +74,34 @@ inline void matvec_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_
 template <typename T, typename WT>
 inline void matvec(const Mat<T, WT>& mat, int64_t rows, const T* const* x, T* const* y, arkern_team::Session* team) {
   matvec_range(mat, rows, 0, mat.n, x, y, team);
+}
+
+// Inputs [ja, jz) of y = b + W x (as matvec_range) in the precision of the weights: float32 / float64 as is;
+// the bfloat16 precision (docs/design.md) rounds every input to bfloat16 and multiplies on AMX tiles when that
+// level is selected and `tiles` (the VNNI copy of W[:, ja:jz], arkern.ops.amx_layout) is given, else widens
+// the weights on the float32 tile kernels (output tiles split over `team` as matvec_range; the AMX products
+// run on this thread: one core's tiles outrun the team's float32 split).
+template <typename T, typename WT>
+void product_range(const Mat<T, WT>& mat, int64_t rows, int64_t ja, int64_t jz, const T* const* x, T* const* y,
+                   const uint16_t* tiles, arkern_team::Session* team) {
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    if (ja < jz && tiles != nullptr && arkern_isa::use_amx()) {
+      const arkern_amx::TileScope scope;
+      arkern_amx::thread_batch().matvec(rows, x, jz - ja, tiles, mat.mp, ja == 0 ? mat.b : nullptr, y);
+      return;
+    }
+    thread_local std::vector<float> buf;
+    thread_local std::vector<float*> ptr;
+    const int64_t n = jz - ja;
+    buf.resize(static_cast<size_t>(rows * n));
+    ptr.resize(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) ptr[r] = buf.data() + r * n;
+    arkern_amx::round_rows(rows, x, n, ptr.data());
+    matvec_range(mat, rows, ja, jz, ptr.data(), y, team);
+  } else {
+    (void)tiles;
+    matvec_range(mat, rows, ja, jz, x, y, team);
+  }
 }
 
 }  // namespace arkern_pixelcnn

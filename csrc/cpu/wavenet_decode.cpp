@@ -28,13 +28,16 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "amx.h"
 #include "decode_gate.h"
 #include "decode_matvec.h"
 #include "decode_sampler.h"
+#include "isa.h"
 #include "team.h"
 
 namespace {
@@ -47,6 +50,14 @@ using arkern_decode::WaveNetPacking;
 
 constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
+constexpr int kAmxMinRows = 4;  // bfloat16 row groups from this size use AMX tiles when selected (isa.h)
+
+// The AMX copies of the matrices (arkern.ops.amx_layout.pack_vnni), in the order w_dil[0..L), w_rs[0..L),
+// w_out, w_end; nullptr when the caller passed none.
+struct Tiles {
+  const uint16_t* base = nullptr;
+  int64_t dil_stride = 0, rs_off = 0, rs_stride = 0, out_off = 0, end_off = 0;
+};
 
 // y[b] (+)= W[:, ja:jb] x[b][0 : jb - ja] for nb rows and the output tiles [t0, t1), starting from the bias
 // when ja == 0 and from y[b] otherwise; W packed (mp x n) by arkern.ops.wavenet_decode.pack_matrix. Every
@@ -81,6 +92,9 @@ struct Net {
 // the dilated conv's outputs, the skip sums, the head's outputs) are each written by one chunk.
 template <typename WT>
 struct Rows {
+  // bfloat16 precision (docs/design.md): every matrix input is rounded to bfloat16 (the layer input x, which
+  // the rings then hold rounded, the gate output, relu(skip), the head's hidden layer); sums stay float32.
+  static constexpr bool kBf16 = std::is_same_v<WT, at::BFloat16>;
   enum Kind { kDuty, kDil, kSkip, kHead };
   struct Chunk {
     Kind kind;
@@ -207,6 +221,7 @@ struct Rows {
           }
         }
         gate(w.tmp[b], w.tmp[b] + Rp, w.g[b], Rp);
+        if constexpr (kBf16) arkern_amx::round_bf16(w.g[b], R);
       }
       matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, w.g, w.rs, net.b_rs + l * rs_p, 0, res_tiles);
       if (p < L) {
@@ -216,18 +231,28 @@ struct Rows {
     } else if (p == 0) {
       for (int b = 0; b < nb; ++b) std::copy(xs(0, b), xs(0, b) + R, w.x[b]);
     } else if (p == L + 1) {
-      for (int b = 0; b < nb; ++b)
+      for (int b = 0; b < nb; ++b) {
         for (int64_t c = 0; c < net.Sp; ++c) w.h[b][c] = std::max(skip[b][c], 0.0f);
+        if constexpr (kBf16) arkern_amx::round_bf16(w.h[b], net.S);
+      }
     } else {
-      for (int b = 0; b < nb; ++b)
+      for (int b = 0; b < nb; ++b) {
         for (int64_t c = 0; c < net.Ap; ++c) w.o[b][c] = std::max(o[b][c], 0.0f);
+        if constexpr (kBf16) arkern_amx::round_bf16(w.o[b], net.A);
+      }
     }
-    if (p < L && !(use_past && net.dil[p] > 1)) {  // the dilated conv's input: [x(t - d), x(t)]
+    if (p < L) {  // the dilated conv's input: [x(t - d), x(t)] (x(t) rounded in the bfloat16 precision)
       const int64_t pos = t % net.dil[p];
       for (int b = 0; b < nb; ++b) {
-        const float* slot = rings[p] + ((row0 + b) * net.dil[p] + pos) * R;  // time-major: R inputs of one time
-        std::copy(slot, slot + R, w.in2[b]);
-        std::copy(w.x[b], w.x[b] + R, w.in2[b] + R);
+        if (!(use_past && net.dil[p] > 1)) {
+          const float* slot = rings[p] + ((row0 + b) * net.dil[p] + pos) * R;  // time-major: R inputs of one time
+          std::copy(slot, slot + R, w.in2[b]);
+        }
+        if constexpr (kBf16) {
+          arkern_amx::round_bf16(w.x[b], R, w.in2[b] + R);
+        } else {
+          std::copy(w.x[b], w.x[b] + R, w.in2[b] + R);
+        }
       }
     }
   }
@@ -244,7 +269,12 @@ struct Rows {
       case kDuty: {  // layer p - 1 done: its input into the ring, skip outputs of the residual tiles; x(p)
         const int64_t l = p - 1, d = net.dil[l];
         for (int b = 0; b < nb; ++b) {
-          std::copy(xs(l, b), xs(l, b) + R, rings[l] + ((row0 + b) * d + t % d) * R);
+          float* slot = rings[l] + ((row0 + b) * d + t % d) * R;  // the ring holds the matrix input
+          if constexpr (kBf16) {
+            arkern_amx::round_bf16(xs(l, b), R, slot);
+          } else {
+            std::copy(xs(l, b), xs(l, b) + R, slot);
+          }
           for (int64_t m = Rp; m < std::min(rs_p, res_tiles * arkern_decode::kTile); ++m) skip[b][m - Rp] += w.rs[b][m];
           if (p < L) std::copy(w.x[b], w.x[b] + R, xs(p, b));
         }
@@ -270,7 +300,9 @@ struct Rows {
             matvec_tiles<WT>(nb * static_cast<int>(n), wl, two_rp, 2 * R, 0, R, w.past_x.data(), w.past_y.data(),
                              bl, k, k + 1);
           }
-          matvec_tiles<WT>(nb, wl, two_rp, 2 * R, R, 2 * R, w.x, y, bl, k, k + 1);  // ... plus W_now x[t]
+          const float* now[kMaxRows];
+          for (int b = 0; b < nb; ++b) now[b] = w.in2[b] + R;
+          matvec_tiles<WT>(nb, wl, two_rp, 2 * R, R, 2 * R, now, y, bl, k, k + 1);  // ... plus W_now x[t]
         } else {
           matvec_tiles<WT>(nb, wl, two_rp, 2 * R, 0, 2 * R, w.in2, y, bl, k, k + 1);
         }
@@ -576,6 +608,102 @@ struct Pipe {
   }
 };
 
+// The ring slots of step t + 1 of one layer, fetched into the cache a step ahead (with many rows every slot
+// is a miss otherwise: rings of large dilations do not stay cached).
+inline void prefetch_next_slots(const float* ring, int64_t row0, int nb, int64_t d, int64_t t, int64_t R) {
+  for (int b = 0; b < nb; ++b) {
+    const float* next = ring + ((row0 + b) * d + (t + 1) % d) * R;
+    for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(next + c);
+  }
+}
+
+// The bfloat16 precision on AMX tiles for batch rows [row0, row0 + nb), nb <= kMaxRows, on this thread: the
+// same network and rounding as Rows<at::BFloat16> (every matrix input rounded to bfloat16, the rings holding
+// the rounded layer inputs), each product one tile pass over all rows (amx.h). Tiles: the matrices' AMX copies.
+void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>& rings, int64_t* prev, int64_t row0,
+                  int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
+                  int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
+                  float* logits_out) {
+  const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A, Ap = net.Ap;
+  const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp;
+  std::vector<float> buf(static_cast<size_t>(nb) * (2 * Rp + two_rp + Rp + rs_p + 2 * Sp + 2 * Ap), 0.0f);
+  float* p = buf.data();
+  float *x[kMaxRows], *xq[kMaxRows], *pre[kMaxRows], *g[kMaxRows], *rs[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
+      *o[kMaxRows], *lg[kMaxRows], *slot[kMaxRows];
+  for (int b = 0; b < nb; ++b) {
+    x[b] = p; p += Rp;
+    xq[b] = p; p += Rp;
+    pre[b] = p; p += two_rp;
+    g[b] = p; p += Rp;
+    rs[b] = p; p += rs_p;
+    skip[b] = p; p += Sp;
+    h[b] = p; p += Sp;
+    o[b] = p; p += Ap;
+    lg[b] = p; p += Ap;
+  }
+  double u[kMaxRows];
+  int64_t drawn[kMaxRows];
+  arkern_amx::Batch& batch = arkern_amx::thread_batch();
+  const arkern_amx::TileScope scope;  // the tile configuration for the whole call
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = t0 + s;
+    for (int b = 0; b < nb; ++b) {
+      const int64_t* pv = prev + (row0 + b) * 2;
+      const float* e_old = net.emb + pv[0] * R;
+      const float* e_new = net.emb + (A + pv[1]) * R;
+      for (int64_t c = 0; c < R; ++c) x[b][c] = e_old[c] + e_new[c];
+      std::fill(skip[b], skip[b] + Sp, 0.0f);
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t d = net.dil[l];
+      prefetch_next_slots(rings[l], row0, nb, d, t, R);
+      for (int b = 0; b < nb; ++b) {
+        arkern_amx::round_bf16(x[b], R, xq[b]);
+        slot[b] = rings[l] + ((row0 + b) * d + t % d) * R;  // time-major: the R inputs of one time
+      }
+      // [x(t - d); x(t)] converted straight from the ring and x, then x(t) replaces x(t - d) in the ring
+      batch.matvec2(nb, slot, R, xq, R, tiles.base + l * tiles.dil_stride, two_rp, net.b_dil + l * two_rp, pre);
+      for (int b = 0; b < nb; ++b) {
+        std::copy(xq[b], xq[b] + R, slot[b]);
+        const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
+                                 gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
+        for (const float* f : extra) {
+          if (!f) continue;
+          for (int64_t c = 0; c < R; ++c) {
+            pre[b][c] += f[c];
+            pre[b][Rp + c] += f[R + c];
+          }
+        }
+        gate(pre[b], pre[b] + Rp, g[b], Rp);
+      }
+      batch.matvec(nb, g, R, tiles.base + tiles.rs_off + l * tiles.rs_stride, rs_p, net.b_rs + l * rs_p, rs);
+      for (int b = 0; b < nb; ++b) {
+        for (int64_t c = 0; c < R; ++c) x[b][c] += rs[b][c];
+        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += rs[b][Rp + c];
+      }
+    }
+    for (int b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
+    batch.matvec(nb, h, net.S, tiles.base + tiles.out_off, Ap, net.b_out, o);
+    for (int b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
+    batch.matvec(nb, o, A, tiles.base + tiles.end_off, Ap, net.b_end, lg);
+    if (!forced) {
+      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
+      sampler.draw(lg, nb, A, u, drawn);
+    }
+    for (int b = 0; b < nb; ++b) {
+      const int64_t row = row0 + b;
+      const int64_t y = forced ? forced[row * steps + s] : drawn[b];
+      samples[row * steps + s] = y;
+      if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
+      int64_t* pv = prev + row * 2;
+      pv[0] = pv[1];
+      pv[1] = y;
+    }
+  }
+}
+
 void check_f32(const at::Tensor& t, const char* name, int64_t numel) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
               "wavenet_generate: ", name, " must be a contiguous float32 CPU tensor");
@@ -588,7 +716,8 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
     const at::Tensor& b_end, at::IntArrayRef dilations, at::TensorList rings, const at::Tensor& prev, int64_t t0,
     const at::Tensor& noise, const std::optional<at::Tensor>& cond, int64_t cond_hop,
     const std::optional<at::Tensor>& gbias, double temperature, int64_t top_k, double top_p,
-    bool return_logits, const std::optional<at::Tensor>& forced) {
+    bool return_logits, const std::optional<at::Tensor>& forced, const std::optional<at::Tensor>& tiles) {
+  arkern_isa::selected();  // an invalid ARKERN_ISA fails here, not inside a parallel region
   TORCH_CHECK(emb.dim() == 3 && emb.size(0) == 2, "wavenet_generate: emb must be (2, A, R), got ", emb.sizes());
   Net net;
   net.A = emb.size(1);
@@ -616,6 +745,21 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
   for (const auto& [t, n] : mats) {
     TORCH_CHECK(t->scalar_type() == wt && t->is_contiguous() && t->numel() == n,
                 "wavenet_generate: packed weights must be contiguous, of one dtype, with ", n, " elements");
+  }
+  Tiles tl;
+  if (tiles.has_value()) {
+    using arkern_amx::packed_size;
+    tl.dil_stride = packed_size(2 * net.Rp, 2 * net.R);
+    tl.rs_off = net.L * tl.dil_stride;
+    tl.rs_stride = packed_size(net.Rp + net.Sp, net.R);
+    tl.out_off = tl.rs_off + net.L * tl.rs_stride;
+    tl.end_off = tl.out_off + packed_size(net.Ap, net.S);
+    const int64_t n = tl.end_off + packed_size(net.Ap, net.A);
+    TORCH_CHECK(wt == at::kBFloat16 && tiles->scalar_type() == at::kBFloat16 && tiles->is_contiguous() &&
+                    tiles->device().is_cpu() && tiles->numel() == n,
+                "wavenet_generate: tiles (the AMX copy of bfloat16 weights) must be a contiguous bfloat16 CPU tensor "
+                "of ", n, " elements");
+    tl.base = reinterpret_cast<const uint16_t*>(tiles->data_ptr<at::BFloat16>());
   }
   TORCH_CHECK(prev.dim() == 2 && prev.size(1) == 2 && prev.scalar_type() == at::kLong && prev.is_contiguous(),
               "wavenet_generate: prev must be a contiguous int64 (B, 2) tensor");
@@ -692,7 +836,8 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
         const uint64_t key = (((((1ull * 1009 + net.L) * 1009 + net.R) * 1009 + net.S) * 1009 + net.A) * 1009 +
                               nb) * 2 + (std::is_same_v<WT, float> ? 0 : 1);
         arkern_team::Session team(key);  // one worker inside a parallel region
-        if (team.workers() == 2 && nb <= kPastMaxRows) {
+        // (the pipeline keeps float32 matrix inputs: bfloat16 packs, whose inputs are rounded, run Rows)
+        if (team.workers() == 2 && nb <= kPastMaxRows && std::is_same_v<WT, float>) {
           Pipe<WT> pipe{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
                         ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
                         samples.data_ptr<int64_t>(), lo};
@@ -713,11 +858,26 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
       at::parallel_for(0, groups, 1, work);
     }
   };
-  if (wt == at::kFloat) {
+  // AMX (bfloat16 packs with tiles, rows enough to fill them): row groups of up to kMaxRows, one per thread
+  const bool amx = wt == at::kBFloat16 && tl.base != nullptr && B >= kAmxMinRows && arkern_isa::use_amx();
+  if (amx) {
+    const int64_t amx_groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows,
+                                                 std::min<int64_t>(at::get_num_threads(), B / kAmxMinRows));
+    at::parallel_for(0, amx_groups, 1, [&](int64_t g0, int64_t g1) {
+      Sampler sampler(net.A, temperature, top_k, top_p);
+      for (int64_t grp = g0; grp < g1; ++grp) {
+        const int64_t r0 = grp * B / amx_groups, r1 = (grp + 1) * B / amx_groups;
+        run_rows_amx(net, tl, ring_ptrs, prev_p, r0, static_cast<int>(r1 - r0), t0, T, np, cp, frames, cond_hop, gp,
+                     fp, sampler, samples.data_ptr<int64_t>(), lo);
+      }
+    });
+  } else if (wt == at::kFloat) {
     launch(float{});
   } else {
     launch(at::BFloat16{});
   }
+  arkern_isa::record("wavenet_generate", amx ? arkern_isa::Isa::amx
+                                         : arkern_isa::use_avx512() ? arkern_isa::Isa::avx512 : arkern_isa::Isa::avx2);
   return {samples, logits};
 }
 

@@ -46,6 +46,16 @@ inline int64_t pad16(int64_t n) { return (n + 15) / 16 * 16; }
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(uint16_t v) { return __uint_as_float(static_cast<unsigned>(v) << 16); }
 
+// The bfloat16 precision (docs/design.md): with bfloat16 weights every matrix input is rounded to bfloat16
+// (to nearest even), so the products are exact and only the float32 sums round.
+__device__ __forceinline__ float matrix_input(float v, float) { return v; }
+__device__ __forceinline__ float matrix_input(float v, uint16_t) {
+  unsigned u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return v;  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __uint_as_float(u & 0xffff0000u);
+}
+
 // Activation floats of one row in shared memory: x (Rp) | in2 = [x(t-d); x(t)] (2Rp) | pre (2Rp) | g (Rp)
 // | skip (Sp) | o (Ap) | logits (Ap) — a multiple of 16 floats; after the ROWS rows, 2 int64 per row of
 // previous samples.
@@ -103,7 +113,7 @@ __device__ __forceinline__ void dot_rows(const WT* w, int64_t Mp, int64_t N, int
   for (int64_t j = 0; j < n; ++j) {
     const float wv = to_float(col[j * width]);
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = fmaf(wv, x[r * xs + j], acc[r]);
+    for (int r = 0; r < ROWS; ++r) acc[r] = fmaf(wv, matrix_input(x[r * xs + j], WT{}), acc[r]);
   }
 }
 
@@ -224,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) wavenet_kernel(const Params<WT> p) {
         float* slot = ring + ((row0 + r) * d + t % d) * R;
         in2[r * stride + c] = slot[c];
         in2[r * stride + R + c] = x[r * stride + c];
-        slot[c] = x[r * stride + c];
+        slot[c] = matrix_input(x[r * stride + c], WT{});  // the ring holds matrix inputs
       }
       __syncthreads();
       const WT* wd = matrix(p, cache, 2 * l);

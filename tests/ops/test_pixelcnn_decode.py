@@ -184,9 +184,10 @@ def test_kernel_validates_before_running_and_opcheck():
     cond = condition_bias(model, packed, torch.tensor([0, 1]))
     op = torch.ops.arkern.pixelcnn_generate.default
     args = [list(packed.layout), packed.weights, packed.biases, packed.input_table, caches, image, noise, cond, 0, 3,
-            1.0, 0, 1.0, True, None]
+            1.0, 0, 1.0, True, None, []]
     bad = {1: packed.weights[:-1], 2: [b[:-1] for b in packed.biases], 3: packed.input_table[:-1], 4: caches[:-1],
-           7: cond[:, :1], 9: 4, 5: image[:, :2].contiguous(), 6: noise.float(), 0: list(packed.layout)[:9]}
+           7: cond[:, :1], 9: 4, 5: image[:, :2].contiguous(), 6: noise.float(), 0: list(packed.layout)[:9],
+           15: [w.bfloat16() for w in packed.weights]}
     for index, value in bad.items():
         with pytest.raises(RuntimeError, match="pixelcnn_generate"):
             op(*[value if k == index else a for k, a in enumerate(args)])
