@@ -104,3 +104,25 @@ def check_uniforms(op: str, noise: object, device: torch.device, name: str = "no
     if noise.numel() and not torch.compiler.is_compiling() and not bool(((noise >= 0) & (noise < 1)).all()):
         raise ValueError(f"{op}: {name} must hold uniforms in [0, 1), got values in "
                          f"[{float(noise.min())}, {float(noise.max())}] (or NaN)")
+
+
+def check_step_conditioning(op: str, t0: object, steps: int, batch: int, layers: int, width: int,
+                            cond: torch.Tensor | None, cond_hop: int, gbias: torch.Tensor | None) -> None:
+    """The checks every fused WaveNet step op shares: t0 an int >= 0; local conditioning ``cond`` float32
+    (batch, frames, layers, width) with frames covering steps t0 .. t0 + steps - 1 at ``cond_hop`` samples
+    per frame; global bias ``gbias`` float32 (batch, layers, width). Raises ValueError naming the argument."""
+    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+        raise ValueError(f"{op}: t0 must be an int >= 0, got {t0!r}")
+    if cond is not None:
+        if (cond.dtype != torch.float32 or cond.dim() != 4 or cond.shape[0] != batch
+                or cond.shape[2:] != (layers, width)):
+            raise ValueError(f"{op}: cond must be float32 ({batch}, frames, {layers}, {width}), got {cond.dtype} "
+                             f"{tuple(cond.shape)}")
+        if cond_hop < 1:
+            raise ValueError(f"{op}: cond_hop must be >= 1, got {cond_hop}")
+        if steps and (t0 + steps - 1) // cond_hop >= cond.shape[1]:
+            raise ValueError(f"{op}: cond has {cond.shape[1]} frames, too few for steps up to {t0 + steps} at "
+                             f"cond_hop={cond_hop}")
+    if gbias is not None and (gbias.dtype != torch.float32 or tuple(gbias.shape) != (batch, layers, width)):
+        raise ValueError(f"{op}: gbias must be float32 ({batch}, {layers}, {width}), got {gbias.dtype} "
+                         f"{tuple(gbias.shape)}")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
 from arkern.ops._library import LIB, same_device
-from arkern.ops._validate import check_uniforms
+from arkern.ops._validate import check_step_conditioning, check_uniforms
 from arkern.ops.amx_layout import pack_vnni
 from arkern.reference import wavenet_decode as ref
 from arkern.reference.wavenet_decode import TILE, pad16, unpack_matrix
@@ -166,20 +166,8 @@ def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor
             raise ValueError(f"{OP}: rings[{i}] must be float32 {(B, R, d)} with time-major storage "
                              f"(torch.zeros(B, d, R).transpose(1, 2)), got {r.dtype} {tuple(r.shape)} "
                              f"strides {r.stride()}")
-    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
-        raise ValueError(f"{OP}: t0 must be an int >= 0, got {t0!r}")
+    check_step_conditioning(OP, t0, T, B, L, 2 * R, cond, cond_hop, gbias)
     check_warpers(temperature, top_k, top_p, OP)
-    if cond is not None:
-        if cond.dtype != torch.float32 or cond.dim() != 4 or cond.shape[0] != B or cond.shape[2:] != (L, 2 * R):
-            raise ValueError(f"{OP}: cond must be float32 ({B}, frames, {L}, {2 * R}), got {cond.dtype} "
-                             f"{tuple(cond.shape)}")
-        if cond_hop < 1:
-            raise ValueError(f"{OP}: cond_hop must be >= 1, got {cond_hop}")
-        if T and (t0 + T - 1) // cond_hop >= cond.shape[1]:
-            raise ValueError(f"{OP}: cond has {cond.shape[1]} frames, too few for steps up to {t0 + T} at "
-                             f"cond_hop={cond_hop}")
-    if gbias is not None and (gbias.dtype != torch.float32 or tuple(gbias.shape) != (B, L, 2 * R)):
-        raise ValueError(f"{OP}: gbias must be float32 ({B}, {L}, {2 * R}), got {gbias.dtype} {tuple(gbias.shape)}")
     if forced is not None and (forced.dtype != torch.int64 or tuple(forced.shape) != (B, T)):
         raise ValueError(f"{OP}: forced must be int64 ({B}, {T}), got {forced.dtype} {tuple(forced.shape)}")
     for name, t in (("prev", prev), ("forced", forced)):

@@ -21,7 +21,7 @@ import torch
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers
 from arkern.ops._library import LIB, same_device
-from arkern.ops._validate import check_uniforms
+from arkern.ops._validate import check_step_conditioning, check_uniforms
 from arkern.reference import wavenet_family_decode as ref
 
 OP = "wavenet_family_generate"
@@ -99,20 +99,8 @@ def validate(packed: WaveNetFamilyFused, rings: list[torch.Tensor], prev: torch.
         if r.dtype != torch.float32 or tuple(r.shape) != (B, R, span) or not r.transpose(1, 2).is_contiguous():
             raise ValueError(f"{OP}: rings[{i}] must be float32 {(B, R, span)} with time-major storage, got "
                              f"{r.dtype} {tuple(r.shape)} strides {r.stride()}")
-    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
-        raise ValueError(f"{OP}: t0 must be an int >= 0, got {t0!r}")
+    check_step_conditioning(OP, t0, T, B, L, 2 * H, cond, cond_hop, gbias)
     check_warpers(temperature, top_k, top_p, OP)
-    if cond is not None:
-        if cond.dtype != torch.float32 or cond.dim() != 4 or cond.shape[0] != B or cond.shape[2:] != (L, 2 * H):
-            raise ValueError(f"{OP}: cond must be float32 ({B}, frames, {L}, {2 * H}), got {cond.dtype} "
-                             f"{tuple(cond.shape)}")
-        if cond_hop < 1:
-            raise ValueError(f"{OP}: cond_hop must be >= 1, got {cond_hop}")
-        if T and (t0 + T - 1) // cond_hop >= cond.shape[1]:
-            raise ValueError(f"{OP}: cond has {cond.shape[1]} frames, too few for steps up to {t0 + T} at "
-                             f"cond_hop={cond_hop}")
-    if gbias is not None and (gbias.dtype != torch.float32 or tuple(gbias.shape) != (B, L, 2 * H)):
-        raise ValueError(f"{OP}: gbias must be float32 ({B}, {L}, {2 * H}), got {gbias.dtype} {tuple(gbias.shape)}")
     if forced is not None and (forced.dtype != pdt or tuple(forced.shape) != (B, T)):
         raise ValueError(f"{OP}: forced must be {pdt} ({B}, {T}), got {forced.dtype} {tuple(forced.shape)}")
     if not scalar:
