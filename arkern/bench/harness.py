@@ -148,9 +148,17 @@ def run_report(families: Iterable[str], *, quick: bool = False, threads: Iterabl
     return rows
 
 
-def _plot(rows: list[Measurement], path: str) -> None:
-    """Samples/s against batch size, one line per (configuration, provider, level, threads), one panel per
-    family that has batched cases; families without a batch parameter get the speedup bars."""
+def _line_config(case: str, batch: int) -> str:
+    """A case's name without its batch-size token ("B=64", "N=64"): the configuration a plot line follows."""
+    return " ".join(w for w in case.split() if w not in (f"B={batch}", f"N={batch}"))
+
+
+def _plot(rows: list[Measurement], path: str) -> dict[tuple[str, str, str], dict[tuple, list[tuple[int, float, str]]]]:
+    """Items/s against batch size: one panel per (family, model, unit) that has batched cases, one line per
+    (configuration, provider, threads) -- solid 1 thread, dashed more -- labelled with the instruction-set
+    level it ran at; a point that ran at another level than the rest of its line (e.g. a bfloat16 row group
+    too small for AMX tiles) is drawn hollow and named. Families without a batch parameter get speedup bars.
+    Returns the panels: {(family, model, unit): {(configuration, provider, threads): [(batch, items/s, level)]}}."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -159,27 +167,34 @@ def _plot(rows: list[Measurement], path: str) -> None:
         raise RuntimeError("the plot needs matplotlib: pip install 'arkern[plot]'") from exc
     batched = [r for r in rows if "batch" in r.params and r.items_per_s]
     bars = [r for r in rows if "batch" not in r.params and r.speedup is not None and r.provider != "reference"]
-    families = sorted({r.family for r in batched})
-    panels = len(families) + (1 if bars else 0)
-    if not panels:
+    panels: dict[tuple[str, str, str], dict[tuple, list[tuple[int, float, str]]]] = {}
+    for r in batched:
+        panel = (r.family, str(r.params.get("model", "")), str(r.params.get("unit", "samples")))
+        line = (_line_config(r.case, r.params["batch"]), r.provider, r.threads)
+        panels.setdefault(panel, {}).setdefault(line, []).append((r.params["batch"], r.items_per_s, r.isa))
+    if not panels and not bars:
         raise RuntimeError("nothing to plot: no measurement has a batch size or a speedup")
-    fig, axes = plt.subplots(panels, 1, figsize=(10, 4.5 * len(families) + (0.3 * len(bars) + 1.5 if bars else 0)),
+    n = len(panels) + (1 if bars else 0)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 4.5 * len(panels) + (0.3 * len(bars) + 1.5 if bars else 0)),
                              squeeze=False)
-    for ax, family in zip(axes[:, 0], families):
-        lines: dict[tuple, list[tuple[int, float]]] = {}
-        for r in batched:
-            if r.family == family:
-                config = r.case.replace(f"B={r.params['batch']} ", "").replace(f" B={r.params['batch']}", "")
-                lines.setdefault((config, r.provider, r.isa, r.threads), []).append((r.params["batch"], r.items_per_s))
-        for (config, provider, isa, threads), pts in sorted(lines.items()):
+    for ax, ((family, model, unit), lines) in zip(axes[:, 0], sorted(panels.items())):
+        for (config, provider, threads), pts in sorted(lines.items()):
             pts.sort()
-            ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o",
-                    ls="-" if threads == 1 else "--", label=f"{config} {provider} [{isa}, {threads}t]")
+            levels = [isa for _, _, isa in pts]
+            main = max(set(levels), key=levels.count)
+            (handle,) = ax.plot([b for b, _, _ in pts], [v for _, v, _ in pts], marker="o",
+                                ls="-" if threads == 1 else "--", label=f"{config} {provider} [{main}, {threads}t]")
+            for b, v, isa in pts:
+                if isa != main:
+                    ax.plot([b], [v], marker="o", ms=9, mfc="white", mec=handle.get_color(), ls="none")
+                    ax.annotate(isa, (b, v), textcoords="offset points", xytext=(6, -10), fontsize=7,
+                                color=handle.get_color())
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
-        ax.set_ylabel("samples/s")
-        ax.set_title(f"{family}: samples/s by batch, instruction-set level and threads (one run)")
+        ax.set_ylabel(f"{unit}/s")
+        ax.set_title(f"{family}{': ' + model if model else ''} -- {unit}/s by batch, instruction-set level and "
+                     "threads (one run)")
         ax.legend(fontsize=6, ncol=2)
         ax.grid(True, which="both", lw=0.3)
     if bars:
@@ -192,3 +207,5 @@ def _plot(rows: list[Measurement], path: str) -> None:
         ax.set_xlabel("speedup over baseline (same run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return panels

@@ -88,7 +88,7 @@ def image_case(label: str, model_fn: Callable[[], torch.nn.Module], batch: int, 
         return _providers(make)
 
     return Case("isa", f"{label} {size}x{size} B={batch}", setup, baseline="fp32", items=batch,
-                params={"model": label, "batch": batch}, isa=lambda p: last_cpu_isa(op))
+                params={"model": label, "batch": batch, "unit": "images"}, isa=lambda p: last_cpu_isa(op))
 
 
 def cases(quick: bool = False, families: tuple[str, ...] = ("wavenet", "pixelcnn", "gated")) -> list[Case]:

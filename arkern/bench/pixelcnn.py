@@ -220,7 +220,7 @@ def _sampling_case(name: str, make_model, batch: int, size: int, providers: tupl
     baseline = "naive" if "naive" in providers else ("eager" if "eager" in providers else providers[0])
     op = "pixelcnnpp_generate" if "PixelCNN++" in name else "pixelcnn_generate"
     return Case("pixelcnn", f"{name} N={batch} {size}x{size} fp32", setup, baseline=baseline, items=batch,
-                params={"dtype": "float32", "batch": batch, "size": size},
+                params={"dtype": "float32", "batch": batch, "size": size, "unit": "images"},
                 isa=lambda p: last_cpu_isa(op) if p.startswith("fused") else None)
 
 
