@@ -4,7 +4,11 @@ One call samples whole images in C++ (csrc/cpu/pixelcnnpp_decode.cpp) on the sch
 decoder (:class:`arkern.models.pixelcnnpp.PixelCNNppDecoder`): the ``u`` stream once per image row for
 all columns, the ``ul`` stream once per pixel, each stride-2 layer only where it produces a new output,
 then the output conv and the discretized logistic mixture draw (float64, the decisions of
-:func:`arkern.distributions.sample_discretized_logistic_mixture`) for every pixel.
+:func:`arkern.distributions.sample_discretized_logistic_mixture`) for every pixel. The ``ul`` stream's (2, 2)
+convs are split by kernel row: the top row (the input row above) and the resnets' nin on the ``u`` stream are
+computed once per row for all columns, the bottom row's two taps per pixel (as two halves that two threads
+stream one each), so a pixel streams about half of the ``ul`` weights; each output is still summed in one
+fixed order, whatever the thread count.
 
 It takes the network as :class:`PixelCNNppFused` (packed by the model:
 :func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`): one float32 matrix per conv (columns ordered kernel
@@ -12,8 +16,9 @@ row, kernel column, input channel), one per tap of each transposed conv plus its
 :func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases padded to 16.
 
 Memory: besides the packed weights, the kernel keeps for each batch row only the rows its layers still read
-(the last two input rows of every shifted conv, one row of each coarse scale's final down-pass values), about
-7 MB per image for the CIFAR-10 configuration (160 filters, 5 resnets, 32×32), independent of the height.
+(the last two input rows of every shifted conv, one row of each coarse scale's final down-pass values) and the
+row parts of the ``ul`` convs for the current row, about 8 MB per image for the CIFAR-10 configuration (160
+filters, 5 resnets, 32×32), independent of the height.
 
 Backends: "cpu" and "reference" (:func:`arkern.reference.pixelcnnpp_decode.pixelcnnpp_generate`: the
 network written out in plain PyTorch from the packed weights and sampled the naive way, one full forward

@@ -6,8 +6,14 @@
 // - at the start of image row i, the whole `u` stream (it sees only rows above) for row i at every scale
 //   that gets a new row there (scale 1 on even rows, scale 2 on rows divisible by 4), many columns
 //   sharing each weight tile;
-// - per pixel, the `ul` stream at full resolution, and at the pixels where a stride-2 layer produces a new
-//   output ((2r, 2c) for scale 1, (4q, 4p) for scale 2) that scale's `ul` layers;
+// - then, for the same rows, the `ul` stream's row pass: every (2, 2) conv of the `ul` stream (the resnets'
+//   convs and the stride-2 conv into the scale) computes the part of its outputs that sees only the input
+//   row above (its top kernel row, plus the resnets' nin on the `u` stream's values) for all columns at once,
+//   again sharing each weight tile over many columns;
+// - per pixel, the rest of the `ul` stream at full resolution (the bottom kernel row's two taps, the nin's
+//   `ul` part), and at the pixels where a stride-2 layer produces a new output ((2r, 2c) for scale 1,
+//   (4q, 4p) for scale 2) that scale's `ul` layers: about half of the `ul` weights, as two halves (left and
+//   right tap) that a team of two threads streams one each (split_product in pixelcnnpp_decode.h);
 // - the output 1x1 conv and the draw (float64, the decisions of
 //   arkern.distributions.sample_discretized_logistic_mixture), whose pixel is fed back at once.
 //
@@ -234,14 +240,14 @@ struct Group {
     ul_init_down.reset(L.ul_init_down, nb);
     ul_init_right.reset(L.ul_init_right, nb);
     for (int64_t s = 0; s < 3; ++s) {
-      const auto make = [&](const std::vector<BlockSpec>& specs, std::vector<Block>& blocks) {
+      const auto make = [&](const std::vector<BlockSpec>& specs, std::vector<Block>& blocks, bool row_split) {
         blocks.resize(specs.size());
-        for (size_t k = 0; k < specs.size(); ++k) blocks[k].reset(specs[k], nb);
+        for (size_t k = 0; k < specs.size(); ++k) blocks[k].reset(specs[k], nb, row_split);
       };
-      make(L.up_u[s], up_u[s]);
-      make(L.up_ul[s], up_ul[s]);
-      make(L.dn_u[s], dn_u[s]);
-      make(L.dn_ul[s], dn_ul[s]);
+      make(L.up_u[s], up_u[s], false);
+      make(L.up_ul[s], up_ul[s], true);
+      make(L.dn_u[s], dn_u[s], false);
+      make(L.dn_ul[s], dn_ul[s], true);
       const int64_t ws = W >> s;
       u_up[s].assign((L.R + 1) * nb * ws * fs, 0.0f);
       u_dn[s].assign(std::max<int64_t>(1, L.n_dn(s)) * nb * ws * fs, 0.0f);
@@ -252,7 +258,7 @@ struct Group {
     }
     for (int64_t s = 0; s < 2; ++s) {
       down_u[s].reset(L.down_u[s], nb);
-      down_ul[s].reset(L.down_ul[s], nb);
+      down_ul[s].reset(L.down_ul[s], nb, true);
     }
     const int64_t np = nb * W;
     sc.init(np, L.max_n, L.f);
@@ -351,6 +357,25 @@ struct Group {
     }
   }
 
+  // The row passes of the `ul` stream's row-split convs (Conv, Block in pixelcnnpp_decode.h) for image row i
+  // at every scale that gets a new row there, after start_row(i): the stride-2 conv into that scale, then
+  // its resnets of both passes (their nin's `u` parts read the `u` stream's values of the same row).
+  void ul_row_pass(int64_t i) {
+    const int64_t rows[3] = {i, i % 2 == 0 ? i / 2 : -1, i % 4 == 0 ? i / 4 : -1};
+    for (int64_t s = 0; s < 3 && rows[s] >= 0; ++s) {
+      const int64_t np = row_positions(s, rows[s]);
+      if (s > 0) down_ul[s - 1].row_pass(pos.data(), np, sc);
+      for (int64_t k = 0; k < L.R; ++k) {
+        for (int64_t p = 0; p < np; ++p) a1[p] = row_at(u_up[s], s, k + 1, pos[p].b, pos[p].j);
+        up_ul[s][k].row_pass(pos.data(), np, L.f, a1.data(), sc);
+      }
+      for (int64_t k = 0; k < L.n_dn(s); ++k) {
+        for (int64_t p = 0; p < np; ++p) a1[p] = row_at(u_dn[s], s, k, pos[p].b, pos[p].j);
+        dn_ul[s][k].row_pass(pos.data(), np, L.f, a1.data(), sc);
+      }
+    }
+  }
+
   // Row r of scale s from row r / 2 of scale s + 1 through the (2, 3) 'down' transposed conv: output
   // column c gets tap (r % 2, kw) of input column (c + 1 - kw) / 2 where that is a whole column.
   void up_sample_u_row(int64_t s, int64_t r) {
@@ -389,10 +414,9 @@ struct Group {
     for (int64_t k = 0; k < R; ++k) {
       for (int64_t b = 0; b < nb; ++b) {
         xp[b] = ul_val(s, k, b);
-        a1[b] = row_at(u_up[s], s, k + 1, b, c);
         yp[b] = ul_val(s, k + 1, b);
       }
-      up_ul[s][k].run(pos.data(), nb, L.f, xp.data(), a1.data(), nullptr, yp.data(), sc);
+      up_ul[s][k].run_split(pos.data(), nb, L.f, xp.data(), nullptr, yp.data(), sc);
     }
     if (s < 2)
       for (int64_t b = 0; b < nb; ++b) down_ul[s].write(b, r, c, ul_val(s, R, b));
@@ -402,7 +426,7 @@ struct Group {
   void ul_level_from_below(int64_t s, int64_t r, int64_t c) {
     pixel_positions(r, c);
     for (int64_t b = 0; b < nb; ++b) yp[b] = ul_val(s, 0, b);
-    down_ul[s - 1].compute(pos.data(), nb, yp.data(), sc);
+    down_ul[s - 1].compute_split(pos.data(), nb, yp.data(), sc);
     ul_level(s, r, c);
   }
 
@@ -414,13 +438,10 @@ struct Group {
       for (int64_t b = 0; b < nb; ++b) std::copy_n(src[b], L.f, dst[b]);
     for (int64_t k = 0; k < n; ++k) {
       const int64_t ak = s == 2 ? R - 1 - k : R - k;
-      for (int64_t b = 0; b < nb; ++b) {
-        a1[b] = row_at(u_dn[s], s, k, b, c);
-        a2[b] = ul_val(s, ak, b);
-      }
+      for (int64_t b = 0; b < nb; ++b) a2[b] = ul_val(s, ak, b);
       const float* const* x = k == 0 ? static_cast<const float* const*>(src.data())
                                      : static_cast<const float* const*>(dst.data());  // in place after the first
-      dn_ul[s][k].run(pos.data(), nb, L.f, x, a1.data(), a2.data(), dst.data(), sc);
+      dn_ul[s][k].run_split(pos.data(), nb, L.f, x, a2.data(), dst.data(), sc);
     }
   }
 
@@ -476,6 +497,7 @@ struct Group {
     sc.team = &team;
     for (int64_t i = 0; i < H; ++i) {
       start_row(i);
+      ul_row_pass(i);
       for (int64_t j = 0; j < W; ++j) {
         step(i, j);
         for (int64_t b = 0; b < nb; ++b) {

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -14,6 +15,7 @@ namespace arkern_pixelcnnpp {
 
 using arkern_pixelcnn::Mat;
 using arkern_pixelcnn::matvec;
+using arkern_pixelcnn::matvec_range;
 using arkern_pixelcnn::pad16;
 
 // ---------------------------------------------------------------- pointwise
@@ -62,14 +64,15 @@ struct Pos {
 struct Scratch {
   int64_t cap = 0;
   std::vector<float> mem;
-  std::vector<float*> gat, t1, t2, c, a;
+  std::vector<float*> gat, t1, t2, c, a, z;
   std::vector<const float*> in;
+  std::array<std::vector<const float*>, 4> xs;  // inputs of a split product's terms
   std::vector<float*> out;
   arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
   void init(int64_t positions, int64_t max_n, int64_t f) {
     cap = positions;
     const int64_t fp = pad16(2 * f);
-    mem.assign(positions * (max_n + 4 * f + 4 * f + fp + fp), 0.0f);
+    mem.assign(positions * (max_n + 4 * f + 4 * f + 3 * fp), 0.0f);
     float* p = mem.data();
     const auto carve = [&](std::vector<float*>& v, int64_t size) {
       v.resize(positions);
@@ -80,10 +83,118 @@ struct Scratch {
     carve(t2, 4 * f);
     carve(c, fp);
     carve(a, fp);
+    carve(z, fp);
     in.resize(positions);
+    for (auto& v : xs) v.resize(positions);
     out.resize(positions);
   }
 };
+
+// ---------------------------------------------------------------- one-row products
+
+#if defined(__AVX512F__)
+constexpr int64_t kAheadBytes = 4096;  // software prefetch distance of the one-row products' weight stream
+
+// Inputs [0, jn) of one output tile (16V outputs, blk: jn x 16V floats) for a single row, computed exactly as
+// arkern_decode::tile_avx512 computes one row (two accumulator chains, even / odd inputs, summed at the end),
+// with the weights kAheadBytes ahead prefetched into L1 (not past `end`, the matrix's last weight): at batch 1
+// every weight is used once per pixel, so the product streams from the outer caches at their bandwidth.
+template <int V>
+void tile_one_row(const float* blk, int64_t jn, const float* x, float* y, const float* init, const float* end) {
+  constexpr int W = 16 * V;
+  __m512 acc[2][V];
+  for (int v = 0; v < V; ++v) {
+    acc[0][v] = _mm512_loadu_ps((init ? init : y) + 16 * v);
+    acc[1][v] = _mm512_setzero_ps();
+  }
+  const char* ahead = reinterpret_cast<const char*>(blk) + kAheadBytes;
+  const char* stop = reinterpret_cast<const char*>(end);
+  int64_t j = 0;
+  for (; j + 2 <= jn; j += 2) {
+#pragma GCC unroll 2
+    for (int s = 0; s < 2; ++s) {
+      const float* wj = blk + (j + s) * W;
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const char* pf = ahead + ((j + s) * W + 16 * v) * sizeof(float);
+        if (pf < stop) _mm_prefetch(pf, _MM_HINT_T0);
+      }
+      const __m512 xr = _mm512_set1_ps(x[j + s]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[s][v] = _mm512_fmadd_ps(_mm512_loadu_ps(wj + 16 * v), xr, acc[s][v]);
+    }
+  }
+  for (; j < jn; ++j) {
+    const __m512 xr = _mm512_set1_ps(x[j]);
+    for (int v = 0; v < V; ++v) acc[0][v] = _mm512_fmadd_ps(_mm512_loadu_ps(blk + j * W + 16 * v), xr, acc[0][v]);
+  }
+  for (int v = 0; v < V; ++v) _mm512_storeu_ps(y + 16 * v, _mm512_add_ps(acc[0][v], acc[1][v]));
+}
+#endif
+
+// Inputs [ja, jz) of y = b + W x for one row, outputs [m_begin, m_end): the values of
+// arkern_decode::matvec_range (bit for bit, at every instruction-set level), with prefetching on AVX-512.
+inline void matvec_range_one_row(const Mat<float, float>& mat, int64_t ja, int64_t jz, const float* x, float* y,
+                                 int64_t m_begin, int64_t m_end) {
+#if defined(__AVX512F__)
+  if (arkern_isa::use_avx512() && ja < jz) {
+    m_end = std::min(m_end, mat.mp);
+    const float* end = mat.w + mat.mp * mat.n;
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += arkern_decode::kTile) {
+      const int64_t width = std::min(arkern_decode::kTile, mat.mp - m0);
+      const float* blk = mat.w + m0 * mat.n + ja * width;
+      const float* init = ja == 0 ? mat.b + m0 : nullptr;
+      switch (width / 16) {
+        case 4: tile_one_row<4>(blk, jz - ja, x, y + m0, init, end); break;
+        case 3: tile_one_row<3>(blk, jz - ja, x, y + m0, init, end); break;
+        case 2: tile_one_row<2>(blk, jz - ja, x, y + m0, init, end); break;
+        default: tile_one_row<1>(blk, jz - ja, x, y + m0, init, end); break;
+      }
+    }
+    return;
+  }
+#endif
+  float* const ys[1] = {y};
+  const float* const xs[1] = {x};
+  arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(mat, 1, ja, jz, xs, ys, m_begin, m_end);
+}
+
+// One term of a split product: inputs [ja, ja + len) of `mat` (ja > 0: the term adds to its output).
+struct Term {
+  const Mat<float, float>* mat = nullptr;
+  int64_t ja = 0, len = 0;
+  const float* const* x = nullptr;  // x[p][0] is input ja of position p
+};
+
+// y[p] += (the terms of half 0) and, from zero, z[p] = (the terms of half 1); then y[p] += z[p], for `rows`
+// positions; every term's matrix has mp (padded) outputs. One team phase of (half, output tile) chunks: with
+// two workers each streams one half of the weights. Each output is summed in the same order whoever runs it.
+inline void split_product(const Term* h0, int n0, const Term* h1, int n1, int64_t rows, int64_t mp,
+                          float* const* y, float* const* z, arkern_team::Session* team) {
+  for (int64_t p = 0; p < rows; ++p) std::fill_n(z[p], mp, 0.0f);
+  const int64_t T = arkern_decode::tiles(mp);
+  const auto chunk = [&](int, int64_t c) {
+    const bool second = c >= T;
+    const int64_t k = second ? c - T : c;
+    const Term* h = second ? h1 : h0;
+    for (int t = 0; t < (second ? n1 : n0); ++t) {
+      const int64_t m0 = k * arkern_decode::kTile, m1 = m0 + arkern_decode::kTile;
+      if (rows == 1) {
+        matvec_range_one_row(*h[t].mat, h[t].ja, h[t].ja + h[t].len, h[t].x[0], (second ? z : y)[0], m0, m1);
+      } else {
+        arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(*h[t].mat, rows, h[t].ja, h[t].ja + h[t].len,
+                                                                    h[t].x, second ? z : y, m0, m1);
+      }
+    }
+  };
+  if (team != nullptr) {
+    team->phase(2 * T, chunk);  // default ownership: worker 0 half 0, worker 1 half 1
+  } else {
+    for (int64_t c = 0; c < 2 * T; ++c) chunk(0, c);
+  }
+  for (int64_t p = 0; p < rows; ++p)
+    for (int64_t m = 0; m < mp; ++m) y[p][m] += z[p][m];
+}
 
 // A shifted conv's weights and geometry (shared by all groups).
 struct ConvSpec {
@@ -95,19 +206,30 @@ struct ConvSpec {
 // `left` / `right` columns of zeros), a ring in which padded row pi lives in slot pi % kh, channel fastest.
 // An output row i reads the kh consecutive padded rows i * stride .. i * stride + kh - 1 (distinct slots).
 // The decode schedule keeps the ring valid: an input row (or, in the per-pixel `ul` stream, an input pixel)
-// is written only once every output that reads the row it replaces has been computed, i.e. after output
-// row (or pixel) i of a stride-s conv, the next write is padded row i * s + kh at the earliest; and every
-// output reads only columns that the current row has already written. The padding columns are never
-// written; the top padding rows are zero until the first outputs, which read them, are done.
+// is written only once every output that reads the row it replaces has been computed (or, for a row-split
+// conv, once the row pass that reads it has run), i.e. after output row (or pixel) i of a stride-s conv, the
+// next write is padded row i * s + kh at the earliest; and every output reads only columns that the current
+// row has already written. The padding columns are never written; the top padding rows are zero until the
+// first outputs, which read them, are done.
+//
+// A row-split conv (the `ul` stream's (2, 2) convs) computes its outputs in two parts: once per output row,
+// `top` = b + W (top kernel row) for every column (row_pass: the input row above, known when the row starts,
+// many columns sharing each weight tile); per pixel, the bottom kernel row's two taps (left: input column
+// j - 1, right: column j of the current input row) as the two halves of a split_product.
 struct Conv {
   const ConvSpec* s;
-  std::vector<float> cache;
-  int64_t slots, cols;
-  void reset(const ConvSpec& spec, int64_t nb) {
+  std::vector<float> cache, top;
+  int64_t slots, cols, out_w = 0;
+  void reset(const ConvSpec& spec, int64_t nb, bool row_split = false) {
     s = &spec;
     slots = spec.kh;
     cols = spec.W + spec.left + spec.right;
     cache.assign(nb * slots * cols * spec.cin, 0.0f);
+    if (row_split) {
+      TORCH_CHECK(spec.kh == 2 && spec.kw == 2, "pixelcnnpp_generate: a row-split conv must be (2, 2)");
+      out_w = spec.W / spec.stride;
+      top.assign(nb * out_w * spec.mat.mp, 0.0f);
+    }
   }
   // Padded row pi, padded column pj of batch row b.
   float* at(int64_t b, int64_t pi, int64_t pj) {
@@ -124,6 +246,31 @@ struct Conv {
     }
     matvec(s->mat, np, sc.in.data(), out, sc.team);
   }
+  // Row-split: the top kernel row's part of output pos[p] (one row's positions).
+  float* top_at(const Pos& p) { return top.data() + (p.b * out_w + p.j) * s->mat.mp; }
+  void row_pass(const Pos* pos, int64_t np, Scratch& sc) {
+    for (int64_t p = 0; p < np; ++p) {
+      sc.in[p] = at(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride);
+      sc.out[p] = top_at(pos[p]);
+    }
+    matvec_range(s->mat, np, 0, s->kw * s->cin, sc.in.data(), sc.out.data(), sc.team);
+  }
+  // Row-split, per pixel: y[p] = the top part; the bottom row's taps as two terms (inputs in sc.xs[0], [1]).
+  void bottom_terms(const Pos* pos, int64_t np, float* const* y, Scratch& sc, Term* left, Term* right) {
+    for (int64_t p = 0; p < np; ++p) {
+      std::copy_n(top_at(pos[p]), s->mat.mp, y[p]);
+      sc.xs[0][p] = at(pos[p].b, pos[p].i * s->stride + 1, pos[p].j * s->stride);
+      sc.xs[1][p] = sc.xs[0][p] + s->cin;
+    }
+    *left = {&s->mat, 2 * s->cin, s->cin, sc.xs[0].data()};
+    *right = {&s->mat, 3 * s->cin, s->cin, sc.xs[1].data()};
+  }
+  // Row-split, per pixel: out[p] = the whole output at pos[p] (top part + bottom row).
+  void compute_split(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
+    Term left, right;
+    bottom_terms(pos, np, out, sc, &left, &right);
+    split_product(&left, 1, &right, 1, np, s->mat.mp, out, sc.z.data(), sc.team);
+  }
 };
 
 // A gated resnet: x + a * sigmoid(b), [a, b] = conv_out(concat_elu(conv_in(concat_elu(x)) + nin(concat_elu(aux)))).
@@ -136,10 +283,10 @@ struct BlockSpec {
 struct Block {
   const BlockSpec* s;
   Conv conv_in, conv_out;
-  void reset(const BlockSpec& spec, int64_t nb) {
+  void reset(const BlockSpec& spec, int64_t nb, bool row_split = false) {
     s = &spec;
-    conv_in.reset(spec.conv_in, nb);
-    conv_out.reset(spec.conv_out, nb);
+    conv_in.reset(spec.conv_in, nb, row_split);
+    conv_out.reset(spec.conv_out, nb, row_split);
   }
   // out[p] = block(x[p], aux) at positions pos; aux1[p] (and aux2[p]) are f-vectors. out may alias x.
   void run(const Pos* pos, int64_t np, int64_t f, const float* const* x, const float* const* aux1,
@@ -169,6 +316,66 @@ struct Block {
       conv_out.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
     }
     conv_out.compute(pos, np, sc.a.data(), sc);
+    for (int64_t p = 0; p < np; ++p) gated_residual(x[p], sc.a[p], sc.a[p] + f, f, out[p]);
+  }
+
+  // Row-split block (the `ul` stream), once per row of its scale, at every column of the row (pos): the
+  // parts of its two convs that see only the row above, and its nin on the `u` stream's values u[p] (all of
+  // the auxiliary input with one part, the first part with two), which the `u` stream computed for the row.
+  // The nin's columns: [elu(u), elu(-u)] with one part; [elu(u), elu(ul), elu(-u), elu(-ul)] with two.
+  void row_pass(const Pos* pos, int64_t np, int64_t f, const float* const* u, Scratch& sc) {
+    conv_in.row_pass(pos, np, sc);
+    if (s->aux_parts > 0) {
+      for (int64_t p = 0; p < np; ++p) {
+        elu_into(u[p], f, 1.0f, sc.t2[p]);
+        elu_into(u[p], f, -1.0f, sc.t2[p] + f);
+        sc.in[p] = sc.t2[p];
+        sc.xs[0][p] = sc.t2[p] + f;
+      }
+      if (s->aux_parts == 1) {
+        matvec(s->nin, np, sc.in.data(), sc.a.data(), sc.team);
+      } else {
+        matvec_range(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc.team);
+        matvec_range(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc.team);
+      }
+      for (int64_t p = 0; p < np; ++p) {
+        float* t = conv_in.top_at(pos[p]);
+        for (int64_t k = 0; k < f; ++k) t[k] += sc.a[p][k];
+      }
+    }
+    conv_out.row_pass(pos, np, sc);
+  }
+
+  // Row-split block per pixel (positions pos, one per batch row, after row_pass for their row): as run, the
+  // convs' bottom rows and the nin's `ul` part (aux2[p], with two parts) added to the row pass's parts.
+  void run_split(const Pos* pos, int64_t np, int64_t f, const float* const* x, const float* const* aux2,
+                 float* const* out, Scratch& sc) {
+    for (int64_t p = 0; p < np; ++p) {
+      elu_into(x[p], f, 1.0f, sc.t1[p]);
+      elu_into(x[p], f, -1.0f, sc.t1[p] + f);
+      conv_in.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
+    }
+    Term h0[2], h1[2];
+    conv_in.bottom_terms(pos, np, sc.c.data(), sc, &h0[0], &h1[0]);
+    int nt = 1;
+    if (s->aux_parts == 2) {
+      for (int64_t p = 0; p < np; ++p) {
+        elu_into(aux2[p], f, 1.0f, sc.t2[p]);
+        elu_into(aux2[p], f, -1.0f, sc.t2[p] + f);
+        sc.xs[2][p] = sc.t2[p];
+        sc.xs[3][p] = sc.t2[p] + f;
+      }
+      h0[1] = {&s->nin, f, f, sc.xs[2].data()};
+      h1[1] = {&s->nin, 3 * f, f, sc.xs[3].data()};
+      nt = 2;
+    }
+    split_product(h0, nt, h1, nt, np, s->conv_in.mat.mp, sc.c.data(), sc.z.data(), sc.team);
+    for (int64_t p = 0; p < np; ++p) {
+      elu_into(sc.c[p], f, 1.0f, sc.t1[p]);
+      elu_into(sc.c[p], f, -1.0f, sc.t1[p] + f);
+      conv_out.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
+    }
+    conv_out.compute_split(pos, np, sc.a.data(), sc);
     for (int64_t p = 0; p < np; ++p) gated_residual(x[p], sc.a[p], sc.a[p] + f, f, out[p]);
   }
 };

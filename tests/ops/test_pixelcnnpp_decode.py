@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import arkern
+from arkern.backends import cpu_isas, set_cpu_isa
 from arkern.families import draw_noise, family_of
 from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp, pixelcnnpp_fused_reasons
 from arkern.ops.pixelcnnpp_decode import BACKENDS, pixelcnnpp_generate
@@ -86,6 +87,29 @@ def test_row_groups_and_threads_identical():
     single = sample_image(model, 1, shape=(8, 8), method="fused", noise=noise[3:4])
     assert torch.equal(one, two)
     assert torch.equal(one[3:4], single)
+
+
+@pytest.mark.parametrize("isa", [pytest.param(name, marks=[pytest.mark.skip(reason=f"{name}: {why}")] if why else [],
+                                              id=name) for name, why in cpu_isas().items() if name != "amx"])
+def test_batch_one_at_every_isa_level(isa):
+    """At batch 1 the per-pixel products run on one row (csrc/cpu/pixelcnnpp_decode.h: the prefetching AVX-512
+    tile, or the portable one at avx2); 40 filters give tiles of 48, 64 and 16 outputs. At every level the
+    teacher-forced parameters equal the forward and the samples equal the cached sampler's."""
+    model = pixelcnnpp(c=3, filters=40, resnets=1, mixtures=2, seed=2, scale=2.0)
+    noise = draw_noise(model, 1, (8, 8), seed=3)
+    x = torch.randint(0, 256, (1, 3, 8, 8))
+    with torch.no_grad():
+        expected = model(x)
+    cached = sample_image(model, 1, shape=(8, 8), method="cached", noise=noise)
+    set_cpu_isa(isa)
+    try:
+        params = teacher_forced_outputs(model, x, method="fused")
+        fused = sample_image(model, 1, shape=(8, 8), method="fused", noise=noise)
+    finally:
+        set_cpu_isa(None)
+    assert_close(params, expected, name=f"fused mixture params at {isa}", dtype=torch.float32)
+    assert torch.equal(fused, cached)
+    assert len(torch.unique(fused)) > 5
 
 
 def test_default_method_and_callback():
