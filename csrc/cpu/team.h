@@ -33,11 +33,15 @@ namespace arkern_team {
 // own L2. The caller is worker 0 and drives the steps; helpers are started once and reused.
 //
 // Nothing waits on a descheduled peer: a worker that has finished its own chunks watches the others' claim
-// counters, and when one has not moved for kPatience (its owner asleep, descheduled or late) takes the
-// chunks that are left, one at a time. Only a chunk that a peer has actually started is waited for. Helpers
-// spin ~50 us for the next phase, then sleep. On top, a Session compares the step rate of the team with
-// the rate of the caller alone (measured in alternating windows, per workload) and runs the caller alone
-// while the team is slower, e.g. with another busy process on a 2-core machine.
+// counters and takes the chunks that are left, one at a time: at once from a peer that was asleep when the
+// phase opened, after kGrace from one that has not arrived in the phase (descheduled), after kPatience from
+// one that has arrived but made no progress. Only a chunk that a peer has actually started is waited for.
+// Helpers spin ~50 us for the next phase, then sleep. The caller reports a miss when a peer that was awake
+// had to be replaced or kept it waiting for more than kStall; the Session then runs the rest of the step
+// alone and counts the window as lost. On top, the Session compares the step rate of the team with the
+// rate of the caller alone (measured in alternating windows, per workload) and runs the caller alone while
+// the team is slower or missing, e.g. next to another busy process on a 2-core machine, trying the team
+// again after exponentially more windows.
 //
 // Results never depend on who ran a chunk: chunks write disjoint outputs, each computed in one fixed order.
 namespace detail {
@@ -57,6 +61,8 @@ class Crew {
   static constexpr int kMaxWorkers = 16;
   static constexpr int64_t kMaxChunks = 0xffff;  // chunks per phase (16-bit claim counters)
   static constexpr int64_t kPatience = 4000;      // ns without progress before a peer's chunks are taken
+  static constexpr int64_t kGrace = 2000;         // ns after the opening before an absent peer's are taken
+  static constexpr int64_t kStall = 20000;        // ns waiting for a peer's started chunk: a miss
   using Job = void (*)(const void* ctx, int worker, int64_t chunk);
 
   static Crew& get() {
@@ -78,10 +84,12 @@ class Crew {
     return inside;
   }
 
-  // Runs job(ctx, w, c) for c in [0, n) on `workers` workers (the caller is worker 0); returns when all ran.
-  // Worker w owns chunks [bounds[w], bounds[w + 1]) (default: w * n / workers ...); a peer's chunks are taken
-  // after `patience` ns without progress.
-  void phase(int workers, int64_t n, Job job, const void* ctx, const int64_t* bounds = nullptr,
+  // Runs job(ctx, w, c) for c in [0, n) on `workers` workers (the caller is worker 0); returns when all ran,
+  // true when a peer missed (it was awake at the opening, yet the caller had to take chunks it had not
+  // started, or waited more than kStall for one it had). Worker w owns chunks [bounds[w], bounds[w + 1])
+  // (default: w * n / workers ...); a present peer's chunks are taken after `patience` ns without progress,
+  // an absent one's after min(patience, kGrace) from the opening.
+  bool phase(int workers, int64_t n, Job job, const void* ctx, const int64_t* bounds = nullptr,
              int64_t patience = kPatience) {
     TORCH_CHECK(n <= kMaxChunks && workers <= kMaxWorkers, "Crew::phase: too many chunks or workers");
     job_ = job;
@@ -95,19 +103,26 @@ class Crew {
       const int64_t b = bounds ? bounds[w] : w * n / workers, end = bounds ? bounds[w + 1] : (w + 1) * n / workers;
       next_[w].v.store(pack(e, end, b), std::memory_order_relaxed);
     }
+    arrived_[0].v.store(e, std::memory_order_relaxed);
     epoch_.store(e);  // seq_cst, like sleeping_: a helper going to sleep sees it, or is woken
-    if (sleeping_.load() > 0) {
+    asleep_ = sleeping_.load() > 0;
+    if (asleep_ && !woken_.exchange(true)) {  // one wake-up call per sleep
       std::lock_guard<std::mutex> lock(wake_m_);
       wake_cv_.notify_all();
     }
+    opened_ = detail::now_ns();
+    missed_ = false;
     work(0, e);
     // only chunks a peer has started are waited for: spin, then yield the core (the peer may need it)
-    const int64_t spin_until = detail::now_ns() + 20000;
-    for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
-      if ((spins & 63) == 0 && detail::now_ns() > spin_until) {
-        std::this_thread::yield();
-      } else {
-        detail::cpu_relax();
+    if (done_.load(std::memory_order_acquire) < n) {
+      const int64_t since = detail::now_ns();
+      for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+        if ((spins & 63) == 0 && detail::now_ns() - since > kStall) {
+          missed_ = true;
+          std::this_thread::yield();
+        } else {
+          detail::cpu_relax();
+        }
       }
     }
     if (error_) {
@@ -115,6 +130,7 @@ class Crew {
       error_ = nullptr;
       std::rethrow_exception(err);
     }
+    return missed_ && !asleep_;
   }
 
  private:
@@ -157,11 +173,12 @@ class Crew {
     done_.fetch_add(1, std::memory_order_acq_rel);
   }
 
-  // Worker w in phase e: its own chunks, then whatever the others leave unclaimed for kPatience.
+  // Worker w in phase e: its own chunks, then whatever the others leave unclaimed (see the top).
   void work(int w, uint64_t e64) {
     const uint32_t e = static_cast<uint32_t>(e64);
     uint64_t cur = next_[w].v.load(std::memory_order_acquire);
     if (tag(cur) != e) return;
+    if (w > 0) arrived_[w].v.store(e64, std::memory_order_release);
     const int workers = workers_;
     for (int64_t c; (c = claim(w, e, cur)) >= 0; cur = next_[w].v.load(std::memory_order_acquire)) run_chunk(w, c);
     for (int k = 1; k < workers; ++k) {
@@ -171,12 +188,21 @@ class Crew {
       for (int spins = 0;; ++spins) {
         cur = next_[v].v.load(std::memory_order_acquire);
         if (tag(cur) != e || next_of(cur) >= end_of(cur)) break;
+        bool take = false;
         if (cur != last) {  // the owner is making progress
           last = cur;
           since = detail::now_ns();
-        } else if ((spins & 15) == 0 && detail::now_ns() - since > patience_) {
+        } else if (w == 0 && arrived_[v].v.load(std::memory_order_acquire) != e64) {  // not (yet) in this phase
+          take = asleep_ || ((spins & 15) == 0 && detail::now_ns() - opened_ > std::min(patience_, kGrace));
+        } else {
+          take = (spins & 15) == 0 && detail::now_ns() - since > patience_;
+        }
+        if (take) {
           const int64_t c = claim(v, e, cur);
-          if (c >= 0) run_chunk(w, c);
+          if (c >= 0) {
+            if (w == 0) missed_ = true;
+            run_chunk(w, c);
+          }
           last = next_[v].v.load(std::memory_order_acquire);
           since = detail::now_ns();
         }
@@ -199,6 +225,7 @@ class Crew {
       }
       if (e == seen) {
         std::unique_lock<std::mutex> lock(wake_m_);
+        woken_.store(false);
         sleeping_.fetch_add(1);
         wake_cv_.wait(lock, [&] { return epoch_.load() != seen; });
         sleeping_.fetch_sub(1);
@@ -214,7 +241,12 @@ class Crew {
   alignas(64) std::atomic<uint64_t> epoch_{0};
   alignas(64) std::atomic<int64_t> done_{0};
   Counter next_[kMaxWorkers];
+  Counter arrived_[kMaxWorkers];  // the last phase each worker started
   alignas(64) std::atomic<int> sleeping_{0};
+  std::atomic<bool> woken_{false};
+  // the caller's view of this phase: a helper was asleep at the opening, a peer missed, the opening time
+  bool asleep_ = false, missed_ = false;
+  int64_t opened_ = 0;
   Job job_ = nullptr;
   const void* ctx_ = nullptr;
   std::atomic<int> workers_{1};
@@ -261,22 +293,34 @@ class Session {
       for (int64_t c = 0; c < n; ++c) f(0, c);
       return;
     }
-    Crew::get().phase(workers_, n, [](const void* ctx, int w, int64_t c) { (*static_cast<const F*>(ctx))(w, c); },
-                      &f, bounds, patience);
+    if (Crew::get().phase(workers_, n,
+                          [](const void* ctx, int w, int64_t c) { (*static_cast<const F*>(ctx))(w, c); }, &f, bounds,
+                          patience))
+      missed();
+  }
+
+  // A peer missed a deadline (found by phase(), or by a caller that waits on its peer itself): the rest of
+  // this step runs alone, and step_done() counts the window as lost. No effect with ARKERN_TEAM=always.
+  void missed() {
+    if (always_ || !team_on_) return;
+    team_on_ = false;
+    missed_ = true;
   }
 
   // Whether phases currently run on the team (for callers that split work differently when alone).
   bool active() const { return workers_ > 1 && team_on_; }
 
-  // After every decode step: closes a measuring window every kWindow ns and picks team or alone for the next.
+  // After every decode step: closes a measuring window every kWindow ns (or after a miss) and picks team or
+  // alone for the next.
   void step_done() {
     if (workers_ <= 1 || always_) return;
     steps_ += 1;
     const int64_t now = detail::now_ns();
-    if (now - window_start_ < kWindow) return;
+    if (!missed_ && now - window_start_ < kWindow) return;
     const double rate = static_cast<double>(steps_) / static_cast<double>(now - window_start_);
-    rates_->update(team_on_, rate);
+    rates_->update(team_on_ || missed_, rate, missed_);
     team_on_ = rates_->next_team;
+    missed_ = false;
     steps_ = 0;
     window_start_ = detail::now_ns();
   }
@@ -285,26 +329,30 @@ class Session {
   static constexpr int64_t kWindow = 3000000;  // 3 ms
 
   // Step rates of one workload, alone and as a team, and the choice for the next window. The team runs while
-  // it is at least as fast as the caller alone. Alone is measured first and then every 32 team windows; while
-  // the team loses, it is tried again after 4, 8, ... 256 windows alone.
+  // it is at least as fast as the caller alone and no peer misses. Alone is measured first and then every 32
+  // team windows; while the team loses, it is tried again after 4, 8, ... 1024 windows alone.
   struct Rates {
     double team = 0, alone = 0;
     bool next_team = true, probe = false;
     int windows = 0, backoff = 4;
-    void update(bool was_team, double rate) {
+    void update(bool was_team, double rate, bool missed) {
       (was_team ? team : alone) = rate;
       windows += 1;
       if (was_team) {
-        if (alone > 0 && team >= alone) backoff = 4;
-        if (alone == 0 || windows >= 32) {
-          switch_to(false, true);  // measure alone (first time, or a refresh)
-        } else if (team < alone) {
+        if (missed) {
           switch_to(false, false);
+        } else {
+          if (alone > 0 && team >= alone) backoff = 4;
+          if (alone == 0 || windows >= 32) {
+            switch_to(false, true);  // measure alone (first time, or a refresh)
+          } else if (team < alone) {
+            switch_to(false, false);
+          }
         }
       } else if (team == 0 || (probe && team >= alone)) {
         switch_to(true, false);
       } else if (!probe && windows >= backoff) {
-        backoff = std::min(2 * backoff, 256);
+        backoff = std::min(2 * backoff, 1024);
         switch_to(true, false);  // try the team again
       } else {
         probe = false;
@@ -322,7 +370,7 @@ class Session {
   }
 
   int workers_ = 1;
-  bool team_on_ = true, always_ = false;
+  bool team_on_ = true, always_ = false, missed_ = false;
   Rates* rates_ = nullptr;
   int64_t steps_ = 0, window_start_ = 0;
 };

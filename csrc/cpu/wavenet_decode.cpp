@@ -371,11 +371,16 @@ struct Rows {
 // ring). Tasks are claimed per layer with one CAS on a step counter, so each runs once; A takes over every
 // task B has not claimed when it needs it (B descheduled, asleep or alone), computing past taps d steps at
 // once as Rows does. One Crew phase per step: chunk 0 is A's step, chunk 1 B's help until A's step is done.
+// A waits only for a task B has started; B absent when A's step is done, or a wait longer than the crew's
+// kStall, is a miss, and the Session then runs the next steps alone for a while (team.h).
 // Every output keeps its accumulation order (the past tap starts the chain the current tap continues; skip
 // contributions are summed per layer in order by A), so samples equal Rows' and 1 thread's bit for bit.
 template <typename WT>
 struct Pipe {
   using Atom = std::atomic<int64_t>;
+  // bfloat16 precision (docs/design.md), as in Rows: the layer input x(t) (which the rings then hold), the
+  // gate output, relu(skip) and the head's hidden layer are rounded to bfloat16 where they enter a product.
+  static constexpr bool kBf16 = std::is_same_v<WT, at::BFloat16>;
   const Net& net;
   const WT *w_dil, *w_rs, *w_out, *w_end;
   const std::vector<float*>& rings;
@@ -394,7 +399,7 @@ struct Pipe {
   std::vector<std::vector<float>> past;           // per layer (nb, d, 2Rp): b + W_past x[t - d] (+ W_now x[t])
   std::vector<float> mem;
   float *g_mem = nullptr, *part_mem = nullptr;    // per layer: gate outputs (nb, Rp), skip outputs (nb, Sp)
-  float *x[kMaxRows], *tmp[kMaxRows], *rs_a[kMaxRows], *rs_b[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
+  float *x[kMaxRows], *xq[kMaxRows], *tmp[kMaxRows], *rs_a[kMaxRows], *rs_b[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
       *o[kMaxRows], *lg[kMaxRows];
   std::vector<const float*> px_a, px_b;
   std::vector<float*> py_a, py_b;
@@ -402,6 +407,7 @@ struct Pipe {
   std::unique_ptr<Atom[]> g_pub, past_claim, past_done, skip_claim, skip_done;
   alignas(64) Atom a_done{-1};  // last step A finished
   int64_t s = 0, t = 0;
+  bool stalled = false;  // A waited too long for B this step
 
   float* gl(int64_t l, int b) const { return g_mem + (l * nb + b) * net.Rp; }
   float* part(int64_t l, int b) const { return part_mem + (l * nb + b) * net.Sp; }
@@ -426,12 +432,14 @@ struct Pipe {
       dmax = std::max(dmax, net.dil[l]);
     }
     const int64_t rs_room = rs_tiles * arkern_decode::kTile;
-    mem.assign(static_cast<size_t>(nb) * (L * Rp + L * Sp + Rp + two_rp + 2 * rs_room + Sp + Sp + 2 * Ap), 0.0f);
+    mem.assign(static_cast<size_t>(nb) * (L * Rp + L * Sp + 2 * Rp + two_rp + 2 * rs_room + Sp + Sp + 2 * Ap), 0.0f);
     float* p = mem.data();
     g_mem = p; p += L * nb * Rp;
     part_mem = p; p += L * nb * Sp;
     for (int b = 0; b < nb; ++b) {
       x[b] = p; p += Rp;
+      xq[b] = p; p += Rp;  // x rounded (float32: x itself)
+      if constexpr (!kBf16) xq[b] = x[b];
       tmp[b] = p; p += two_rp;
       rs_a[b] = p; p += rs_room;
       rs_b[b] = p; p += rs_room;
@@ -478,9 +486,14 @@ struct Pipe {
     int64_t cur = from;
     return a.compare_exchange_strong(cur, to, std::memory_order_acq_rel);
   }
-  static void wait_for(const Atom& a, int64_t v) {
+  // Waits for a task B has claimed; longer than the crew's kStall is a miss (B descheduled mid-task).
+  void wait_for(const Atom& a, int64_t v) {
+    if (a.load(std::memory_order_acquire) >= v) return;
+    const int64_t since = arkern_team::detail::now_ns();
     for (int spins = 0; a.load(std::memory_order_acquire) < v; ++spins) {
       arkern_team::detail::cpu_relax();
+      if ((spins & 63) == 63 && !stalled && arkern_team::detail::now_ns() - since > arkern_team::Crew::kStall)
+        stalled = true;
       if ((spins & 1023) == 1023) std::this_thread::yield();
     }
   }
@@ -502,8 +515,11 @@ struct Pipe {
       }
       wait_for(past_done[l], s);
       float* y[kMaxRows];
-      for (int b = 0; b < nb; ++b) y[b] = slot(l, b, s);
-      matvec_tiles<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, R, 2 * R, x, y, net.b_dil + l * two_rp, 0,
+      for (int b = 0; b < nb; ++b) {
+        y[b] = slot(l, b, s);
+        if constexpr (kBf16) arkern_amx::round_bf16(x[b], R, xq[b]);
+      }
+      matvec_tiles<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, R, 2 * R, xq, y, net.b_dil + l * two_rp, 0,
                        dil_tiles);  // ... plus W_now x[t]
       for (int b = 0; b < nb; ++b) {
         std::copy(y[b], y[b] + two_rp, tmp[b]);
@@ -517,7 +533,8 @@ struct Pipe {
           }
         }
         gate(tmp[b], tmp[b] + Rp, gl(l, b), Rp);
-        std::copy(x[b], x[b] + R, rings[l] + ((row0 + b) * d + t % d) * R);
+        if constexpr (kBf16) arkern_amx::round_bf16(gl(l, b), R);
+        std::copy(xq[b], xq[b] + R, rings[l] + ((row0 + b) * d + t % d) * R);  // the ring holds the matrix input
       }
       g_pub[l].store(s, std::memory_order_release);
       float* g[kMaxRows];
@@ -540,11 +557,15 @@ struct Pipe {
       for (int b = 0; b < nb; ++b)
         for (int64_t c = 0; c < Sp; ++c) skip[b][c] += part(l, b)[c];
     }
-    for (int b = 0; b < nb; ++b)
+    for (int b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
+      if constexpr (kBf16) arkern_amx::round_bf16(h[b], net.S);
+    }
     matvec_tiles<WT>(nb, w_out, net.Ap, net.S, 0, net.S, h, o, net.b_out, 0, arkern_decode::tiles(net.Ap));
-    for (int b = 0; b < nb; ++b)
+    for (int b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < net.Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
+      if constexpr (kBf16) arkern_amx::round_bf16(o[b], net.A);
+    }
     matvec_tiles<WT>(nb, w_end, net.Ap, net.A, 0, net.A, o, lg, net.b_end, 0, arkern_decode::tiles(net.Ap));
     double u[kMaxRows];
     int64_t drawn[kMaxRows];
@@ -603,6 +624,8 @@ struct Pipe {
           help_b();
         }
       }, bounds, 0);
+      if (stalled) team.missed();
+      stalled = false;
       team.step_done();
     }
   }
@@ -836,8 +859,7 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
         const uint64_t key = (((((1ull * 1009 + net.L) * 1009 + net.R) * 1009 + net.S) * 1009 + net.A) * 1009 +
                               nb) * 2 + (std::is_same_v<WT, float> ? 0 : 1);
         arkern_team::Session team(key);  // one worker inside a parallel region
-        // (the pipeline keeps float32 matrix inputs: bfloat16 packs, whose inputs are rounded, run Rows)
-        if (team.workers() == 2 && nb <= kPastMaxRows && std::is_same_v<WT, float>) {
+        if (team.workers() == 2 && nb <= kPastMaxRows) {
           Pipe<WT> pipe{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
                         ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
                         samples.data_ptr<int64_t>(), lo};
@@ -863,14 +885,19 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
   if (amx) {
     const int64_t amx_groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows,
                                                  std::min<int64_t>(at::get_num_threads(), B / kAmxMinRows));
-    at::parallel_for(0, amx_groups, 1, [&](int64_t g0, int64_t g1) {
+    const auto amx_work = [&](int64_t g0, int64_t g1) {
       Sampler sampler(net.A, temperature, top_k, top_p);
       for (int64_t grp = g0; grp < g1; ++grp) {
         const int64_t r0 = grp * B / amx_groups, r1 = (grp + 1) * B / amx_groups;
         run_rows_amx(net, tl, ring_ptrs, prev_p, r0, static_cast<int>(r1 - r0), t0, T, np, cp, frames, cond_hop, gp,
                      fp, sampler, samples.data_ptr<int64_t>(), lo);
       }
-    });
+    };
+    if (amx_groups == 1) {
+      amx_work(0, 1);  // on this thread: a parallel region would wake the pool, whose idle threads then spin
+    } else {
+      at::parallel_for(0, amx_groups, 1, amx_work);
+    }
   } else if (wt == at::kFloat) {
     launch(float{});
   } else {

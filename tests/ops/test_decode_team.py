@@ -1,8 +1,9 @@
 """The decode team (csrc/cpu/team.h): every fused sampler gives the same samples, logits and caches on one
 thread and on two, where a step's products are split over output tiles between a persistent team of
-workers. Checked with the team forced on (ARKERN_TEAM=always) and adaptive, at batch 1 (the team's case)
-and larger, for sizes that are not multiples of the 64-output tiles, and next to a competing busy process
-(where workers take over the chunks of a descheduled peer). Nothing here measures time."""
+workers (WaveNet at batch 1-2: a pipeline of the chain and the work off it). Checked with the team forced
+on (ARKERN_TEAM=always) and adaptive, at batch 1 (the team's case) and larger, for sizes that are not
+multiples of the 64-output tiles, and next to a competing busy process (where workers take over the chunks
+of a descheduled peer). Nothing here measures time."""
 
 from __future__ import annotations
 
@@ -91,6 +92,24 @@ def test_wavenet_one_and_two_threads_identical(name, batch, wdtype, team_mode):
     # calls of uneven lengths (the past taps' d-step blocks cut at call boundaries)
     assert_same_runs(one, at_threads(2, lambda: wavenet_run(name, wdtype, batch, T, (1, 6, 17, 46))))
     assert len(torch.unique(one[0])) > 5
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_wavenet_bf16_pipeline_draws_the_references_samples(batch, team_mode):
+    """Batch 1-2 on two threads run as a pipeline (Pipe in wavenet_decode.cpp); in the bfloat16 precision it
+    rounds every matrix input as the reference does, so it draws the reference's samples."""
+    model = wavenet(WAVENET["odd"], seed=4)
+    T = 60
+    noise = draw_uniforms((batch, T), seed=2)
+    packed = pack_wavenet(model, torch.bfloat16)
+
+    def draw(backend: str) -> torch.Tensor:
+        state = dw.WaveNetState.new(model, batch, length=T, dtype=torch.float32)
+        return wavenet_generate(packed, state.rings, state.prev, 0, noise, backend=backend)[0]
+
+    samples = {backend: at_threads(2, lambda b=backend: draw(b)) for backend in ("reference", "cpu")}
+    assert torch.equal(samples["cpu"], samples["reference"])
+    assert len(torch.unique(samples["cpu"])) > 5
 
 
 def pixelcnn_run(kind: str, c: int, labels: int | None, wdtype: torch.dtype, n: int, shape: tuple[int, int]):
