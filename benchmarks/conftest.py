@@ -56,13 +56,13 @@ def run_contention(benchmark, name: str, threads: int) -> None:
     to a busy process. Grouped by case, so the 1- and 2-thread rows sit together."""
     from arkern.bench.contention import CASES
 
-    run, items = CASES[name]()
+    prepare, items = CASES[name]()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        run()  # warm-up: packing, the team's threads
+        prepare()()  # warm-up: packing, the team's threads
         benchmark.group = f"contention: {name}, next to a busy process"
         benchmark.extra_info.update(threads=threads, items=items)
-        benchmark(run)
+        benchmark.pedantic(lambda run: run(), setup=lambda: ((prepare(),), {}), rounds=5)
     finally:
         torch.set_num_threads(old)

@@ -1,11 +1,13 @@
 """Fused sampling on a busy machine: samples/s at 1 and 2 threads, alone and next to a busy process.
 
-    python -m arkern.bench.contention [--seconds 3] [--pin] [--cases NAME ...]
+    python -m arkern.bench.contention [--seconds 3] [--calls 15] [--pin] [--no-idle] [--cases TEXT ...]
 
 The competitor is a second Python process spinning in ``while True: pass`` (pinned to CPU 0 with --pin). On
 a 2-core machine it holds one core, so a 2-thread team must not wait on a peer that the scheduler has
 descheduled: the figure that matters is the 2-thread / 1-thread ratio under load, which must stay >= 1.
-Every configuration is timed in the same process, alternating, and the best of several runs is kept.
+Both thread counts are timed in the same process, call by call alternating, on an idle(-ish) machine and
+next to the busy process; the table gives the best and the median of the calls and the 2/1 ratios of each,
+and the load average before and after (the machine's other load counts too).
 The decode team (csrc/cpu/team.h) switches itself off while it is slower than the caller alone; set
 ARKERN_TEAM=always to time the team without that switch.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +25,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from arkern.backends import last_cpu_isa
+from arkern.bench.harness import build_isa
 from arkern.families import draw_noise
 from arkern.models import PixelCNN, PixelCNNpp, WaveNet
 from arkern.models.pixelcnn_packing import pack_pixelcnn
@@ -30,43 +35,54 @@ from arkern.ops.pixelcnn_decode import pixelcnn_generate
 from arkern.ops.wavenet_decode import wavenet_generate
 from arkern.sampling import sample_image
 
+# A case: (prepare, items). prepare() allocates a fresh state (caches, rings; untimed: torch's own parallel
+# fills wait on descheduled pool threads too, which is not the sampler's speed) and returns the sampling call.
+Prepare = Callable[[], Callable[[], None]]
 
-def _wavenet(batch: int, steps: int, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], None], int]:
+
+def _wavenet(batch: int, steps: int, dtype: torch.dtype = torch.float32) -> tuple[Prepare, int]:
     torch.manual_seed(0)
     model = WaveNet(skip_channels=128).eval()  # nv-wavenet "medium": L=20, R=64, A=256
     packed = pack_wavenet(model, dtype)
     noise = torch.rand(batch, steps, dtype=torch.float64)
 
-    def run() -> None:
+    def prepare() -> Callable[[], None]:
         rings = [torch.zeros(batch, d, packed.residual_channels).transpose(1, 2) for d in packed.dilations]
         prev = torch.full((batch, 2), packed.num_classes // 2, dtype=torch.int64)
-        wavenet_generate(packed, rings, prev, 0, noise)
+        return lambda: wavenet_generate(packed, rings, prev, 0, noise)
 
-    return run, batch * steps
+    return prepare, batch * steps
 
 
-def _pixelcnn(batch: int, size: int) -> tuple[Callable[[], None], int]:
+def _pixelcnn(batch: int, size: int) -> tuple[Prepare, int]:
     torch.manual_seed(0)
     model = PixelCNN(image_channels=1, num_classes=256, hidden_channels=128, num_blocks=3).eval()
     packed = pack_pixelcnn(model)
     noise = torch.rand(batch, 1, size, size, dtype=torch.float64)
 
-    def run() -> None:
+    def prepare() -> Callable[[], None]:
         image = torch.zeros(batch, 1, size, size, dtype=torch.int64)
-        pixelcnn_generate(packed, packed.new_caches(batch, size, size), image, noise)
+        caches = packed.new_caches(batch, size, size)
+        return lambda: pixelcnn_generate(packed, caches, image, noise)
 
-    return run, batch * size * size
+    return prepare, batch * size * size
 
 
-def _pixelcnnpp(batch: int, size: int) -> tuple[Callable[[], None], int]:
+def _pixelcnnpp(batch: int, size: int) -> tuple[Prepare, int]:
     torch.manual_seed(0)
     model = PixelCNNpp(image_channels=3, filters=160, num_resnets=1, num_mixtures=10).eval()
     noise = draw_noise(model, batch, (size, size), seed=0)
 
-    def run() -> None:
-        sample_image(model, batch, shape=(size, size), method="fused", noise=noise)
+    def prepare() -> Callable[[], None]:  # the fused sampler allocates its (small, 8x8) state itself
+        return lambda: sample_image(model, batch, shape=(size, size), method="fused", noise=noise)
 
-    return run, batch * size * size
+    return prepare, batch * size * size
+
+
+def _isa(name: str) -> str:
+    """The instruction-set level the case's last call ran its products on (PixelCNN++: the build's)."""
+    op = "wavenet_generate" if name.startswith("WaveNet") else "pixelcnn_generate" if "PixelCNN " in name else None
+    return (last_cpu_isa(op) if op else None) or build_isa()
 
 
 CASES = {
@@ -80,15 +96,27 @@ CASES = {
 }
 
 
-def _rate(run: Callable[[], None], items: int, threads: int, seconds: float) -> float:
-    torch.set_num_threads(threads)
-    run()  # warm-up (packing caches, thread pool start)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        run()
-        best = max(best, items / (time.perf_counter() - t0))
-    return best
+def _rates(prepare: Prepare, items: int, threads: tuple[int, ...], calls: int,
+           seconds: float) -> dict[int, list[float]]:
+    """Items/s of every call at each thread count, the counts alternating call by call (so that both see the
+    same machine), for at least `calls` calls per count and at least `seconds` in all."""
+    for n in threads:  # warm-up: packing caches, the team's threads, the rate memory
+        torch.set_num_threads(n)
+        prepare()()
+    rates: dict[int, list[float]] = {n: [] for n in threads}
+    end = time.perf_counter() + seconds
+    old = torch.get_num_threads()
+    try:
+        while min(len(r) for r in rates.values()) < calls or time.perf_counter() < end:
+            for n in threads:
+                torch.set_num_threads(n)
+                run = prepare()
+                t0 = time.perf_counter()
+                run()
+                rates[n].append(items / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(old)
+    return rates
 
 
 @contextlib.contextmanager
@@ -104,25 +132,40 @@ def busy_process(pin: bool = False) -> Iterator[subprocess.Popen]:
         proc.wait()
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=3.0, help="timing budget per configuration")
+    p.add_argument("--seconds", type=float, default=3.0, help="timing budget per case and machine state")
+    p.add_argument("--calls", type=int, default=15, help="at least this many calls per thread count")
     p.add_argument("--pin", action="store_true", help="pin the competing busy process to CPU 0")
-    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    p.add_argument("--no-idle", action="store_true", help="time only next to the busy process")
+    p.add_argument("--cases", nargs="*", default=[], metavar="TEXT",
+                   help="only the cases whose name contains one of these (case-insensitive), e.g. 'B=4 bf16'")
     args = p.parse_args(argv)
+    names = [n for n in CASES if not args.cases or any(c.lower() in n.lower() for c in args.cases)]
+    if not names:
+        p.error(f"--cases: no case matches {args.cases}; the cases are {list(CASES)}")
     where = "pinned to CPU 0" if args.pin else "unpinned"
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, competing busy process {where}")
-    team = os.environ.get("ARKERN_TEAM", "auto")
-    print(f"decode team: {team}")
-    print(f"{'case':46s} {'1 thr':>9s} {'2 thr':>9s} {'2/1':>6s} {'1 thr+busy':>11s} {'2 thr+busy':>11s} "
-          f"{'2/1 busy':>9s}")
-    for name in args.cases:
-        run, items = CASES[name]()
-        idle = [_rate(run, items, t, args.seconds) for t in (1, 2)]
-        with busy_process(args.pin):
-            busy = [_rate(run, items, t, args.seconds) for t in (1, 2)]
-        print(f"{name:46s} {idle[0]:9.0f} {idle[1]:9.0f} {idle[1] / idle[0]:6.2f} {busy[0]:11.0f} {busy[1]:11.0f} "
-              f"{busy[1] / busy[0]:9.2f}", flush=True)
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, competing busy process {where}, "
+          f"decode team: {os.environ.get('ARKERN_TEAM', 'auto')}, {_load()}")
+    print("items/s per call, 1 and 2 threads alternating; best and median of each, and the 2/1 ratios")
+    states = ["busy"] if args.no_idle else ["idle", "busy"]
+    print(f"{'case':46s} {'machine':7s} {'1 best':>9s} {'1 med':>9s} {'2 best':>9s} {'2 med':>9s} "
+          f"{'2/1 best':>8s} {'2/1 med':>8s} {'calls':>5s} {'isa':>6s}")
+    for name in names:
+        prepare, items = CASES[name]()
+        for state in states:
+            with busy_process(args.pin) if state == "busy" else contextlib.nullcontext():
+                r = _rates(prepare, items, (1, 2), args.calls, args.seconds)
+            best = {n: max(v) for n, v in r.items()}
+            med = {n: statistics.median(v) for n, v in r.items()}
+            print(f"{name:46s} {state:7s} {best[1]:9.0f} {med[1]:9.0f} {best[2]:9.0f} {med[2]:9.0f} "
+                  f"{best[2] / best[1]:8.2f} {med[2] / med[1]:8.2f} {len(r[1]):5d} {_isa(name):>6s}", flush=True)
+    print(_load())
 
 
 if __name__ == "__main__":
