@@ -50,6 +50,7 @@ using arkern_decode::WaveNetPacking;
 
 constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
+constexpr int64_t kPipeBlock = 8;  // Pipe: the helper's past taps, up to this many steps at once
 constexpr int kAmxMinRows = 4;  // bfloat16 row groups from this size use AMX tiles when selected (isa.h)
 
 // The AMX copies of the matrices (arkern.ops.amx_layout.pack_vnni), in the order w_dil[0..L), w_rs[0..L),
@@ -69,6 +70,60 @@ void matvec_tiles(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_
   const Mat<float, WT> mat{w, bias, mp, mp, n};
   arkern_decode::matvec_range<WaveNetPacking>(mat, nb, ja, jb, x, y, t0 * arkern_decode::kTile,
                                               t1 * arkern_decode::kTile);
+}
+
+#if defined(__AVX512F__)
+// NT whole tiles [t, t + NT) of y = (bias or y) + W[:, ja:jb] x for one row, their 4 * NT accumulator chains
+// interleaved (tile_avx512 of decode_matvec.h runs one tile's 4 chains at a time).
+template <typename WT, int NT>
+void tiles_one_row(const WT* w, int64_t n, int64_t ja, int64_t jb, const float* x, float* y, const float* bias,
+                   int64_t t) {
+  constexpr int64_t kT = arkern_decode::kTile;
+  constexpr int V = kT / 16;
+  const float* init = ja == 0 ? bias : y;
+  const WT* base = w + t * kT * n;  // tile t + k: base + k * kT * n, input j of it + j * kT
+  __m512 acc[NT][V];
+#pragma GCC unroll 4
+  for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[k][v] = _mm512_loadu_ps(init + (t + k) * kT + 16 * v);
+  for (int64_t j = ja; j < jb; ++j) {
+    const __m512 xr = _mm512_set1_ps(x[j - ja]);
+#pragma GCC unroll 4
+    for (int k = 0; k < NT; ++k) {
+      __m512 wv[V];
+      arkern_decode::load_weights<WaveNetPacking, V>(base + k * kT * n + j * kT, wv);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[k][v] = _mm512_fmadd_ps(wv[v], xr, acc[k][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(y + (t + k) * kT + 16 * v, acc[k][v]);
+}
+#endif
+
+// matvec_tiles, with a lone row on AVX-512 running up to four whole tiles at once. A row's product is
+// latency-bound (one accumulator chain per output, each input's FMA waiting for the last); several tiles'
+// chains in flight fill the FMA units. Every output keeps its order: bit-identical to matvec_tiles.
+template <typename WT>
+void matvec_rows(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t jb, const float* const* x,
+                 float* const* y, const float* bias, int64_t t0, int64_t t1) {
+#if defined(__AVX512F__)
+  if (nb == 1 && jb > ja && arkern_isa::use_avx512()) {
+    const int64_t whole = std::min(t1, mp / arkern_decode::kTile);
+    for (; whole - t0 >= 4; t0 += 4) tiles_one_row<WT, 4>(w, n, ja, jb, x[0], y[0], bias, t0);
+    if (whole - t0 == 3) {
+      tiles_one_row<WT, 3>(w, n, ja, jb, x[0], y[0], bias, t0);
+      t0 += 3;
+    } else if (whole - t0 == 2) {
+      tiles_one_row<WT, 2>(w, n, ja, jb, x[0], y[0], bias, t0);
+      t0 += 2;
+    }
+  }
+#endif
+  if (t1 > t0) matvec_tiles<WT>(nb, w, mp, n, ja, jb, x, y, bias, t0, t1);
 }
 
 // ---------------------------------------------------------------- the network loop
@@ -450,8 +505,8 @@ struct Pipe {
     }
     px_a.resize(nb * dmax);
     py_a.resize(nb * dmax);
-    px_b.resize(nb);
-    py_b.resize(nb);
+    px_b.resize(nb * kPipeBlock);
+    py_b.resize(nb * kPipeBlock);
     for (auto* a : {&g_pub, &past_claim, &past_done, &skip_claim, &skip_done}) {
       a->reset(new Atom[L]);
       for (int64_t l = 0; l < L; ++l) (*a)[l].store(-1, std::memory_order_relaxed);
@@ -466,7 +521,7 @@ struct Pipe {
         px[b * n + k] = rings[l] + ((row0 + b) * d + (t0 + first + k) % d) * R;
         py[b * n + k] = slot(l, b, first + k);
       }
-    matvec_tiles<WT>(nb * static_cast<int>(n), w_dil + l * w_dil_stride, two_rp, 2 * R, 0, R, px.data(), py.data(),
+    matvec_rows<WT>(nb * static_cast<int>(n), w_dil + l * w_dil_stride, two_rp, 2 * R, 0, R, px.data(), py.data(),
                      net.b_dil + l * two_rp, 0, dil_tiles);
     past_done[l].store(first + n - 1, std::memory_order_release);
   }
@@ -478,7 +533,7 @@ struct Pipe {
     for (int b = 0; b < nb; ++b) g[b] = gl(l, b);
     const int64_t m0 = res_tiles * arkern_decode::kTile;
     if (m0 >= rs_p) return;  // every skip output shares a tile with residual outputs: A has them
-    matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs, net.b_rs + l * rs_p, res_tiles, rs_tiles);
+    matvec_rows<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs, net.b_rs + l * rs_p, res_tiles, rs_tiles);
     for (int b = 0; b < nb; ++b) std::copy(rs[b] + m0, rs[b] + rs_p, part(l, b) + m0 - Rp);
   }
 
@@ -519,7 +574,7 @@ struct Pipe {
         y[b] = slot(l, b, s);
         if constexpr (kBf16) arkern_amx::round_bf16(x[b], R, xq[b]);
       }
-      matvec_tiles<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, R, 2 * R, xq, y, net.b_dil + l * two_rp, 0,
+      matvec_rows<WT>(nb, w_dil + l * w_dil_stride, two_rp, 2 * R, R, 2 * R, xq, y, net.b_dil + l * two_rp, 0,
                        dil_tiles);  // ... plus W_now x[t]
       for (int b = 0; b < nb; ++b) {
         std::copy(y[b], y[b] + two_rp, tmp[b]);
@@ -539,7 +594,7 @@ struct Pipe {
       g_pub[l].store(s, std::memory_order_release);
       float* g[kMaxRows];
       for (int b = 0; b < nb; ++b) g[b] = gl(l, b);
-      matvec_tiles<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs_a, net.b_rs + l * rs_p, 0, res_tiles);
+      matvec_rows<WT>(nb, w_rs + l * w_rs_stride, rs_p, R, 0, R, g, rs_a, net.b_rs + l * rs_p, 0, res_tiles);
       for (int b = 0; b < nb; ++b) {
         for (int64_t c = 0; c < R; ++c) x[b][c] += rs_a[b][c];
         for (int64_t m = Rp; m < std::min(rs_p, res_tiles * arkern_decode::kTile); ++m) part(l, b)[m - Rp] = rs_a[b][m];
@@ -561,12 +616,12 @@ struct Pipe {
       for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
       if constexpr (kBf16) arkern_amx::round_bf16(h[b], net.S);
     }
-    matvec_tiles<WT>(nb, w_out, net.Ap, net.S, 0, net.S, h, o, net.b_out, 0, arkern_decode::tiles(net.Ap));
+    matvec_rows<WT>(nb, w_out, net.Ap, net.S, 0, net.S, h, o, net.b_out, 0, arkern_decode::tiles(net.Ap));
     for (int b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < net.Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
       if constexpr (kBf16) arkern_amx::round_bf16(o[b], net.A);
     }
-    matvec_tiles<WT>(nb, w_end, net.Ap, net.A, 0, net.A, o, lg, net.b_end, 0, arkern_decode::tiles(net.Ap));
+    matvec_rows<WT>(nb, w_end, net.Ap, net.A, 0, net.A, o, lg, net.b_end, 0, arkern_decode::tiles(net.Ap));
     double u[kMaxRows];
     int64_t drawn[kMaxRows];
     if (!forced) {
@@ -602,11 +657,14 @@ struct Pipe {
           skip_done[ls].store(s, std::memory_order_release);
           did = true;
         }
-      for (; !did && s + 1 < steps && ln < L && g_pub[ln].load(std::memory_order_acquire) >= s; ++ln)
-        if (claim(past_claim[ln], s, s + 1)) {
-          past_tap(ln, s + 1, 1, px_b, py_b);
+      for (; !did && s + 1 < steps && ln < L && g_pub[ln].load(std::memory_order_acquire) >= s; ++ln) {
+        // x(t) is in the ring now: the taps of steps s + 1 .. s + d have their inputs (their slots are free)
+        const int64_t n = std::min({net.dil[ln], kPipeBlock, steps - 1 - s});
+        if (claim(past_claim[ln], s, s + n)) {
+          past_tap(ln, s + 1, n, px_b, py_b);
           did = true;
         }
+      }
       if (!did) arkern_team::detail::cpu_relax();
     }
   }
