@@ -90,73 +90,29 @@ struct Scratch {
   }
 };
 
-// ---------------------------------------------------------------- one-row products
-
-#if defined(__AVX512F__)
-constexpr int64_t kAheadBytes = 4096;  // software prefetch distance of the one-row products' weight stream
-
-// Inputs [0, jn) of one output tile (16V outputs, blk: jn x 16V floats) for a single row, computed exactly as
-// arkern_decode::tile_avx512 computes one row (two accumulator chains, even / odd inputs, summed at the end),
-// with the weights kAheadBytes ahead prefetched into L1 (not past `end`, the matrix's last weight): at batch 1
-// every weight is used once per pixel, so the product streams from the outer caches at their bandwidth.
-template <int V>
-void tile_one_row(const float* blk, int64_t jn, const float* x, float* y, const float* init, const float* end) {
-  constexpr int W = 16 * V;
-  __m512 acc[2][V];
-  for (int v = 0; v < V; ++v) {
-    acc[0][v] = _mm512_loadu_ps((init ? init : y) + 16 * v);
-    acc[1][v] = _mm512_setzero_ps();
-  }
-  const char* ahead = reinterpret_cast<const char*>(blk) + kAheadBytes;
-  const char* stop = reinterpret_cast<const char*>(end);
-  int64_t j = 0;
-  for (; j + 2 <= jn; j += 2) {
-#pragma GCC unroll 2
-    for (int s = 0; s < 2; ++s) {
-      const float* wj = blk + (j + s) * W;
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) {
-        const char* pf = ahead + ((j + s) * W + 16 * v) * sizeof(float);
-        if (pf < stop) _mm_prefetch(pf, _MM_HINT_T0);
-      }
-      const __m512 xr = _mm512_set1_ps(x[j + s]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[s][v] = _mm512_fmadd_ps(_mm512_loadu_ps(wj + 16 * v), xr, acc[s][v]);
-    }
-  }
-  for (; j < jn; ++j) {
-    const __m512 xr = _mm512_set1_ps(x[j]);
-    for (int v = 0; v < V; ++v) acc[0][v] = _mm512_fmadd_ps(_mm512_loadu_ps(blk + j * W + 16 * v), xr, acc[0][v]);
-  }
-  for (int v = 0; v < V; ++v) _mm512_storeu_ps(y + 16 * v, _mm512_add_ps(acc[0][v], acc[1][v]));
-}
-#endif
-
-// Inputs [ja, jz) of y = b + W x for one row, outputs [m_begin, m_end): the values of
-// arkern_decode::matvec_range (bit for bit, at every instruction-set level), with prefetching on AVX-512.
-inline void matvec_range_one_row(const Mat<float, float>& mat, int64_t ja, int64_t jz, const float* x, float* y,
-                                 int64_t m_begin, int64_t m_end) {
-#if defined(__AVX512F__)
-  if (arkern_isa::use_avx512() && ja < jz) {
-    m_end = std::min(m_end, mat.mp);
-    const float* end = mat.w + mat.mp * mat.n;
-    for (int64_t m0 = m_begin; m0 < m_end; m0 += arkern_decode::kTile) {
-      const int64_t width = std::min(arkern_decode::kTile, mat.mp - m0);
-      const float* blk = mat.w + m0 * mat.n + ja * width;
-      const float* init = ja == 0 ? mat.b + m0 : nullptr;
-      switch (width / 16) {
-        case 4: tile_one_row<4>(blk, jz - ja, x, y + m0, init, end); break;
-        case 3: tile_one_row<3>(blk, jz - ja, x, y + m0, init, end); break;
-        case 2: tile_one_row<2>(blk, jz - ja, x, y + m0, init, end); break;
-        default: tile_one_row<1>(blk, jz - ja, x, y + m0, init, end); break;
-      }
-    }
+// y[p] (+)= W[:, ja:jz] x[p] for np positions (from the bias when ja == 0, else adding to y[p], as
+// arkern_decode::matvec_range), for the row passes: with 8 or more positions, one team phase of (position
+// half, output tile) chunks, so that two workers do equal work whatever the number of output tiles (the
+// halves are cut at a multiple of 4 positions, the kernel's row groups); fewer positions: split over output
+// tiles. Each output's sum order depends on np only, not on the threads.
+inline void rows_product(const Mat<float, float>& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
+                         float* const* y, arkern_team::Session* team) {
+  if (np < 8 || team == nullptr) {
+    matvec_range(mat, np, ja, jz, x, y, team);
     return;
   }
-#endif
-  float* const ys[1] = {y};
-  const float* const xs[1] = {x};
-  arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(mat, 1, ja, jz, xs, ys, m_begin, m_end);
+  const int64_t half = (np / 2 + 3) / 4 * 4, T = arkern_decode::tiles(mat.mp);
+  const auto chunk = [&](int64_t h, int64_t k) {
+    const int64_t p0 = h == 0 ? 0 : half, p1 = h == 0 ? half : np;
+    arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(mat, p1 - p0, ja, jz, x + p0, y + p0,
+                                                                k * arkern_decode::kTile, (k + 1) * arkern_decode::kTile);
+  };
+  if (!team->active()) {  // alone: both halves of a tile back to back, while the tile is in L2
+    for (int64_t k = 0; k < T; ++k)
+      for (int64_t h = 0; h < 2; ++h) chunk(h, k);
+    return;
+  }
+  team->phase(2 * T, [&](int, int64_t c) { chunk(c / T, c % T); });
 }
 
 // One term of a split product: inputs [ja, ja + len) of `mat` (ja > 0: the term adds to its output).
@@ -177,15 +133,10 @@ inline void split_product(const Term* h0, int n0, const Term* h1, int n1, int64_
     const bool second = c >= T;
     const int64_t k = second ? c - T : c;
     const Term* h = second ? h1 : h0;
-    for (int t = 0; t < (second ? n1 : n0); ++t) {
-      const int64_t m0 = k * arkern_decode::kTile, m1 = m0 + arkern_decode::kTile;
-      if (rows == 1) {
-        matvec_range_one_row(*h[t].mat, h[t].ja, h[t].ja + h[t].len, h[t].x[0], (second ? z : y)[0], m0, m1);
-      } else {
-        arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(*h[t].mat, rows, h[t].ja, h[t].ja + h[t].len,
-                                                                    h[t].x, second ? z : y, m0, m1);
-      }
-    }
+    for (int t = 0; t < (second ? n1 : n0); ++t)
+      arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(*h[t].mat, rows, h[t].ja, h[t].ja + h[t].len,
+                                                                  h[t].x, second ? z : y, k * arkern_decode::kTile,
+                                                                  (k + 1) * arkern_decode::kTile);
   };
   if (team != nullptr) {
     team->phase(2 * T, chunk);  // default ownership: worker 0 half 0, worker 1 half 1
@@ -244,7 +195,7 @@ struct Conv {
         std::copy_n(at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run, sc.gat[p] + t * run);
       sc.in[p] = sc.gat[p];
     }
-    matvec(s->mat, np, sc.in.data(), out, sc.team);
+    rows_product(s->mat, np, 0, s->mat.n, sc.in.data(), out, sc.team);
   }
   // Row-split: the top kernel row's part of output pos[p] (one row's positions).
   float* top_at(const Pos& p) { return top.data() + (p.b * out_w + p.j) * s->mat.mp; }
@@ -253,7 +204,7 @@ struct Conv {
       sc.in[p] = at(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride);
       sc.out[p] = top_at(pos[p]);
     }
-    matvec_range(s->mat, np, 0, s->kw * s->cin, sc.in.data(), sc.out.data(), sc.team);
+    rows_product(s->mat, np, 0, s->kw * s->cin, sc.in.data(), sc.out.data(), sc.team);
   }
   // Row-split, per pixel: y[p] = the top part; the bottom row's taps as two terms (inputs in sc.xs[0], [1]).
   void bottom_terms(const Pos* pos, int64_t np, float* const* y, Scratch& sc, Term* left, Term* right) {
@@ -306,7 +257,7 @@ struct Block {
         if (s->aux_parts == 2) elu_into(aux2[p], f, -1.0f, sc.t2[p] + na + f);
         sc.in[p] = sc.t2[p];
       }
-      matvec(s->nin, np, sc.in.data(), sc.a.data(), sc.team);
+      rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc.team);
       for (int64_t p = 0; p < np; ++p)
         for (int64_t k = 0; k < f; ++k) sc.c[p][k] += sc.a[p][k];
     }
@@ -333,10 +284,10 @@ struct Block {
         sc.xs[0][p] = sc.t2[p] + f;
       }
       if (s->aux_parts == 1) {
-        matvec(s->nin, np, sc.in.data(), sc.a.data(), sc.team);
+        rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc.team);
       } else {
-        matvec_range(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc.team);
-        matvec_range(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc.team);
+        rows_product(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc.team);
+        rows_product(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc.team);
       }
       for (int64_t p = 0; p < np; ++p) {
         float* t = conv_in.top_at(pos[p]);

@@ -92,9 +92,9 @@ def test_row_groups_and_threads_identical():
 @pytest.mark.parametrize("isa", [pytest.param(name, marks=[pytest.mark.skip(reason=f"{name}: {why}")] if why else [],
                                               id=name) for name, why in cpu_isas().items() if name != "amx"])
 def test_batch_one_at_every_isa_level(isa):
-    """At batch 1 the per-pixel products run on one row (csrc/cpu/pixelcnnpp_decode.h: the prefetching AVX-512
-    tile, or the portable one at avx2); 40 filters give tiles of 48, 64 and 16 outputs. At every level the
-    teacher-forced parameters equal the forward and the samples equal the cached sampler's."""
+    """At batch 1 the per-pixel products (csrc/cpu/pixelcnnpp_decode.h: split_product) run on one row, on the
+    AVX-512 tile kernel or the portable one at avx2; 40 filters give tiles of 48, 64 and 16 outputs. At every
+    level the teacher-forced parameters equal the forward and the samples equal the cached sampler's."""
     model = pixelcnnpp(c=3, filters=40, resnets=1, mixtures=2, seed=2, scale=2.0)
     noise = draw_noise(model, 1, (8, 8), seed=3)
     x = torch.randint(0, 256, (1, 3, 8, 8))
