@@ -77,10 +77,30 @@ inline void round_bf16(const float* src, int64_t n, float* dst) {
 
 inline void round_bf16(float* x, int64_t n) { round_bf16(x, n, x); }
 
-// dst[j] = to_bf16(src[j]) for j < n.
+// dst[j] = to_bf16(src[j]) for j < n, for the tiles. With AVX512-BF16, VCVTNE2PS2BF16 converts 32 values per
+// instruction, rounding to nearest even like to_bf16 but reading denormal inputs as zero; the tiles read
+// denormal bfloat16 inputs as zero too, so the products differ only for an input just below 2^-126 that
+// to_bf16 rounds up to 2^-126 (by at most 2^-126 |w|).
 inline void to_bf16(const float* src, int64_t n, uint16_t* dst) {
   int64_t j = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  for (; j + 32 <= n; j += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + j + 16), _mm512_loadu_ps(src + j));
+    _mm512_storeu_si512(dst + j, reinterpret_cast<const __m512i&>(v));
+  }
+  if (j < n) {
+    const __mmask16 k = n - j >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + j));
+    _mm256_mask_storeu_epi16(dst + j, k, reinterpret_cast<const __m256i&>(v));
+    j += 16;
+    if (j < n) {
+      const __mmask16 k2 = static_cast<__mmask16>((1u << (n - j)) - 1u);
+      const __m256bh v2 = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k2, src + j));
+      _mm256_mask_storeu_epi16(dst + j, k2, reinterpret_cast<const __m256i&>(v2));
+    }
+    return;
+  }
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
   for (; j + 16 <= n; j += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j),
                         _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bits16(_mm512_loadu_ps(src + j)), 16)));
@@ -118,25 +138,37 @@ ARKERN_AMX_TARGET inline void configure() {
   _tile_loadconfig(&cfg);
 }
 
-// MR x NR blocks of 16 rows x 16 outputs; x: the first row (stride ldx elements); w: the kb tiles of the
-// first output block (the second follows at w + kb tiles); y: the first output (stride ldy floats).
+// One run of a product's inputs: the VNNI tiles of the columns W[:, a:b] (kb = pad32(b - a) / 32 tiles per
+// output block, blocks stored one after the other), multiplied by the next 32 kb columns of X.
+struct Part {
+  const uint16_t* w;
+  int64_t kb;
+};
+
+// MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first
+// row (stride ldx elements); y: the first output (stride ldy floats).
 template <int MR, int NR>
-ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb, float* y,
-                                    int64_t ldy) {
+ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* parts, int nparts, int64_t ob,
+                                    float* y, int64_t ldy) {
   _tile_zero(0);
   if constexpr (NR > 1) _tile_zero(1);
   if constexpr (MR > 1) _tile_zero(2);
   if constexpr (MR > 1 && NR > 1) _tile_zero(3);
   const int64_t xs = ldx * 2;
-  for (int64_t k = 0; k < kb; ++k) {
-    _tile_loadd(4, x + k * kTileK, xs);
-    if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx + k * kTileK, xs);
-    _tile_loadd(6, w + k * kTileElems, 64);
-    if constexpr (NR > 1) _tile_loadd(7, w + (kb + k) * kTileElems, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+  for (int p = 0; p < nparts; ++p) {
+    const int64_t kb = parts[p].kb;
+    const uint16_t* w = parts[p].w + ob * kb * kTileElems;
+    for (int64_t k = 0; k < kb; ++k) {
+      _tile_loadd(4, x + k * kTileK, xs);
+      if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx + k * kTileK, xs);
+      _tile_loadd(6, w + k * kTileElems, 64);
+      if constexpr (NR > 1) _tile_loadd(7, w + (kb + k) * kTileElems, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+    x += kb * kTileK;
   }
   const int64_t ys = ldy * 4;
   _tile_stored(0, y, ys);
@@ -147,29 +179,28 @@ ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const uint16
 
 ARKERN_AMX_TARGET inline void release() { _tile_release(); }
 
-// Y[r][0 : mp] = sum_j X[r][j] W[:, j] for r < rows16 (a multiple of 16); X: bfloat16 bits, row stride ldx
-// >= 32 kb with zeros in columns [n, 32 kb); W: VNNI tiles of an (mp x n) matrix, kb = ceil(n / 32);
+// Y[r][0 : mp] = sum_j X[r][j] W[:, j] for r < rows16 (a multiple of 16), W given as parts whose inputs follow
+// each other in X (bfloat16 bits, row stride ldx >= 32 * total kb, zeros in every part's padding columns);
 // Y: float32, row stride ldy >= mp. The tiles must be configured (a TileScope).
-ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t ldx, const uint16_t* w, int64_t mp,
-                                     int64_t kb, float* y, int64_t ldy) {
-  const int64_t nblk = mp / 16, tiles_per_blk = kb * kTileElems;
+ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t ldx, const Part* parts, int nparts,
+                                     int64_t mp, float* y, int64_t ldy) {
+  const int64_t nblk = mp / 16;
   for (int64_t ob = 0; ob < nblk; ob += 2) {
-    const uint16_t* wb = w + ob * tiles_per_blk;
     float* yb = y + ob * 16;
     const bool two = ob + 1 < nblk;
     int64_t r = 0;
     for (; r + 2 * kTileRows <= rows16; r += 2 * kTileRows) {
       if (two) {
-        block<2, 2>(x + r * ldx, ldx, wb, kb, yb + r * ldy, ldy);
+        block<2, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
       } else {
-        block<2, 1>(x + r * ldx, ldx, wb, kb, yb + r * ldy, ldy);
+        block<2, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
       }
     }
     if (r < rows16) {
       if (two) {
-        block<1, 2>(x + r * ldx, ldx, wb, kb, yb + r * ldy, ldy);
+        block<1, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
       } else {
-        block<1, 1>(x + r * ldx, ldx, wb, kb, yb + r * ldy, ldy);
+        block<1, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
       }
     }
   }
@@ -177,26 +208,78 @@ ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t 
 
 #endif  // ARKERN_HAVE_AMX
 
-// The tile configuration of matmul() for the life of the scope, on this thread (loaded on entry, released on
-// exit: other code on the thread, e.g. oneDNN's, may configure the tiles its own way between two scopes).
+// The tile configuration of matmul() for the life of the scope, on this thread (loaded on entering the
+// outermost scope, released on leaving it: other code on the thread, e.g. oneDNN's, may configure the tiles its
+// own way between two scopes). Scopes nest: a kernel holds one for its whole call, and code that may also run on
+// a team's worker threads opens its own.
 class TileScope {
  public:
 #if ARKERN_HAVE_AMX
-  TileScope() { configure(); }
-  ~TileScope() { release(); }
+  TileScope() {
+    if (depth()++ == 0) configure();
+  }
+  ~TileScope() {
+    if (--depth() == 0) release();
+  }
 #else
   TileScope() = default;
 #endif
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;
+
+ private:
+  static int& depth() {
+    static thread_local int d = 0;
+    return d;
+  }
 };
 
-// Scratch for y[r] = bias + W x[r] over a batch of rows with the tile kernel: the rows' inputs rounded to
-// bfloat16 into a zero-padded (rows16 x 32kb) block, the products into a float32 block, then the bias added
-// and the rows scattered to their destinations. Every output of a row depends only on that row's inputs,
-// whatever the number of rows. One per thread (thread_batch); the buffers grow as needed.
+// Scratch for the tile products of a batch of rows: the rows' inputs rounded to bfloat16 into a zero-padded
+// (rows16 x 32kb) block, the products into a float32 block that the caller reads (or matvec adds the bias to
+// and scatters). Every output of a row depends only on that row's inputs, whatever the number of rows. One per
+// thread (thread_batch); the buffers grow as needed.
 class Batch {
  public:
+  // Starts a product of `rows` rows of n1 (+ n2) inputs: sizes the input block (pad_rows(rows) x ld(), the n1
+  // inputs in columns [0, n1), the n2 in [second(), second() + n2), second() = pad32(n1), ld() = second() +
+  // pad32(n2)), zeroes its padding (the other columns, and rows [rows, pad_rows(rows))) and returns it. The
+  // caller fills the input columns of rows [0, rows), e.g. with put().
+  uint16_t* begin(int64_t rows, int64_t n1, int64_t n2 = 0) {
+    second_ = pad32(n1);
+    ld_ = second_ + pad32(n2);
+    r16_ = pad_rows(rows);
+    if (x_.size() < static_cast<size_t>(r16_ * ld_)) x_.resize(static_cast<size_t>(r16_ * ld_));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::fill(row(r) + n1, row(r) + second_, uint16_t{0});
+      std::fill(row(r) + second_ + n2, row(r) + ld_, uint16_t{0});
+    }
+    std::fill(row(rows), row(r16_), uint16_t{0});
+    return x_.data();
+  }
+
+  int64_t ld() const { return ld_; }
+  int64_t second() const { return second_; }
+  uint16_t* row(int64_t r) { return x_.data() + r * ld_; }
+
+  // Row r, columns [col, col + count): src rounded to bfloat16.
+  void put(int64_t r, int64_t col, const float* src, int64_t count) { to_bf16(src, count, row(r) + col); }
+
+  // Y = X W^T for the block begin() started: pad_rows(rows) x mp float32 (row stride mp), valid until the next
+  // product; W: the VNNI tiles of an (mp x n1) matrix (n2 == 0). Inside a TileScope.
+  const float* multiply(const uint16_t* w, int64_t mp) { return multiply2(w, nullptr, mp); }
+
+  // The same for the inputs of both runs: w1, w2 the tiles of W[:, :n1] and W[:, n1:] (mp rows each).
+  const float* multiply2(const uint16_t* w1, const uint16_t* w2, int64_t mp) {
+#if ARKERN_HAVE_AMX
+    if (y_.size() < static_cast<size_t>(r16_ * mp)) y_.resize(static_cast<size_t>(r16_ * mp));
+    const Part parts[2] = {{w1, second_ / kTileK}, {w2, (ld_ - second_) / kTileK}};
+    matmul(x_.data(), r16_, ld_, parts, ld_ > second_ ? 2 : 1, mp, y_.data(), mp);
+#else  // unreachable: arkern_isa never selects amx in such a build
+    (void)w1, (void)w2, (void)mp;
+#endif
+    return y_.data();
+  }
+
   // y[r][0 : mp] = bias + W x[r] (bias == nullptr: y[r] += W x[r]) for r < rows; x[r] holds n floats; W
   // packed by pack_vnni (mp x n). Inside a TileScope.
   void matvec(int64_t rows, const float* const* x, int64_t n, const uint16_t* w, int64_t mp, const float* bias,
@@ -207,37 +290,27 @@ class Batch {
   // The same with x[r] = [x1[r] (n1 values); x2[r] (n2 values)], n = n1 + n2.
   void matvec2(int64_t rows, const float* const* x1, int64_t n1, const float* const* x2, int64_t n2,
                const uint16_t* w, int64_t mp, const float* bias, float* const* y) {
-#if ARKERN_HAVE_AMX
-    const int64_t n = n1 + n2, ld = pad32(n), r16 = pad_rows(rows);
-    if (x_.size() < static_cast<size_t>(r16 * ld)) x_.resize(static_cast<size_t>(r16 * ld));
-    if (y_.size() < static_cast<size_t>(r16 * mp)) y_.resize(static_cast<size_t>(r16 * mp));
-    for (int64_t r = 0; r < r16; ++r) {
-      uint16_t* xr = x_.data() + r * ld;
-      if (r < rows) {
-        to_bf16(x1[r], n1, xr);
-        if (n2 > 0) to_bf16(x2[r], n2, xr + n1);
-        std::fill(xr + n, xr + ld, uint16_t{0});
-      } else {
-        std::fill(xr, xr + ld, uint16_t{0});
-      }
-    }
-    matmul(x_.data(), r16, ld, w, mp, ld / kTileK, y_.data(), mp);
+    begin(rows, n1 + n2);
     for (int64_t r = 0; r < rows; ++r) {
-      const float* yr = y_.data() + r * mp;
+      put(r, 0, x1[r], n1);
+      if (n2 > 0) put(r, n1, x2[r], n2);
+    }
+    const float* out = multiply(w, mp);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* yr = out + r * mp;
+      float* dst = y[r];
       if (bias != nullptr) {
-        for (int64_t m = 0; m < mp; ++m) y[r][m] = yr[m] + bias[m];
+        for (int64_t m = 0; m < mp; ++m) dst[m] = yr[m] + bias[m];
       } else {
-        for (int64_t m = 0; m < mp; ++m) y[r][m] += yr[m];
+        for (int64_t m = 0; m < mp; ++m) dst[m] += yr[m];
       }
     }
-#else  // unreachable: arkern_isa never selects amx in such a build
-    (void)rows, (void)x1, (void)n1, (void)x2, (void)n2, (void)w, (void)mp, (void)bias, (void)y;
-#endif
   }
 
  private:
   std::vector<uint16_t> x_;
   std::vector<float> y_;
+  int64_t ld_ = 0, second_ = 0, r16_ = 0;
 };
 
 inline Batch& thread_batch() {

@@ -38,6 +38,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <optional>
+#include <type_traits>
 
 #include "pixelcnn_decode.h"
 #include "team.h"
@@ -47,8 +49,10 @@ namespace {
 using namespace arkern_pixelcnn;
 
 constexpr int64_t kMaxRows = 32;  // batch rows run in lockstep, sharing every weight tile
+constexpr int64_t kMaxTileRows = 64;  // the same on AMX tiles (4 tiles of 16 rows)
 constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vertical pass
 constexpr int64_t kRowPiece = 8;  // (row, column) pairs per product in the PixelCNN row pass
+constexpr int64_t kTileRowPiece = 64;  // the same on AMX tiles (4 tiles of 16 rows share every weight tile)
 
 struct Dims {
   int64_t kind, C, K, h, depth, kh_a, kw_a, kh_b, kw_b, E, residual, aligned, kh_0, kw_0, kwh_0, hh, head_relu;
@@ -142,6 +146,7 @@ struct Runner {
   std::vector<Mat<T, WT>> mats;
   std::vector<const uint16_t*> tiles;  // per matrix its AMX copy (bfloat16 packs on AMX machines), else empty
   std::vector<int64_t> splits;         // tile_splits
+  bool on_tiles = false;               // the products run on the AMX copies (bfloat16, amx level selected)
   std::vector<std::array<int64_t, 3>> cshape;
   std::vector<T*> caches;
   int64_t* image;
@@ -164,11 +169,24 @@ struct Runner {
     return {caches[c] + row * s[0] * s[1] * s[2], s[0], s[1], s[2]};
   }
 
+  // out = tanh(a) * sigmoid(b) (n values): on AMX tiles by gate_fast, whose one reciprocal matters next to the
+  // tiles' speed; elsewhere by gate, as the float32 precision.
+  void gate_row(const T* a, const T* b, T* out, int64_t n) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (on_tiles) {
+        gate_fast(a, b, out, n);
+        return;
+      }
+    }
+    gate(a, b, out, n);
+  }
+
   // Per-group scratch (every buffer one per batch row of the group).
   struct Scratch {
     std::vector<T> mem;
     std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv, part, yp;
     int64_t pstride = 0;     // floats per partial-sum vector (the largest padded spatial-conv height)
+    bool whole_convs = false;  // on AMX tiles with a full tile of rows: every spatial conv in one product per pixel
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
@@ -195,7 +213,10 @@ struct Runner {
         n_above = std::max(n_above, conv(c).above);
         for (int64_t g = 0; g < d.C; ++g) part_mp = std::max(part_mp, mats[px(conv(c).layer, g)].mp);
       }
-    const int64_t part = n_above > 0 ? (1 + d.depth) * d.C * W * part_mp : 0;
+    // On AMX tiles with at least a tile of rows, each pixel multiplies its whole window at once (its rows
+    // fill the tiles, as many columns did in the row pass), so no partial sums are kept.
+    const bool whole_convs = on_tiles && nb >= arkern_amx::kTileRows;
+    const int64_t part = n_above > 0 && !whole_convs ? (1 + d.depth) * d.C * W * part_mp : 0;
     const int64_t per_row = max_n + max_mp + h + act + h + d.hh + link + part;
     Scratch s;
     s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
@@ -218,10 +239,13 @@ struct Runner {
     }
     s.yp.resize(std::max(nb, kChunk));
     s.pstride = part_mp;
+    s.whole_convs = whole_convs;
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
     s.v.resize(nb);
     s.team = &team;
+    std::optional<arkern_amx::TileScope> tile_scope;  // one tile configuration for the whole run
+    if (on_tiles) tile_scope.emplace();
     if (row_begin == 0) {
       for (size_t c = 0; c < caches.size(); ++c)
         for (int64_t b = 0; b < nb; ++b) {
@@ -289,7 +313,13 @@ struct Runner {
     const int64_t total = nb * W;
     int64_t n_above = 0;
     for (int64_t c = 0; c <= d.depth; ++c) n_above = std::max(n_above, conv(c).above * conv(c).kw * conv(c).cin);
-    if (n_above == 0) return;
+    if (n_above == 0 || s.whole_convs) return;
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      if (on_tiles) {
+        pixelcnn_row_tiles(i, r0, nb, s);
+        return;
+      }
+    }
     s.team->phase((total + kRowPiece - 1) / kRowPiece, [&](int, int64_t piece) {
       const int64_t p0 = piece * kRowPiece, n = std::min(kRowPiece, total - p0);
       std::vector<T> buf(kRowPiece * n_above);
@@ -314,13 +344,99 @@ struct Runner {
     });
   }
 
+  // pixelcnn_row on AMX tiles: pieces of kTileRowPiece (row, column) pairs, each pair's taps rounded to
+  // bfloat16 straight from the ring into the tile input block once per conv, then multiplied by every
+  // output group's matrix. A pair's sums do not depend on the other rows of its piece.
+  void pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t total = nb * W;
+    s.team->phase((total + kTileRowPiece - 1) / kTileRowPiece, [&](int, int64_t piece) {
+      const arkern_amx::TileScope scope;  // this thread may be a team worker
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      const int64_t p0 = piece * kTileRowPiece, n = std::min(kTileRowPiece, total - p0);
+      for (int64_t c = 0; c <= d.depth; ++c) {
+        const Conv cv = conv(c);
+        const int64_t run = cv.kw * cv.cin, na = cv.above * run;
+        if (na == 0) continue;
+        batch.begin(n, na);
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          const Ring<T> rg = ring(c, r0 + b);
+          for (int64_t t = 0; t < cv.above; ++t) {
+            const int64_t r = i - cv.above + t;
+            if (r < 0) {
+              std::fill(batch.row(q) + t * run, batch.row(q) + (t + 1) * run, uint16_t{0});
+            } else {
+              batch.put(q, t * run, rg.at(r, j), run);
+            }
+          }
+        }
+        for (int64_t g = 0; g < d.C; ++g) {
+          const int64_t k = px(cv.layer, g);
+          const Mat<T, WT>& m = mats[k];
+          const float* y = batch.multiply(tiles[k], m.mp);
+          for (int64_t q = 0; q < n; ++q) {
+            const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+            T* out = partial(s, b, c, g, j);
+            const float* yq = y + q * m.mp;
+            for (int64_t o = 0; o < m.mp; ++o) out[o] = yq[o] + m.b[o];
+          }
+        }
+      }
+    });
+  }
+
   // Output group g of spatial conv c at (i, j) for the nb rows: the row-start partial sum plus the taps of
   // row i (inputs left of the centre, and the centre's allowed groups). Returns the output rows.
   T* const* conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
     const Conv cv = conv(c);
     const int64_t na = cv.above * cv.kw * cv.cin;
     const int64_t allowed = (c == 0 ? g : g + 1) * (cv.cin / d.C);
-    const Mat<T, WT>& m = mats[px(cv.layer, g)];
+    const int64_t k = px(cv.layer, g);
+    const Mat<T, WT>& m = mats[k];
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      if (s.whole_convs && na > 0) {  // the taps of the rows above, then of row i, straight from the ring
+        arkern_amx::Batch& batch = arkern_amx::thread_batch();
+        const int64_t run = cv.kw * cv.cin, n = m.n - na;
+        batch.begin(nb, na, n);
+        for (int64_t b = 0; b < nb; ++b) {
+          const Ring<T> rg = ring(c, r0 + b);
+          for (int64_t t = 0; t < cv.above; ++t) {
+            const int64_t r = i - cv.above + t;
+            if (r < 0) {
+              std::fill(batch.row(b) + t * run, batch.row(b) + (t + 1) * run, uint16_t{0});
+            } else {
+              batch.put(b, t * run, rg.at(r, j), run);
+            }
+          }
+          batch.put(b, batch.second(), rg.at(i, j), n);
+        }
+        const float* y = batch.multiply2(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp);
+        for (int64_t b = 0; b < nb; ++b) {
+          const float* yb = y + b * m.mp;
+          s.yp[b] = s.y[b];
+          for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
+        }
+        return s.yp.data();
+      }
+      if (on_tiles && m.n > na) {  // the taps of row i rounded straight from the ring into the tile input block
+        arkern_amx::Batch& batch = arkern_amx::thread_batch();
+        const int64_t n = m.n - na;
+        batch.begin(nb, n);
+        for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, ring(c, r0 + b).at(i, j), n);
+        const float* y = batch.multiply(tiles[k] + (na > 0 ? m.mp * arkern_amx::pad32(na) : 0), m.mp);
+        for (int64_t b = 0; b < nb; ++b) {
+          const float* yb = y + b * m.mp;
+          if (na > 0) {
+            s.yp[b] = partial(s, b, c, g, j);
+            for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] += yb[o];
+          } else {
+            s.yp[b] = s.y[b];
+            for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
+          }
+        }
+        return s.yp.data();
+      }
+    }
     for (int64_t b = 0; b < nb; ++b) {
       ring(c, r0 + b).gather(i, 0, j, cv.kw, cv.centre * cv.cin + allowed, s.gat[b]);
       s.in[b] = s.gat[b];
@@ -374,11 +490,15 @@ struct Runner {
       const int64_t kh = d.khv(l), kw = d.kwv(l);
       for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
         const int64_t n = std::min(kChunk, total - p0);
-        for (int64_t q = 0; q < n; ++q) {
-          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-          ring(2 * l, r0 + b).gather(ip - kh + 1, kh, j, kw, 0, s.pg[q]);
+        if (on_tiles) {
+          vertical_tiles(l, ip, p0, n, r0, s);
+        } else {
+          for (int64_t q = 0; q < n; ++q) {
+            const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+            ring(2 * l, r0 + b).gather(ip - kh + 1, kh, j, kw, 0, s.pg[q]);
+          }
+          product(vm, n, s.pg, s, s.pv.data());
         }
-        product(vm, n, s.pg, s, s.pv.data());
         T* out[kChunk];
         for (int64_t q = 0; q < n; ++q) out[q] = link_at((p0 + q) / W, l, (p0 + q) % W);
         if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
@@ -388,10 +508,59 @@ struct Runner {
             const T* c = cond + ((r0 + b) * L + l) * 2 * h;
             for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
           }
-          if (l + 1 < L) gate(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
+          if (l + 1 < L) gate_row(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
         }
         if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
       }
+    }
+  }
+
+  // The vertical conv of Gated layer l on AMX tiles for the n (row, column) pairs from p0, its window ending at
+  // image row ip: the kh kernel rows of taps (zero above the image) rounded straight from the ring into the
+  // tile input block; s.pv[q] = bias + W x.
+  void vertical_tiles(int64_t l, int64_t ip, int64_t p0, int64_t n, int64_t r0, Scratch& s) const {
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      const int64_t k = gx(l, 0), kh = d.khv(l), run = d.kwv(l) * d.cin(l);
+      const Mat<T, WT>& m = mats[k];
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      batch.begin(n, m.n);
+      for (int64_t q = 0; q < n; ++q) {
+        const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+        const Ring<T> rg = ring(2 * l, r0 + b);
+        for (int64_t t = 0; t < kh; ++t) {
+          const int64_t r = ip - kh + 1 + t;
+          if (r < 0) {
+            std::fill(batch.row(q) + t * run, batch.row(q) + (t + 1) * run, uint16_t{0});
+          } else {
+            batch.put(q, t * run, rg.at(r, j), run);
+          }
+        }
+      }
+      const float* y = batch.multiply(tiles[k], m.mp);
+      for (int64_t q = 0; q < n; ++q) {
+        const float* yq = y + q * m.mp;
+        for (int64_t o = 0; o < m.mp; ++o) s.pv[q][o] = yq[o] + m.b[o];
+      }
+    } else {
+      (void)l, (void)ip, (void)p0, (void)n, (void)r0, (void)s;
+    }
+  }
+
+  // The horizontal conv (matrix k) of Gated layer l at (i, j) on AMX tiles: its taps (one contiguous run of
+  // the ring) rounded straight into the tile input block; y = bias + W x into s.y.
+  void horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k, int64_t r0, int64_t nb, Scratch& s) const {
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      const Mat<T, WT>& m = mats[k];
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      batch.begin(nb, m.n);
+      for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, ring(2 * l + 1, r0 + b).at(i, j), m.n);
+      const float* y = batch.multiply(tiles[k], m.mp);
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* yb = y + b * m.mp;
+        for (int64_t o = 0; o < m.mp; ++o) s.y[b][o] = yb[o] + m.b[o];
+      }
+    } else {
+      (void)l, (void)i, (void)j, (void)k, (void)r0, (void)nb, (void)s;
     }
   }
 
@@ -399,12 +568,17 @@ struct Runner {
     const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h);
     for (int64_t l = 0; l < L; ++l) {
       const int64_t cin = d.cin(l), allowed = (l == 0 ? g : g + 1) * (cin / C), ch = d.kwh(l) / 2;
+      const int64_t kh = gx(l, 2 + g);
       for (int64_t b = 0; b < nb; ++b) {
         const Ring<T> r = ring(2 * l + 1, r0 + b);
         if (l > 0) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
-        r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
+        if (!on_tiles) r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
       }
-      product(mats[gx(l, 2 + g)], nb, s.gat, s, s.y.data());
+      if (on_tiles) {
+        horizontal_tiles(l, i, j, kh, r0, nb, s);
+      } else {
+        product(mats[kh], nb, s.gat, s, s.y.data());
+      }
       for (int64_t b = 0; b < nb; ++b) {
         T* pre = s.y[b];
         const T* lk = s.link[b] + (l * W + j) * hp + g * 2 * hg;
@@ -413,7 +587,7 @@ struct Runner {
           const T* c = cond + ((r0 + b) * L + l) * 2 * h + g * 2 * hg;
           for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += c[m];
         }
-        gate(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
+        gate_row(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
         s.in[b] = s.act[b] + l * h;
       }
       const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
@@ -555,8 +729,12 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
   // Up to kMaxRows rows run as one group whose products a team of threads splits over output tiles
   // (csrc/cpu/team.h), when the per-pixel products have at least two tiles (h / C > 64) or at batch 1;
   // otherwise the rows are split into groups run in parallel.
-  const bool split_outputs = B == 1 || arkern_decode::tiles(pad16(d.h / d.C)) >= 2;
-  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows, split_outputs ? 1 : std::min<int64_t>(B, threads));
+  // On AMX tiles a group's per-pixel products run on its own thread (one core's tiles outrun a split of
+  // them), so groups of up to kMaxTileRows rows run in parallel instead.
+  const bool on_tiles = wt == at::kBFloat16 && !tiles.empty() && arkern_isa::use_amx();
+  const bool split_outputs = !on_tiles && (B == 1 || arkern_decode::tiles(pad16(d.h / d.C)) >= 2);
+  const int64_t max_rows = on_tiles ? kMaxTileRows : kMaxRows;
+  const int64_t groups = std::max<int64_t>((B + max_rows - 1) / max_rows, split_outputs ? 1 : std::min<int64_t>(B, threads));
 
   const auto launch = [&](auto tag_t, auto tag_w) {
     using T = decltype(tag_t);
@@ -568,6 +746,7 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
     }
     for (const auto& t : tiles) run.tiles.push_back(reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()));
     run.splits = splits;
+    run.on_tiles = on_tiles;
     run.cshape = cshape;
     for (const auto& c : caches) run.caches.push_back(c.data_ptr<T>());
     run.image = image.data_ptr<int64_t>();
@@ -580,8 +759,8 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
       Sampler sampler(d.K, temperature, top_k, top_p);
       for (int64_t grp = g0; grp < g1; ++grp) {
         const int64_t b0 = grp * B / groups, b1 = (grp + 1) * B / groups;
-        for (int64_t r0 = b0; r0 < b1; r0 += kMaxRows) {
-          const int64_t nb = std::min(kMaxRows, b1 - r0);
+        for (int64_t r0 = b0; r0 < b1; r0 += max_rows) {
+          const int64_t nb = std::min(max_rows, b1 - r0);
           uint64_t key = 2;  // the workload, for the team's rate memory
           for (int64_t v : {d.kind, d.C, d.K, d.h, d.depth, d.kh_a, d.kw_a, d.kh_b, d.kw_b, d.E, d.residual,
                             d.aligned, d.kh_0, d.kw_0, d.kwh_0, d.hh, d.head_relu, W, nb,
@@ -605,8 +784,7 @@ at::Tensor pixelcnn_generate_cpu(at::IntArrayRef config, at::TensorList weights,
   } else {
     launch(float{}, float{});
   }
-  const bool amx = wt == at::kBFloat16 && !tiles.empty() && arkern_isa::use_amx();
-  arkern_isa::record("pixelcnn_generate", amx ? arkern_isa::Isa::amx
+  arkern_isa::record("pixelcnn_generate", on_tiles ? arkern_isa::Isa::amx
                                           : arkern_isa::use_avx512() ? arkern_isa::Isa::avx512 : arkern_isa::Isa::avx2);
   return logits;
 }

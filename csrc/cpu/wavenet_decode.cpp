@@ -707,21 +707,18 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
                   float* logits_out) {
   const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A, Ap = net.Ap;
   const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp;
-  std::vector<float> buf(static_cast<size_t>(nb) * (2 * Rp + two_rp + Rp + rs_p + 2 * Sp + 2 * Ap), 0.0f);
+  std::vector<float> buf(static_cast<size_t>(nb) * (Rp + 2 * Sp + 2 * Ap) + two_rp + Rp, 0.0f);
   float* p = buf.data();
-  float *x[kMaxRows], *xq[kMaxRows], *pre[kMaxRows], *g[kMaxRows], *rs[kMaxRows], *skip[kMaxRows], *h[kMaxRows],
-      *o[kMaxRows], *lg[kMaxRows], *slot[kMaxRows];
+  float *x[kMaxRows], *skip[kMaxRows], *h[kMaxRows], *o[kMaxRows], *lg[kMaxRows];
   for (int b = 0; b < nb; ++b) {
     x[b] = p; p += Rp;
-    xq[b] = p; p += Rp;
-    pre[b] = p; p += two_rp;
-    g[b] = p; p += Rp;
-    rs[b] = p; p += rs_p;
     skip[b] = p; p += Sp;
     h[b] = p; p += Sp;
     o[b] = p; p += Ap;
     lg[b] = p; p += Ap;
   }
+  float* pre = p;  // one row's dilated conv outputs, then its gate
+  float* g = p + two_rp;
   double u[kMaxRows];
   int64_t drawn[kMaxRows];
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
@@ -737,30 +734,42 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
     }
     for (int64_t l = 0; l < L; ++l) {
       const int64_t d = net.dil[l];
+      const float* bd = net.b_dil + l * two_rp;
+      const float* br = net.b_rs + l * rs_p;
       prefetch_next_slots(rings[l], row0, nb, d, t, R);
+      // [x(t - d); x(t)] rounded straight from the ring and x into the tile inputs, then x(t) rounded replaces
+      // x(t - d) in the ring (time-major: the R inputs of one time)
+      batch.begin(nb, 2 * R);
       for (int b = 0; b < nb; ++b) {
-        arkern_amx::round_bf16(x[b], R, xq[b]);
-        slot[b] = rings[l] + ((row0 + b) * d + t % d) * R;  // time-major: the R inputs of one time
+        float* slot = rings[l] + ((row0 + b) * d + t % d) * R;
+        batch.put(b, 0, slot, R);
+        batch.put(b, R, x[b], R);
+        arkern_amx::round_bf16(x[b], R, slot);
       }
-      // [x(t - d); x(t)] converted straight from the ring and x, then x(t) replaces x(t - d) in the ring
-      batch.matvec2(nb, slot, R, xq, R, tiles.base + l * tiles.dil_stride, two_rp, net.b_dil + l * two_rp, pre);
+      const float* yd = batch.multiply(tiles.base + l * tiles.dil_stride, two_rp);
+      // the gate of bias + product (+ conditioning), rounded into the tile inputs of the residual/skip conv
+      batch.begin(nb, R);
       for (int b = 0; b < nb; ++b) {
-        std::copy(xq[b], xq[b] + R, slot[b]);
+        const float* yb = yd + b * two_rp;
+        float* pb = pre;
+        for (int64_t c = 0; c < two_rp; ++c) pb[c] = yb[c] + bd[c];
         const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
                                  gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
         for (const float* f : extra) {
           if (!f) continue;
           for (int64_t c = 0; c < R; ++c) {
-            pre[b][c] += f[c];
-            pre[b][Rp + c] += f[R + c];
+            pb[c] += f[c];
+            pb[Rp + c] += f[R + c];
           }
         }
-        gate(pre[b], pre[b] + Rp, g[b], Rp);
+        arkern_decode::gate_fast(pb, pb + Rp, g, R);
+        batch.put(b, 0, g, R);
       }
-      batch.matvec(nb, g, R, tiles.base + tiles.rs_off + l * tiles.rs_stride, rs_p, net.b_rs + l * rs_p, rs);
+      const float* yr = batch.multiply(tiles.base + tiles.rs_off + l * tiles.rs_stride, rs_p);
       for (int b = 0; b < nb; ++b) {
-        for (int64_t c = 0; c < R; ++c) x[b][c] += rs[b][c];
-        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += rs[b][Rp + c];
+        const float* yb = yr + b * rs_p;
+        for (int64_t c = 0; c < R; ++c) x[b][c] += yb[c] + br[c];
+        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += yb[Rp + c] + br[Rp + c];
       }
     }
     for (int b = 0; b < nb; ++b)

@@ -182,11 +182,17 @@ def test_wavenet_tiles_are_the_same_weights():
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("kind,c,labels", [("pixelcnn", 1, None), ("pixelcnn", 3, None), ("gated", 3, 4)])
-def test_pixelcnn_levels_match_reference(isa, wdtype, kind, c, labels, at_isa, one_thread):
+# 5 rows: AMX tiles padded to 16; 5 x 6: the row pass multiplies 30 (row, column) pairs, one partial piece of
+# tiles; 5 x 14: 70 pairs, a full piece of 64 and a partial one (the Gated vertical stack: 64-pair chunks too);
+# 17 rows: a full tile of rows and a partial one, each pixel's spatial convs in one product (no row pass)
+@pytest.mark.parametrize("kind,c,labels,shape", [("pixelcnn", 1, None, (5, 5, 6)), ("pixelcnn", 3, None, (5, 5, 6)),
+                                                 ("gated", 3, 4, (5, 5, 6)), ("pixelcnn", 1, None, (5, 3, 14)),
+                                                 ("gated", 1, None, (5, 3, 14)), ("pixelcnn", 1, None, (17, 4, 5)),
+                                                 ("pixelcnn", 3, None, (17, 3, 4)), ("gated", 3, 4, (17, 3, 4))])
+def test_pixelcnn_levels_match_reference(isa, wdtype, kind, c, labels, shape, at_isa, one_thread):
     _need_kernel()
     model = image_model(kind, c, labels=labels, k=11, hidden=40 if c == 1 else 42)  # tile widths 16..64
-    n, h, w = 5, 5, 6  # 5 rows: AMX tiles padded to 16; the row pass multiplies 30 (row, column) pairs
+    n, h, w = shape
     packed = family_of(model).pack(model, wdtype)
     assert bool(packed.tiles) == (wdtype == torch.bfloat16 and cpu_isas()["amx"] is None)
     cond = family_of(model).fused_condition(model, packed, None if labels is None else torch.arange(n) % labels)
@@ -195,7 +201,7 @@ def test_pixelcnn_levels_match_reference(isa, wdtype, kind, c, labels, at_isa, o
     for backend in ("reference", "cpu"):
         caches, image = packed.new_caches(n, h, w), torch.zeros(n, c, h, w, dtype=torch.int64)
         logits = [pixelcnn_generate(packed, caches, image, noise, cond=cond, row_begin=r0, row_end=r1,
-                                    return_logits=True, backend=backend) for r0, r1 in ((0, 2), (2, 5))]
+                                    return_logits=True, backend=backend) for r0, r1 in ((0, 2), (2, h))]
         out[backend] = (image, torch.cat(logits, 1))
     assert torch.equal(out["cpu"][0], out["reference"][0])
     check = assert_close if wdtype == torch.float32 else assert_close_rounded
