@@ -9,7 +9,8 @@
 // matmul() computes Y (rows16 x mp, float32) = X (rows16 x 32kb, bfloat16 rows) W^T with TDPBF16PS: every
 // product of two bfloat16 values is exact in float32 and the sums are float32 (the order within a tile is
 // the hardware's, and denormal inputs and results are flushed to zero). Four accumulator tiles (32 rows x
-// 32 outputs) share every A and B tile load. The code is compiled with a function target attribute, so every
+// 32 outputs) share every A and B tile load. W may come as parts (column blocks packed separately, e.g. a
+// conv's taps above the current row and in it), summed in the same accumulators. The code is compiled with a function target attribute, so every
 // x86-64 build has it; callers run it only when arkern_isa::use_amx() (isa.h), which also means the OS has
 // granted the tile state to this process.
 #pragma once
