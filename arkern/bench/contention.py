@@ -1,6 +1,6 @@
 """Fused sampling on a busy machine: samples/s at 1 and 2 threads, alone and next to a busy process.
 
-    python -m arkern.bench.contention [--seconds 3] [--calls 15] [--pin] [--no-idle] [--cases TEXT ...]
+    python -m arkern.bench.contention [--seconds 3] [--calls 15] [--pin] [--states idle busy] [--cases TEXT ...]
 
 The competitor is a second Python process spinning in ``while True: pass`` (pinned to CPU 0 with --pin). On
 a 2-core machine it holds one core, so a 2-thread team must not wait on a peer that the scheduler has
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="timing budget per case and machine state")
     p.add_argument("--calls", type=int, default=15, help="at least this many calls per thread count")
     p.add_argument("--pin", action="store_true", help="pin the competing busy process to CPU 0")
-    p.add_argument("--no-idle", action="store_true", help="time only next to the busy process")
+    p.add_argument("--states", nargs="+", default=["idle", "busy"], choices=["idle", "busy"],
+                   help="machine states to time: as found (idle), next to the busy process (busy)")
     p.add_argument("--cases", nargs="*", default=[], metavar="TEXT",
                    help="only the cases whose name contains one of these (case-insensitive), e.g. 'B=4 bf16'")
     args = p.parse_args(argv)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, competing busy process {where}, "
           f"decode team: {os.environ.get('ARKERN_TEAM', 'auto')}, {_load()}")
     print("items/s per call, 1 and 2 threads alternating; best and median of each, and the 2/1 ratios")
-    states = ["busy"] if args.no_idle else ["idle", "busy"]
+    states = args.states
     print(f"{'case':46s} {'machine':7s} {'1 best':>9s} {'1 med':>9s} {'2 best':>9s} {'2 med':>9s} "
           f"{'2/1 best':>8s} {'2/1 med':>8s} {'calls':>5s} {'isa':>6s}")
     for name in names:

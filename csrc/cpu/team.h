@@ -330,11 +330,12 @@ class Session {
 
   // Step rates of one workload, alone and as a team, and the choice for the next window. The team runs while
   // it is at least as fast as the caller alone and no peer misses. Alone is measured first and then every 32
-  // team windows; while the team loses, it is tried again after 4, 8, ... 1024 windows alone.
+  // team windows; while the team loses, it is tried again after 1, 2, 4, ... 1024 windows alone (a peer
+  // kept from its core for a moment, e.g. by another thread's spin, costs little; a busy core, ever less).
   struct Rates {
     double team = 0, alone = 0;
     bool next_team = true, probe = false;
-    int windows = 0, backoff = 4;
+    int windows = 0, backoff = 1;
     void update(bool was_team, double rate, bool missed) {
       (was_team ? team : alone) = rate;
       windows += 1;
@@ -342,7 +343,7 @@ class Session {
         if (missed) {
           switch_to(false, false);
         } else {
-          if (alone > 0 && team >= alone) backoff = 4;
+          if (alone > 0 && team >= alone) backoff = 1;
           if (alone == 0 || windows >= 32) {
             switch_to(false, true);  // measure alone (first time, or a refresh)
           } else if (team < alone) {
