@@ -35,8 +35,10 @@ from arkern.ops.pixelcnn_decode import pixelcnn_generate
 from arkern.ops.wavenet_decode import wavenet_generate
 from arkern.sampling import sample_image
 
-# A case: (prepare, items). prepare() allocates a fresh state (caches, rings; untimed: torch's own parallel
-# fills wait on descheduled pool threads too, which is not the sampler's speed) and returns the sampling call.
+# A case: (prepare, items). prepare() allocates a fresh state (caches, rings) and returns the sampling call.
+# The state is allocated untimed and on one thread: torch's parallel fills wait on descheduled pool threads,
+# and its OpenMP pool threads spin for a while after every parallel region, taking a core from the sampler;
+# neither is the sampler's speed.
 Prepare = Callable[[], Callable[[], None]]
 
 
@@ -109,8 +111,9 @@ def _rates(prepare: Prepare, items: int, threads: tuple[int, ...], calls: int,
     try:
         while min(len(r) for r in rates.values()) < calls or time.perf_counter() < end:
             for n in threads:
-                torch.set_num_threads(n)
+                torch.set_num_threads(1)
                 run = prepare()
+                torch.set_num_threads(n)
                 t0 = time.perf_counter()
                 run()
                 rates[n].append(items / (time.perf_counter() - t0))
