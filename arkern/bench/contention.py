@@ -8,8 +8,9 @@ descheduled: the figure that matters is the 2-thread / 1-thread ratio under load
 Both thread counts are timed in the same process, call by call alternating, on an idle(-ish) machine and
 next to the busy process; the table gives the best and the median of the calls and the 2/1 ratios of each,
 and the load average before and after (the machine's other load counts too).
-The decode team (csrc/cpu/team.h) switches itself off while it is slower than the caller alone; set
-ARKERN_TEAM=always to time the team without that switch.
+The decode team (csrc/cpu/team.h) switches itself off while it is slower than the caller alone or its helper
+misses deadlines; set ARKERN_TEAM=always to time the team without that switch. For the team's speed on an idle
+machine when the machine is not, run at real-time priority (``chrt -f 10 python -m ... --states idle``).
 """
 
 from __future__ import annotations
