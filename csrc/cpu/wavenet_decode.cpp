@@ -104,6 +104,78 @@ void tiles_one_row(const WT* w, int64_t n, int64_t ja, int64_t jb, const float* 
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// tiles_one_row for bfloat16 weights, each widened by one unpack (a bfloat16 is the high half of its float32)
+// instead of a widening move and a shift: of 32 weights, unpacklo gives outputs {0-3, 8-11, 16-19, 24-27} and
+// unpackhi {4-7, 12-15, 20-23, 28-31}, so the accumulators hold the outputs in that order (permuted once when
+// loaded and stored). The same products and sums as tiles_one_row.
+template <int NT>
+void tiles_one_row_bf16(const at::BFloat16* w, int64_t n, int64_t ja, int64_t jb, const float* x, float* y,
+                        const float* bias, int64_t t) {
+  constexpr int64_t kT = arkern_decode::kTile;
+  const float* init = ja == 0 ? bias : y;
+  const uint16_t* base = reinterpret_cast<const uint16_t*>(w) + t * kT * n;
+  const __m512i to_lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i to_hi = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  const __m512i back_a = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i back_b = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 lo[NT][2], hi[NT][2];  // tile t + k, outputs 32h .. 32h + 31
+#pragma GCC unroll 4
+  for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const float* p = init + (t + k) * kT + 32 * h;
+      const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+      lo[k][h] = _mm512_permutex2var_ps(a, to_lo, b);
+      hi[k][h] = _mm512_permutex2var_ps(a, to_hi, b);
+    }
+  for (int64_t j = ja; j < jb; ++j) {
+    const __m512 xr = _mm512_set1_ps(x[j - ja]);
+#pragma GCC unroll 4
+    for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m512i wz = _mm512_loadu_si512(base + k * kT * n + j * kT + 32 * h);
+        lo[k][h] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, wz)), xr, lo[k][h]);
+        hi[k][h] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, wz)), xr, hi[k][h]);
+      }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      float* p = y + (t + k) * kT + 32 * h;
+      _mm512_storeu_ps(p, _mm512_permutex2var_ps(lo[k][h], back_a, hi[k][h]));
+      _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(lo[k][h], back_b, hi[k][h]));
+    }
+}
+#endif
+
+#if defined(__AVX512F__)
+// K whole tiles from tile t for one row (K <= 4): the bfloat16 unpacking kernel where built, else tiles_one_row.
+template <typename WT>
+void tiles_one_row_any(int64_t K, const WT* w, int64_t n, int64_t ja, int64_t jb, const float* x, float* y,
+                       const float* bias, int64_t t) {
+#if defined(__AVX512BW__)
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    switch (K) {
+      case 4: tiles_one_row_bf16<4>(w, n, ja, jb, x, y, bias, t); return;
+      case 3: tiles_one_row_bf16<3>(w, n, ja, jb, x, y, bias, t); return;
+      case 2: tiles_one_row_bf16<2>(w, n, ja, jb, x, y, bias, t); return;
+      default: tiles_one_row_bf16<1>(w, n, ja, jb, x, y, bias, t); return;
+    }
+  }
+#endif
+  switch (K) {
+    case 4: tiles_one_row<WT, 4>(w, n, ja, jb, x, y, bias, t); return;
+    case 3: tiles_one_row<WT, 3>(w, n, ja, jb, x, y, bias, t); return;
+    case 2: tiles_one_row<WT, 2>(w, n, ja, jb, x, y, bias, t); return;
+    default: tiles_one_row<WT, 1>(w, n, ja, jb, x, y, bias, t); return;
+  }
+}
+#endif
+
 // matvec_tiles, with a lone row on AVX-512 running up to four whole tiles at once. A row's product is
 // latency-bound (one accumulator chain per output, each input's FMA waiting for the last); several tiles'
 // chains in flight fill the FMA units. Every output keeps its order: bit-identical to matvec_tiles.
@@ -113,14 +185,10 @@ void matvec_rows(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_t
 #if defined(__AVX512F__)
   if (nb == 1 && jb > ja && arkern_isa::use_avx512()) {
     const int64_t whole = std::min(t1, mp / arkern_decode::kTile);
-    for (; whole - t0 >= 4; t0 += 4) tiles_one_row<WT, 4>(w, n, ja, jb, x[0], y[0], bias, t0);
-    if (whole - t0 == 3) {
-      tiles_one_row<WT, 3>(w, n, ja, jb, x[0], y[0], bias, t0);
-      t0 += 3;
-    } else if (whole - t0 == 2) {
-      tiles_one_row<WT, 2>(w, n, ja, jb, x[0], y[0], bias, t0);
-      t0 += 2;
-    }
+    // (a lone float32 tile gains nothing: it is tile_avx512 itself)
+    const int64_t least = std::is_same_v<WT, float> ? 2 : 1;
+    for (int64_t k; (k = std::min<int64_t>(4, whole - t0)) >= least; t0 += k)
+      tiles_one_row_any<WT>(k, w, n, ja, jb, x[0], y[0], bias, t0);
   }
 #endif
   if (t1 > t0) matvec_tiles<WT>(nb, w, mp, n, ja, jb, x, y, bias, t0, t1);
