@@ -14,7 +14,7 @@
 // and more rows share each tile while it is in cache (decode_matvec.h, WaveNetPacking). bfloat16 weights are
 // widened to float32 with a shift (no avx512_bf16 needed); accumulation is always float32. Up to 64 batch rows
 // run as one group whose every step a team of threads splits over output tiles (Rows below; csrc/cpu/team.h),
-// 1-2 rows on two threads as a pipeline (Pipe below); more rows are split into groups run in parallel with
+// 1-4 rows on two threads as a pipeline (Pipe below); more rows are split into groups run in parallel with
 // at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,6 +50,7 @@ using arkern_decode::WaveNetPacking;
 
 constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
+constexpr int kPipeMaxRows = 4; // row groups up to this size run on two threads as a pipeline (Pipe)
 constexpr int64_t kPipeBlock = 8;  // Pipe: the helper's past taps, up to this many steps at once
 constexpr int kAmxMinRows = 4;  // bfloat16 row groups from this size use AMX tiles when selected (isa.h)
 
@@ -486,18 +487,19 @@ struct Rows {
   }
 };
 
-// Batch 1 and 2 on a team of two: the steps as a pipeline instead of phases. A step's products at one
-// row are ~1 us each, too short to split over cores, so the work is split by kind. The caller (A) runs the
-// chain each next layer waits for: the dilated conv's current-input tap, the gate and the residual outputs,
-// then the head and the draw. Tasks off the chain go to the helper (B): each layer's skip outputs (needed
-// at the head) and each layer's past tap W_past x[t - d] + b for the next step (its input is already in the
-// ring). Tasks are claimed per layer with one CAS on a step counter, so each runs once; A takes over every
-// task B has not claimed when it needs it (B descheduled, asleep or alone), computing past taps d steps at
-// once as Rows does. One Crew phase per step: chunk 0 is A's step, chunk 1 B's help until A's step is done.
-// A waits only for a task B has started; B absent when A's step is done, or a wait longer than the crew's
-// kStall, is a miss, and the Session then runs the next steps alone for a while (team.h).
-// Every output keeps its accumulation order (the past tap starts the chain the current tap continues; skip
-// contributions are summed per layer in order by A), so samples equal Rows' and 1 thread's bit for bit.
+// 1 to 4 rows on a team of two: the steps as a pipeline instead of phases. A step's products at a few rows
+// take about a microsecond each, too short to split over cores, so the work is split by kind (at 4 rows of
+// WaveNet medium float32, 2.2x the step rate of Rows' tile-split phases on two threads). The caller (A) runs the chain each next layer waits
+// for: the dilated conv's current-input tap, the gate and the residual outputs, then the head and the draw. Tasks
+// off the chain go to the helper (B): each layer's skip outputs (needed at the head) and each layer's past tap
+// W_past x[t - d] + b for the next step (its input is already in the ring). Tasks are claimed per layer with one
+// CAS on a step counter, so each runs once; A takes over every task B has not claimed when it needs it (B
+// descheduled, asleep or alone), computing past taps d steps at once as Rows does, and B computes them up to
+// kPipeBlock steps at once. One Crew phase per step: chunk 0 is A's step, chunk 1 B's help until A's step is done.
+// A waits only for a task B has started; B absent when A's step is done, or a wait longer than the crew's kStall,
+// is a miss, and the Session then runs the next steps alone for a while (team.h). Every output keeps its
+// accumulation order (the past tap starts the chain the current tap continues; skip contributions are summed per
+// layer in order by A), so samples equal Rows' and 1 thread's bit for bit.
 template <typename WT>
 struct Pipe {
   using Atom = std::atomic<int64_t>;
@@ -994,7 +996,7 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
         const uint64_t key = (((((1ull * 1009 + net.L) * 1009 + net.R) * 1009 + net.S) * 1009 + net.A) * 1009 +
                               nb) * 2 + (std::is_same_v<WT, float> ? 0 : 1);
         arkern_team::Session team(key);  // one worker inside a parallel region
-        if (team.workers() == 2 && nb <= kPastMaxRows) {
+        if (team.workers() == 2 && nb <= kPipeMaxRows) {
           Pipe<WT> pipe{net, w_dil.data_ptr<WT>(), w_rs.data_ptr<WT>(), w_out.data_ptr<WT>(), w_end.data_ptr<WT>(),
                         ring_ptrs, prev_p, r0, nb, t0, T, np, cp, gp, frames, cond_hop, fp,
                         samples.data_ptr<int64_t>(), lo};
