@@ -32,13 +32,7 @@ inline void gate(const float* a, const float* b, float* out, int64_t n) {
 inline __m512 gate16(__m512 a, __m512 b) {
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 ax = _mm512_abs_ps(a);
-  const __m512 s = _mm512_mul_ps(a, a);
-  __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(2.06390887954e-2f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-5.37397155531e-2f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.33314422036e-1f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-3.33332819422e-1f));
-  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), a, a);
+  const __m512 small = tanh_near0_16(a);
   const __m512 e = exp16(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
   const __m512 big = _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(_mm512_sub_ps(one, e)), _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN))));

@@ -303,6 +303,19 @@ struct Runner {
     return s.part[b] + ((c * d.C + g) * W + j) * s.pstride;
   }
 
+  // Tile input row q from column j of ring rg (the AMX paths): `rows` kernel rows of `run` inputs from image
+  // row `top` on, each rounded to bfloat16; zeros for the rows above the image (top + t < 0).
+  static void put_rows(arkern_amx::Batch& batch, int64_t q, const Ring<T>& rg, int64_t top, int64_t rows,
+                       int64_t j, int64_t run) {
+    for (int64_t t = 0; t < rows; ++t) {
+      if (top + t < 0) {
+        std::fill(batch.row(q) + t * run, batch.row(q) + (t + 1) * run, uint16_t{0});
+      } else {
+        batch.put(q, t * run, rg.at(top + t, j), run);
+      }
+    }
+  }
+
   // Start of image row i: every spatial conv's taps in the rows above (final since row i - 1 ended) for
   // all columns at once, so that many columns share each weight tile. Each pixel then adds only the taps
   // of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
@@ -360,15 +373,7 @@ struct Runner {
         batch.begin(n, na);
         for (int64_t q = 0; q < n; ++q) {
           const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-          const Ring<T> rg = ring(c, r0 + b);
-          for (int64_t t = 0; t < cv.above; ++t) {
-            const int64_t r = i - cv.above + t;
-            if (r < 0) {
-              std::fill(batch.row(q) + t * run, batch.row(q) + (t + 1) * run, uint16_t{0});
-            } else {
-              batch.put(q, t * run, rg.at(r, j), run);
-            }
-          }
+          put_rows(batch, q, ring(c, r0 + b), i - cv.above, cv.above, j, run);
         }
         for (int64_t g = 0; g < d.C; ++g) {
           const int64_t k = px(cv.layer, g);
@@ -400,14 +405,7 @@ struct Runner {
         batch.begin(nb, na, n);
         for (int64_t b = 0; b < nb; ++b) {
           const Ring<T> rg = ring(c, r0 + b);
-          for (int64_t t = 0; t < cv.above; ++t) {
-            const int64_t r = i - cv.above + t;
-            if (r < 0) {
-              std::fill(batch.row(b) + t * run, batch.row(b) + (t + 1) * run, uint16_t{0});
-            } else {
-              batch.put(b, t * run, rg.at(r, j), run);
-            }
-          }
+          put_rows(batch, b, rg, i - cv.above, cv.above, j, run);
           batch.put(b, batch.second(), rg.at(i, j), n);
         }
         const float* y = batch.multiply2(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp);
@@ -526,15 +524,7 @@ struct Runner {
       batch.begin(n, m.n);
       for (int64_t q = 0; q < n; ++q) {
         const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
-        const Ring<T> rg = ring(2 * l, r0 + b);
-        for (int64_t t = 0; t < kh; ++t) {
-          const int64_t r = ip - kh + 1 + t;
-          if (r < 0) {
-            std::fill(batch.row(q) + t * run, batch.row(q) + (t + 1) * run, uint16_t{0});
-          } else {
-            batch.put(q, t * run, rg.at(r, j), run);
-          }
-        }
+        put_rows(batch, q, ring(2 * l, r0 + b), ip - kh + 1, kh, j, run);
       }
       const float* y = batch.multiply(tiles[k], m.mp);
       for (int64_t q = 0; q < n; ++q) {

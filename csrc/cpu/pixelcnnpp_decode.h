@@ -239,14 +239,32 @@ struct Block {
     conv_in.reset(spec.conv_in, nb, row_split);
     conv_out.reset(spec.conv_out, nb, row_split);
   }
+  // The concat_elu of v[p], [elu(v[p]), elu(-v[p])], written into conv's input window at pos[p].
+  static void write_concat_elu(Conv& conv, const Pos* pos, int64_t np, int64_t f, const float* const* v,
+                               Scratch& sc) {
+    for (int64_t p = 0; p < np; ++p) {
+      elu_into(v[p], f, 1.0f, sc.t1[p]);
+      elu_into(v[p], f, -1.0f, sc.t1[p] + f);
+      conv.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
+    }
+  }
+  // The block's second half, from conv_in's outputs (plus the nin's) in sc.c: conv_out on their concat_elu
+  // (split: its bottom row only, after its row pass), then out[p] = x[p] + gate.
+  void finish(const Pos* pos, int64_t np, int64_t f, const float* const* x, float* const* out, Scratch& sc,
+              bool split) {
+    write_concat_elu(conv_out, pos, np, f, sc.c.data(), sc);
+    if (split) {
+      conv_out.compute_split(pos, np, sc.a.data(), sc);
+    } else {
+      conv_out.compute(pos, np, sc.a.data(), sc);
+    }
+    for (int64_t p = 0; p < np; ++p) gated_residual(x[p], sc.a[p], sc.a[p] + f, f, out[p]);
+  }
+
   // out[p] = block(x[p], aux) at positions pos; aux1[p] (and aux2[p]) are f-vectors. out may alias x.
   void run(const Pos* pos, int64_t np, int64_t f, const float* const* x, const float* const* aux1,
            const float* const* aux2, float* const* out, Scratch& sc) {
-    for (int64_t p = 0; p < np; ++p) {
-      elu_into(x[p], f, 1.0f, sc.t1[p]);
-      elu_into(x[p], f, -1.0f, sc.t1[p] + f);
-      conv_in.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
-    }
+    write_concat_elu(conv_in, pos, np, f, x, sc);
     conv_in.compute(pos, np, sc.c.data(), sc);
     if (s->aux_parts > 0) {
       const int64_t na = s->aux_parts * f;
@@ -261,13 +279,7 @@ struct Block {
       for (int64_t p = 0; p < np; ++p)
         for (int64_t k = 0; k < f; ++k) sc.c[p][k] += sc.a[p][k];
     }
-    for (int64_t p = 0; p < np; ++p) {
-      elu_into(sc.c[p], f, 1.0f, sc.t1[p]);
-      elu_into(sc.c[p], f, -1.0f, sc.t1[p] + f);
-      conv_out.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
-    }
-    conv_out.compute(pos, np, sc.a.data(), sc);
-    for (int64_t p = 0; p < np; ++p) gated_residual(x[p], sc.a[p], sc.a[p] + f, f, out[p]);
+    finish(pos, np, f, x, out, sc, false);
   }
 
   // Row-split block (the `ul` stream), once per row of its scale, at every column of the row (pos): the
@@ -301,11 +313,7 @@ struct Block {
   // convs' bottom rows and the nin's `ul` part (aux2[p], with two parts) added to the row pass's parts.
   void run_split(const Pos* pos, int64_t np, int64_t f, const float* const* x, const float* const* aux2,
                  float* const* out, Scratch& sc) {
-    for (int64_t p = 0; p < np; ++p) {
-      elu_into(x[p], f, 1.0f, sc.t1[p]);
-      elu_into(x[p], f, -1.0f, sc.t1[p] + f);
-      conv_in.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
-    }
+    write_concat_elu(conv_in, pos, np, f, x, sc);
     Term h0[2], h1[2];
     conv_in.bottom_terms(pos, np, sc.c.data(), sc, &h0[0], &h1[0]);
     int nt = 1;
@@ -321,13 +329,7 @@ struct Block {
       nt = 2;
     }
     split_product(h0, nt, h1, nt, np, s->conv_in.mat.mp, sc.c.data(), sc.z.data(), sc.team);
-    for (int64_t p = 0; p < np; ++p) {
-      elu_into(sc.c[p], f, 1.0f, sc.t1[p]);
-      elu_into(sc.c[p], f, -1.0f, sc.t1[p] + f);
-      conv_out.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
-    }
-    conv_out.compute_split(pos, np, sc.a.data(), sc);
-    for (int64_t p = 0; p < np; ++p) gated_residual(x[p], sc.a[p], sc.a[p] + f, f, out[p]);
+    finish(pos, np, f, x, out, sc, true);
   }
 };
 

@@ -42,16 +42,21 @@ inline __m512d exp8d(__m512d x) {
   return _mm512_scalef_pd(p, n);
 }
 
-// tanh: an odd polynomial for |x| < 0.625 (no cancellation near 0), 1 - 2 / (e^{2|x|} + 1) beyond.
-inline __m512 tanh16(__m512 x) {
-  const __m512 ax = _mm512_abs_ps(x);
+// tanh(x) for |x| < 0.625 by an odd polynomial (no cancellation near 0); tanh16 and gate16 use it there.
+inline __m512 tanh_near0_16(__m512 x) {
   const __m512 s = _mm512_mul_ps(x, x);
   __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
   p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(2.06390887954e-2f));
   p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-5.37397155531e-2f));
   p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.33314422036e-1f));
   p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-3.33332819422e-1f));
-  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, s), x, x);
+  return _mm512_fmadd_ps(_mm512_mul_ps(p, s), x, x);
+}
+
+// tanh: the odd polynomial for |x| < 0.625, 1 - 2 / (e^{2|x|} + 1) beyond.
+inline __m512 tanh16(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 small = tanh_near0_16(x);
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f),
                                                       _mm512_add_ps(exp16(_mm512_add_ps(ax, ax)), one)));
