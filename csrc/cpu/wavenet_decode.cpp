@@ -49,6 +49,28 @@ using arkern_decode::Sampler;
 using arkern_decode::WaveNetPacking;
 
 constexpr int kMaxRows = 64;    // batch rows sharing each weight tile (4 at a time in registers)
+
+// Step s of rows row0 .. row0 + nb - 1: each row's class drawn from its logits lg[b] at its uniform in noise
+// (or taken from forced), written to samples (and the logits to logits_out when given) and shifted into the
+// row's two previous classes prev[row].
+void draw_and_record(Sampler& sampler, float* const* lg, int nb, int64_t A, int64_t row0, int64_t s, int64_t steps,
+                     const double* noise, const int64_t* forced, int64_t* samples, float* logits_out, int64_t* prev) {
+  double u[kMaxRows];
+  int64_t drawn[kMaxRows];
+  if (!forced) {
+    for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
+    sampler.draw(lg, nb, A, u, drawn);
+  }
+  for (int b = 0; b < nb; ++b) {
+    const int64_t row = row0 + b;
+    const int64_t y = forced ? forced[row * steps + s] : drawn[b];
+    samples[row * steps + s] = y;
+    if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
+    int64_t* pv = prev + row * 2;
+    pv[0] = pv[1];
+    pv[1] = y;
+  }
+}
 constexpr int kPastMaxRows = 2; // row groups up to this size apply each past tap to d steps at once
 constexpr int kPipeMaxRows = 4; // row groups up to this size run on two threads as a pipeline (Pipe)
 constexpr int64_t kPipeBlock = 8;  // Pipe: the helper's past taps, up to this many steps at once
@@ -452,8 +474,6 @@ struct Rows {
 
   void run(arkern_team::Session& team, Sampler& sampler) {
     const int64_t L = net.L, R = net.R, A = net.A;
-    double u[kMaxRows];
-    int64_t drawn[kMaxRows];
     for (s = 0; s < steps; ++s) {
       t = t0 + s;
       for (int b = 0; b < nb; ++b) {
@@ -469,19 +489,7 @@ struct Rows {
         phase_id += 1;
         team.phase(static_cast<int64_t>(list.size()), [&](int wid, int64_t c) { run_chunk(wid, p, list[c]); });
       }
-      if (!forced) {
-        for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
-        sampler.draw(lg, nb, A, u, drawn);
-      }
-      for (int b = 0; b < nb; ++b) {
-        const int64_t row = row0 + b;
-        const int64_t y = forced ? forced[row * steps + s] : drawn[b];
-        samples[row * steps + s] = y;
-        if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
-        int64_t* pv = prev + row * 2;
-        pv[0] = pv[1];
-        pv[1] = y;
-      }
+      draw_and_record(sampler, lg, nb, A, row0, s, steps, noise, forced, samples, logits_out, prev);
       team.step_done();
     }
   }
@@ -692,21 +700,7 @@ struct Pipe {
       if constexpr (kBf16) arkern_amx::round_bf16(o[b], net.A);
     }
     matvec_rows<WT>(nb, w_end, net.Ap, net.A, 0, net.A, o, lg, net.b_end, 0, arkern_decode::tiles(net.Ap));
-    double u[kMaxRows];
-    int64_t drawn[kMaxRows];
-    if (!forced) {
-      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
-      sampler.draw(lg, nb, A, u, drawn);
-    }
-    for (int b = 0; b < nb; ++b) {
-      const int64_t row = row0 + b;
-      const int64_t yv = forced ? forced[row * steps + s] : drawn[b];
-      samples[row * steps + s] = yv;
-      if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
-      int64_t* pv = prev + row * 2;
-      pv[0] = pv[1];
-      pv[1] = yv;
-    }
+    draw_and_record(sampler, lg, nb, A, row0, s, steps, noise, forced, samples, logits_out, prev);
     a_done.store(s, std::memory_order_release);
   }
 
@@ -789,8 +783,6 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
   }
   float* pre = p;  // one row's dilated conv outputs, then its gate
   float* g = p + two_rp;
-  double u[kMaxRows];
-  int64_t drawn[kMaxRows];
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
   const arkern_amx::TileScope scope;  // the tile configuration for the whole call
   for (int64_t s = 0; s < steps; ++s) {
@@ -848,19 +840,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
     for (int b = 0; b < nb; ++b)
       for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
     batch.matvec(nb, o, A, tiles.base + tiles.end_off, Ap, net.b_end, lg);
-    if (!forced) {
-      for (int b = 0; b < nb; ++b) u[b] = noise[(row0 + b) * steps + s];
-      sampler.draw(lg, nb, A, u, drawn);
-    }
-    for (int b = 0; b < nb; ++b) {
-      const int64_t row = row0 + b;
-      const int64_t y = forced ? forced[row * steps + s] : drawn[b];
-      samples[row * steps + s] = y;
-      if (logits_out) std::copy(lg[b], lg[b] + A, logits_out + (row * steps + s) * A);
-      int64_t* pv = prev + row * 2;
-      pv[0] = pv[1];
-      pv[1] = y;
-    }
+    draw_and_record(sampler, lg, nb, A, row0, s, steps, noise, forced, samples, logits_out, prev);
   }
 }
 
