@@ -341,6 +341,8 @@ def _sample_image(model: torch.nn.Module, family: ModelFamily, args: argparse.Na
     images, seconds = _run(model, n, args, parser, shape=shape, method=method, condition=condition)
     if images is None or not _is_main_process():
         return 0
+    if images.dim() == 3:  # a code prior's (N, H, W) grids, drawn as one-channel images
+        images = images[:, None]
     print(f"{meta.get('name', type(model).__name__)}: {n} images {h}x{w} with method={method} in {seconds:.3f} s "
           f"({_where()}): {n / seconds:.1f} images/s, "
           f"{n * h * w * images.shape[1] / seconds:.0f} samples/s")

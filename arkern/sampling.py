@@ -161,7 +161,8 @@ def generate(model: nn.Module, batch_size: int, *, length: int | None = None,
 
     Returns:
         WaveNet: (batch_size, length) int64 μ-law classes (see :func:`arkern.audio.mulaw_decode`).
-        Images: (batch_size, C, H, W) int64 levels in [0, K).
+        Images: (batch_size, C, H, W) int64 levels in [0, K); a prior over code grids (model.meta["kind"] ==
+        "codes", e.g. a converted VQ-VAE prior): (batch_size, H, W) codes.
 
     Raises:
         ValueError: invalid arguments.

@@ -19,10 +19,11 @@ down one row with that layer's kernel cut to its k//2 unmasked rows; the horizon
 half of arkern's centred (1, k) masked convs; the per-layer class embeddings are the slices of arkern's one
 label embedding.
 
-The model is a prior over code grids: its "images" have one channel of K levels, so ``arkern.generate``
-returns codes of shape (B, 1, H, W) like every arkern image model (``[:, 0]`` is upstream's (B, H, W) from
-``GatedPixelCNN.generate``), and ``log_prob`` takes (B, 1, H, W) codes. Sampling needs the class labels
-(``condition=``), as upstream's ``generate(label, ...)`` does.
+The model is a prior over code grids: its "images" have one channel of K levels, and its meta says
+``"kind": "codes"`` (kept by :func:`arkern.save`), so ``arkern.generate`` returns code grids (B, H, W) as
+upstream's ``GatedPixelCNN.generate`` does (the lower-level :func:`arkern.sampling.sample_image` keeps the
+image models' (B, 1, H, W)); ``log_prob`` takes (B, H, W) codes or (B, 1, H, W). Sampling needs the class
+labels (``condition=``), as upstream's ``generate(label, ...)`` does.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def convert(state: Mapping[str, torch.Tensor], *, input_dim: int = 256, dim: int
     if input_dim < 2 or dim < 1 or n_layers < 1 or n_classes < 1:
         raise ValueError(f"arkern.convert({SOURCE!r}): need input_dim >= 2, dim >= 1, n_layers >= 1 and "
                          f"n_classes >= 1, got {input_dim}, {dim}, {n_layers}, {n_classes}")
-    meta = {"shape": image_shape(SOURCE, shape)}
+    meta = {"kind": "codes", "shape": image_shape(SOURCE, shape)}
     reader = StateReader(state, SOURCE)
     model = GatedPixelCNN(image_channels=1, num_classes=input_dim, hidden_channels=dim, num_layers=n_layers,
                           kernel_size=KERNEL, num_labels=n_classes, input_kernel_size=FIRST_KERNEL,

@@ -17,7 +17,13 @@ from arkern.distributions import draw_uniforms
 from arkern.families.base import ModelFamily
 from arkern.models.pixelcnn import CategoricalImageModel
 
-__all__ = ["ImageFamily", "CategoricalImageFamily", "draw_noise"]
+__all__ = ["ImageFamily", "CategoricalImageFamily", "draw_noise", "is_code_prior"]
+
+
+def is_code_prior(model: nn.Module) -> bool:
+    """True for a prior over grids of discrete codes (``model.meta["kind"] == "codes"``, e.g. a converted
+    VQ-VAE prior): one channel, and :func:`arkern.generate` returns (N, H, W) grids instead of (N, 1, H, W)."""
+    return (getattr(model, "meta", None) or {}).get("kind") == "codes" and model.image_channels == 1
 
 
 def draw_noise(model: nn.Module, batch_size: int, shape: tuple[int, int], *,
@@ -137,19 +143,22 @@ class ImageFamily(ModelFamily):
                temperature: float, top_k: int | None, top_p: float | None, condition: torch.Tensor | None,
                callback: Callable[[torch.Tensor, int], None] | None, progress: Callable[[int], None] | None,
                **options: object) -> torch.Tensor:
-        """-> (N, C, H, W) int64 levels; callback(rows (N, C, 1, W), i) and progress(1) after each row i."""
+        """-> (N, C, H, W) int64 levels, or (N, H, W) codes for a code prior (:func:`is_code_prior`);
+        callback(rows (N, C, 1, W), i) — (N, 1, W) for a code prior — and progress(1) after each row i."""
         height, width = size
+        codes = is_code_prior(model)
         on_pixel = None
         if callback is not None or progress is not None:
             def on_pixel(i: int, j: int, image: torch.Tensor) -> None:
                 if j == width - 1:
                     if callback is not None:
-                        callback(image[:, :, i:i + 1, :], i)
+                        callback(image[:, 0, i:i + 1, :] if codes else image[:, :, i:i + 1, :], i)
                     if progress is not None:
                         progress(1)
 
-        return self.sample_image(model, noise.shape[0], shape=size, method=method, noise=noise, condition=condition,
-                                 temperature=temperature, top_k=top_k, top_p=top_p, callback=on_pixel, **options)
+        out = self.sample_image(model, noise.shape[0], shape=size, method=method, noise=noise, condition=condition,
+                                temperature=temperature, top_k=top_k, top_p=top_p, callback=on_pixel, **options)
+        return out[:, 0] if codes else out
 
     # ------------------------------------------------------------------ the image sampler
     def sample_image(self, model: nn.Module, batch_size: int, *, shape: tuple[int, int], method: str = "cached",

@@ -95,12 +95,15 @@ class CategoricalImageModel(nn.Module):
         return self.logits(self.output_map(self.prepare(x), condition))
 
     def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x) in nats per image. x (N, C, H, W) int -> (N,)."""
+        """log p(x) in nats per image. x (N, C, H, W) int -> (N,); a one-channel model also takes (N, H, W)
+        (e.g. a grid of codes)."""
+        if x.dim() == 3 and self.image_channels == 1:
+            x = x[:, None]
         nll = F.cross_entropy(self.forward(x, condition), x, reduction="none")
         return -nll.reshape(x.shape[0], -1).sum(1)
 
     def bits_per_dim(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative log-likelihood in bits per sub-pixel. x (N, C, H, W) int -> (N,)."""
+        """Negative log-likelihood in bits per sub-pixel. x (N, C, H, W) int (or (N, H, W), one channel) -> (N,)."""
         return -self.log_prob(x, condition) / (x[0].numel() * math.log(2.0))
 
 

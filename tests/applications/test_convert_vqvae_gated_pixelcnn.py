@@ -118,7 +118,11 @@ def test_naive_cached_fused_identical_code_grids():
     assert grids["naive"].shape == (2, 1, 5, 4) and len(grids["naive"].unique()) > 1
     assert torch.equal(grids["naive"], grids["cached"]) and torch.equal(grids["naive"], grids["fused"])
     codes = arkern.generate(model, 2, shape=(5, 4), condition=labels, noise=noise)
-    assert torch.equal(codes, grids["fused"])
+    assert codes.shape == (2, 5, 4) and torch.equal(codes, grids["fused"][:, 0])  # upstream's (B, H, W) grids
+    rows = []
+    arkern.generate(model, 2, shape=(5, 4), condition=labels, noise=noise, callback=lambda r, i: rows.append(r))
+    assert [r.shape for r in rows] == [(2, 1, 4)] * 5 and torch.equal(torch.cat(rows, 1), codes)
+    assert torch.equal(model.log_prob(codes, labels), model.log_prob(codes[:, None], labels))
 
 
 def test_bad_checkpoints_name_key_and_shapes():
@@ -148,6 +152,8 @@ def test_cli_convert_sample_and_load(tmp_path, capsys):
     assert main(["sample", str(out), "--n", "4", "--out", str(grid), "--seed", "0", "--no-progress"]) == 0
     assert grid.stat().st_size > 0 and "4 images 4x4" in capsys.readouterr().out
     model = arkern.load(out)
+    assert model.meta["kind"] == "codes"
+    assert arkern.generate(model, 3, shape=(4, 4), condition=1, seed=0).shape == (3, 4, 4)
     codes, labels = torch.randint(0, K, (2, 4, 4)), torch.tensor([2, 1])
-    torch.testing.assert_close(-model.log_prob(codes[:, None], labels), upstream_nll(upstream, codes, labels),
+    torch.testing.assert_close(-model.log_prob(codes, labels), upstream_nll(upstream, codes, labels),
                                rtol=2e-5, atol=1e-4)
