@@ -1,0 +1,133 @@
+// The Gated PixelCNN steps of the pixelcnn_generate CPU kernel (Runner, pixelcnn_runner.h): the vertical
+// stack once per image row (the link rows), and per pixel the horizontal stack; float32 tiles or AMX tiles.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "pixelcnn_runner.h"
+
+namespace arkern_pixelcnn {
+
+// The vertical stack (all columns) -> per layer link rows for row i: on image row i - 1 (aligned 0), or
+// on row i of its down-shifted input (aligned 1: layer 0's cache holds image row r as row r + 1).
+template <typename T, typename WT>
+void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+  const int64_t h = d.h, L = d.depth, hp = pad16(2 * h), cv = d.kw_a / 2;
+  const auto link_at = [&](int64_t b, int64_t l, int64_t j) { return s.link[b] + (l * W + j) * hp; };
+  if (i == 0 && !d.aligned) {  // nothing above row 0: the link sees zeros, its output is its bias
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t l = 0; l < L; ++l)
+        for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(b, l, j));
+    return;
+  }
+  const int64_t ip = d.aligned ? i : i - 1, total = nb * W;
+  for (int64_t l = 0; l < L; ++l) {
+    const Mat<T, WT>& vm = mats[gx(l, 0)];
+    const Mat<T, WT>& lm = mats[gx(l, 1)];
+    const int64_t kh = d.khv(l), kw = d.kwv(l);
+    for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
+      const int64_t n = std::min(kChunk, total - p0);
+      if (on_tiles) {
+        vertical_tiles(l, ip, p0, n, r0, s);
+      } else {
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          ring(2 * l, r0 + b).gather(ip - kh + 1, kh, j, kw, 0, s.pg[q]);
+        }
+        product(vm, n, s.pg, s, s.pv.data());
+      }
+      T* out[kChunk];
+      for (int64_t q = 0; q < n; ++q) out[q] = link_at((p0 + q) / W, l, (p0 + q) % W);
+      if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
+      for (int64_t q = 0; q < n; ++q) {
+        const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+        if (cond != nullptr) {
+          const T* c = cond + ((r0 + b) * L + l) * 2 * h;
+          for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
+        }
+        if (l + 1 < L) gate_row(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
+      }
+      if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
+    }
+  }
+}
+
+// The vertical conv of Gated layer l on AMX tiles for the n (row, column) pairs from p0, its window ending at
+// image row ip: the kh kernel rows of taps (zero above the image) rounded straight from the ring into the
+// tile input block; s.pv[q] = bias + W x.
+template <typename T, typename WT>
+void Runner<T, WT>::vertical_tiles(int64_t l, int64_t ip, int64_t p0, int64_t n, int64_t r0, Scratch& s) const {
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    const int64_t k = gx(l, 0), kh = d.khv(l), run = d.kwv(l) * d.cin(l);
+    const Mat<T, WT>& m = mats[k];
+    arkern_amx::Batch& batch = arkern_amx::thread_batch();
+    batch.begin(n, m.n);
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+      put_rows(batch, q, ring(2 * l, r0 + b), ip - kh + 1, kh, j, run);
+    }
+    const float* y = batch.multiply(tiles[k], m.mp);
+    for (int64_t q = 0; q < n; ++q) {
+      const float* yq = y + q * m.mp;
+      for (int64_t o = 0; o < m.mp; ++o) s.pv[q][o] = yq[o] + m.b[o];
+    }
+  } else {
+    (void)l, (void)ip, (void)p0, (void)n, (void)r0, (void)s;
+  }
+}
+
+// The horizontal conv (matrix k) of Gated layer l at (i, j) on AMX tiles: its taps (one contiguous run of
+// the ring) rounded straight into the tile input block; y = bias + W x into s.y.
+template <typename T, typename WT>
+void Runner<T, WT>::horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k, int64_t r0, int64_t nb, Scratch& s) const {
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    const Mat<T, WT>& m = mats[k];
+    arkern_amx::Batch& batch = arkern_amx::thread_batch();
+    batch.begin(nb, m.n);
+    for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, ring(2 * l + 1, r0 + b).at(i, j), m.n);
+    const float* y = batch.multiply(tiles[k], m.mp);
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* yb = y + b * m.mp;
+      for (int64_t o = 0; o < m.mp; ++o) s.y[b][o] = yb[o] + m.b[o];
+    }
+  } else {
+    (void)l, (void)i, (void)j, (void)k, (void)r0, (void)nb, (void)s;
+  }
+}
+
+template <typename T, typename WT>
+void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+  const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t cin = d.cin(l), allowed = (l == 0 ? g : g + 1) * (cin / C), ch = d.kwh(l) / 2;
+    const int64_t kh = gx(l, 2 + g);
+    for (int64_t b = 0; b < nb; ++b) {
+      const Ring<T> r = ring(2 * l + 1, r0 + b);
+      if (l > 0) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
+      if (!on_tiles) r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
+    }
+    if (on_tiles) {
+      horizontal_tiles(l, i, j, kh, r0, nb, s);
+    } else {
+      product(mats[kh], nb, s.gat, s, s.y.data());
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      T* pre = s.y[b];
+      const T* lk = s.link[b] + (l * W + j) * hp + g * 2 * hg;
+      for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += lk[m];
+      if (cond != nullptr) {
+        const T* c = cond + ((r0 + b) * L + l) * 2 * h + g * 2 * hg;
+        for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += c[m];
+      }
+      gate_row(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
+      s.in[b] = s.act[b] + l * h;
+    }
+    const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
+    mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
+  }
+}
+
+}  // namespace arkern_pixelcnn

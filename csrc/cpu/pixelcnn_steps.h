@@ -1,0 +1,171 @@
+// The PixelCNN steps of the pixelcnn_generate CPU kernel (Runner, pixelcnn_runner.h): the row pass over the
+// taps of the rows above, and per pixel its spatial convs' remaining taps and the residual blocks; float32
+// tiles or AMX tiles.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "pixelcnn_runner.h"
+
+namespace arkern_pixelcnn {
+
+// Start of image row i: every spatial conv's taps in the rows above (final since row i - 1 ended) for
+// all columns at once, so that many columns share each weight tile. Each pixel then adds only the taps
+// of its own row: for a 3x3 mask-B conv 2 of 5 kernel taps, for a 7x7 mask-A conv 3 of 24.
+template <typename T, typename WT>
+void Runner<T, WT>::pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+  // Pieces of kRowPiece (row, column) pairs, the same whatever the thread count (a piece's products group
+  // its rows the same way, so its sums are bit-identical), split between the decode team (csrc/cpu/team.h)
+  // when it is on: one phase per image row, each worker the same columns every row.
+  const int64_t total = nb * W;
+  int64_t n_above = 0;
+  for (int64_t c = 0; c <= d.depth; ++c) n_above = std::max(n_above, conv(c).above * conv(c).kw * conv(c).cin);
+  if (n_above == 0 || s.whole_convs) return;
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    if (on_tiles) {
+      pixelcnn_row_tiles(i, r0, nb, s);
+      return;
+    }
+  }
+  s.team->phase((total + kRowPiece - 1) / kRowPiece, [&](int, int64_t piece) {
+    const int64_t p0 = piece * kRowPiece, n = std::min(kRowPiece, total - p0);
+    std::vector<T> buf(kRowPiece * n_above);
+    const T* in[kRowPiece];
+    T* out[kRowPiece];
+    for (int64_t c = 0; c <= d.depth; ++c) {
+      const Conv cv = conv(c);
+      const int64_t na = cv.above * cv.kw * cv.cin;
+      if (na == 0) continue;
+      for (int64_t g = 0; g < d.C; ++g) {
+        const Mat<T, WT>& m = mats[px(cv.layer, g)];
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          T* dst = buf.data() + q * n_above;
+          ring(c, r0 + b).gather(i - cv.above, cv.above, j, cv.kw, 0, dst);
+          in[q] = dst;
+          out[q] = partial(s, b, c, g, j);
+        }
+        mv(m, n, 0, na, in, out, nullptr);
+      }
+    }
+  });
+}
+
+// pixelcnn_row on AMX tiles: pieces of kTileRowPiece (row, column) pairs, each pair's taps rounded to
+// bfloat16 straight from the ring into the tile input block once per conv, then multiplied by every
+// output group's matrix. A pair's sums do not depend on the other rows of its piece.
+template <typename T, typename WT>
+void Runner<T, WT>::pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
+  const int64_t total = nb * W;
+  s.team->phase((total + kTileRowPiece - 1) / kTileRowPiece, [&](int, int64_t piece) {
+    const arkern_amx::TileScope scope;  // this thread may be a team worker
+    arkern_amx::Batch& batch = arkern_amx::thread_batch();
+    const int64_t p0 = piece * kTileRowPiece, n = std::min(kTileRowPiece, total - p0);
+    for (int64_t c = 0; c <= d.depth; ++c) {
+      const Conv cv = conv(c);
+      const int64_t run = cv.kw * cv.cin, na = cv.above * run;
+      if (na == 0) continue;
+      batch.begin(n, na);
+      for (int64_t q = 0; q < n; ++q) {
+        const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+        put_rows(batch, q, ring(c, r0 + b), i - cv.above, cv.above, j, run);
+      }
+      for (int64_t g = 0; g < d.C; ++g) {
+        const int64_t k = px(cv.layer, g);
+        const Mat<T, WT>& m = mats[k];
+        const float* y = batch.multiply(tiles[k], m.mp);
+        for (int64_t q = 0; q < n; ++q) {
+          const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+          T* out = partial(s, b, c, g, j);
+          const float* yq = y + q * m.mp;
+          for (int64_t o = 0; o < m.mp; ++o) out[o] = yq[o] + m.b[o];
+        }
+      }
+    }
+  });
+}
+
+// Output group g of spatial conv c at (i, j) for the nb rows: the row-start partial sum plus the taps of
+// row i (inputs left of the centre, and the centre's allowed groups). Returns the output rows.
+template <typename T, typename WT>
+T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+  const Conv cv = conv(c);
+  const int64_t na = cv.above * cv.kw * cv.cin;
+  const int64_t allowed = (c == 0 ? g : g + 1) * (cv.cin / d.C);
+  const int64_t k = px(cv.layer, g);
+  const Mat<T, WT>& m = mats[k];
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    if (s.whole_convs && na > 0) {  // the taps of the rows above, then of row i, straight from the ring
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      const int64_t run = cv.kw * cv.cin, n = m.n - na;
+      batch.begin(nb, na, n);
+      for (int64_t b = 0; b < nb; ++b) {
+        const Ring<T> rg = ring(c, r0 + b);
+        put_rows(batch, b, rg, i - cv.above, cv.above, j, run);
+        batch.put(b, batch.second(), rg.at(i, j), n);
+      }
+      const float* y = batch.multiply2(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp);
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* yb = y + b * m.mp;
+        s.yp[b] = s.y[b];
+        for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
+      }
+      return s.yp.data();
+    }
+    if (on_tiles && m.n > na) {  // the taps of row i rounded straight from the ring into the tile input block
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      const int64_t n = m.n - na;
+      batch.begin(nb, n);
+      for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, ring(c, r0 + b).at(i, j), n);
+      const float* y = batch.multiply(tiles[k] + (na > 0 ? m.mp * arkern_amx::pad32(na) : 0), m.mp);
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* yb = y + b * m.mp;
+        if (na > 0) {
+          s.yp[b] = partial(s, b, c, g, j);
+          for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] += yb[o];
+        } else {
+          s.yp[b] = s.y[b];
+          for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
+        }
+      }
+      return s.yp.data();
+    }
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    ring(c, r0 + b).gather(i, 0, j, cv.kw, cv.centre * cv.cin + allowed, s.gat[b]);
+    s.in[b] = s.gat[b];
+    s.yp[b] = na > 0 ? partial(s, b, c, g, j) : s.y[b];
+  }
+  mv(m, nb, na, m.n, s.in.data(), s.yp.data(), s.team);
+  return s.yp.data();
+}
+
+template <typename T, typename WT>
+void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+  const int64_t h = d.h, hg = h / d.C, cb = d.kw_b / 2;
+  T* const* y = conv_at(0, i, j, g, r0, nb, s);
+  for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
+  for (int64_t k = 0; k < d.depth; ++k) {
+    for (int64_t b = 0; b < nb; ++b) {
+      T* dst = ring(1 + k, r0 + b).at(i, j + cb) + g * hg;
+      for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
+    }
+    y = conv_at(1 + k, i, j, g, r0, nb, s);
+    if (!d.residual) {  // a plain block: its conv's output is the next block's input
+      for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
+      continue;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      T* u = s.act[b] + k * h;
+      for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
+      s.in[b] = u;
+    }
+    const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
+    mv(m1, nb, 0, m1.n, s.in.data(), s.y.data(), s.team);
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
+  }
+}
+
+}  // namespace arkern_pixelcnn
