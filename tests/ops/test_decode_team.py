@@ -97,7 +97,7 @@ def test_wavenet_one_and_two_threads_identical(name, batch, wdtype, team_mode):
 
 @pytest.mark.parametrize("batch", [1, 3])  # (bfloat16 at 4 rows runs on AMX tiles where there are any)
 def test_wavenet_bf16_pipeline_draws_the_references_samples(batch, team_mode):
-    """Batch 1-4 on two threads run as a pipeline (Pipe in wavenet_decode.cpp); in the bfloat16 precision it
+    """Batch 1-4 on two threads run as a pipeline (Pipe in wavenet_decode_pipe.h); in the bfloat16 precision it
     rounds every matrix input as the reference does, so it draws the reference's samples."""
     model = wavenet(WAVENET["odd"], seed=4)
     T = 60
