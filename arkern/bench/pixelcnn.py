@@ -192,7 +192,7 @@ def eager_sampler(model: nn.Module):
 
 def _providers(model: nn.Module, batch: int, size: int, providers: tuple[str, ...]) -> dict:
     """{provider: zero-argument sampler} for the requested providers that exist for `model` (PixelCNN++ has no
-    plain-PyTorch cached sampler here and no bfloat16 fused variant)."""
+    plain-PyTorch cached sampler here)."""
     noise = draw_noise(model, batch, (size, size), seed=0)
     run = lambda method, **kw: lambda: sample_image(model, batch, shape=(size, size), method=method, noise=noise,
                                                     **kw)

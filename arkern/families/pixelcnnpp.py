@@ -1,5 +1,6 @@
 """The PixelCNN++ family: a discretized logistic mixture per pixel (one draw per pixel, 1 + C uniforms),
-its cached decoder, and the fused C++ sampler ``arkern.ops.pixelcnnpp_generate`` (float32, CPU only)."""
+its cached decoder, and the fused C++ sampler ``arkern.ops.pixelcnnpp_generate`` (CPU only; float32 weights, or
+``weight_dtype=torch.bfloat16``: the bfloat16 precision of docs/design.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ __all__ = ["PixelCNNppFamily"]
 
 
 class PixelCNNppFamily(ImageFamily):
-    """:class:`arkern.models.PixelCNNpp`: unconditional; temperature only (no top_k / top_p)."""
+    """:class:`arkern.models.PixelCNNpp`: unconditional; temperature only (no top_k / top_p); option of the fused
+    sampler: weight_dtype."""
 
     name = "pixelcnnpp"
     model_types = (PixelCNNpp,)
@@ -38,11 +40,11 @@ class PixelCNNppFamily(ImageFamily):
     def fused_compiled(self, model: nn.Module) -> bool:
         return True  # fused_reasons already lists an unbuilt kernel
 
-    def pack(self, model: PixelCNNpp) -> PixelCNNppFused:
-        return pack_pixelcnnpp(model)
+    def pack(self, model: PixelCNNpp, weight_dtype: torch.dtype | None = None) -> PixelCNNppFused:
+        return pack_pixelcnnpp(model, weight_dtype)
 
     def fused_weight_dtypes(self, model: nn.Module) -> tuple[torch.dtype, ...]:
-        return (torch.float32,)
+        return (torch.float32, torch.bfloat16)
 
     def sample_fused(self, model: PixelCNNpp, noise: torch.Tensor, condition: torch.Tensor | None,
                      callback: Callable[[int, int, torch.Tensor], None] | None, progress: bool,
@@ -50,10 +52,11 @@ class PixelCNNppFamily(ImageFamily):
         """Whole images in one call (a callback runs afterwards, for every pixel, on the finished image)."""
         if warpers["top_k"] is not None or warpers["top_p"] is not None:
             raise ValueError("PixelCNNpp: top_k / top_p do not apply to a logistic mixture (use temperature)")
-        if weight_dtype not in (None, torch.float32):
-            raise ValueError(f"sample_image: the fused PixelCNN++ kernel packs float32 weights only, "
+        if weight_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"sample_image: the fused PixelCNN++ kernel packs float32 or bfloat16 weights, "
                              f"got {weight_dtype}")
-        return sample_fused_pp(self.pack(model), noise, temperature=warpers["temperature"], callback=callback)
+        return sample_fused_pp(self.pack(model, weight_dtype), noise, temperature=warpers["temperature"],
+                               callback=callback)
 
     def teacher_forced_fused(self, model: PixelCNNpp, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
         return teacher_forced_fused_pp(self.pack(model), x)

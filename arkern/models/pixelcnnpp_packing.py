@@ -16,7 +16,8 @@ __all__ = ["pack_pixelcnnpp", "pixelcnnpp_fused_reasons"]
 
 
 class _Packer:
-    def __init__(self) -> None:
+    def __init__(self, weight_dtype: torch.dtype) -> None:
+        self.weight_dtype = weight_dtype
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
 
@@ -24,7 +25,8 @@ class _Packer:
         """W (m × n) and its bias (m,) or None (zeros)."""
         m = w.shape[0]
         bias = torch.zeros(m) if b is None else b.detach().float()
-        self.weights.append(tile_matrix(w.detach().float(), torch.float32) if w.shape[1] else torch.zeros(0))
+        self.weights.append(tile_matrix(w.detach().float(), self.weight_dtype) if w.shape[1]
+                            else torch.zeros(0, dtype=self.weight_dtype))
         self.biases.append(F.pad(bias, (0, pad16(m) - m)).contiguous())
 
     def conv(self, layer: nn.Module) -> None:
@@ -74,12 +76,12 @@ def pixelcnnpp_fused_reasons(model: PixelCNNpp) -> list[str]:
     return reasons
 
 
-def _pack(model: PixelCNNpp) -> PixelCNNppFused:
+def _pack(model: PixelCNNpp, weight_dtype: torch.dtype) -> PixelCNNppFused:
     reasons = pixelcnnpp_fused_reasons(model)
     if reasons:
         raise ValueError("pack_pixelcnnpp: " + "; ".join(reasons))
     m = model
-    p = _Packer()
+    p = _Packer(weight_dtype)
     with torch.no_grad():
         for layer in (m.u_init, m.ul_init_down, m.ul_init_right):
             p.conv(layer)
@@ -101,7 +103,15 @@ def _pack(model: PixelCNNpp) -> PixelCNNppFused:
     return PixelCNNppFused(layout, tuple(p.weights), tuple(p.biases))
 
 
-def pack_pixelcnnpp(model: PixelCNNpp) -> PixelCNNppFused:
+def pack_pixelcnnpp(model: PixelCNNpp, weight_dtype: torch.dtype | None = None) -> PixelCNNppFused:
     """Pack a float32 :class:`arkern.models.PixelCNNpp` for ``arkern.ops.pixelcnnpp_generate``, re-packing
-    only when a parameter changed; raises ValueError listing why when the kernel cannot run the model."""
-    return cached_pack(model, "pixelcnnpp", lambda: _pack(model))
+    only when a parameter changed; raises ValueError listing why when the kernel cannot run the model.
+
+    weight_dtype: torch.float32 (default) or torch.bfloat16: the bfloat16 precision (docs/design.md, "bfloat16
+    precision"): every matrix rounded to bfloat16 here, every matrix input rounded to bfloat16 by the kernel,
+    float32 sums.
+    """
+    weight_dtype = weight_dtype or torch.float32
+    if weight_dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"pack_pixelcnnpp: weight_dtype must be torch.float32 or torch.bfloat16, got {weight_dtype}")
+    return cached_pack(model, ("pixelcnnpp", weight_dtype), lambda: _pack(model, weight_dtype))

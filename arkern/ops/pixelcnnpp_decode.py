@@ -11,9 +11,11 @@ stream one each), so a pixel streams about half of the ``ul`` weights; each outp
 fixed order, whatever the thread count.
 
 It takes the network as :class:`PixelCNNppFused` (packed by the model:
-:func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`): one float32 matrix per conv (columns ordered kernel
+:func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`): one matrix per conv (columns ordered kernel
 row, kernel column, input channel), one per tap of each transposed conv plus its bias alone, tiled as
-:func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases padded to 16.
+:func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases float32, padded to 16. The matrices are
+all float32, or all bfloat16: the bfloat16 precision (docs/design.md), in which the input of every matrix
+product is rounded to bfloat16 and the products are summed in float32 (the reference does the same).
 
 Memory: besides the packed weights, the kernel keeps for each batch row only the rows its layers still read
 (the last two input rows of every shifted conv, one row of each coarse scale's final down-pass values) and the
@@ -60,19 +62,31 @@ def _fake(config, weights, biases, image, noise, temperature, return_params, for
 class PixelCNNppFused:
     """A PixelCNN++ packed for the fused sampler.
 
-    layout: the architecture. weights / biases: the tiled float32 matrices and their padded biases, in
-    the kernel's order (the order :func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp` adds them).
+    layout: the architecture. weights / biases: the tiled matrices (all float32 or all bfloat16) and their
+    padded float32 biases, in the kernel's order (the order :func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`
+    adds them).
     """
 
     layout: PixelCNNppLayout
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor, ...]
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """torch.float32, or torch.bfloat16 for the bfloat16 precision."""
+        return self.weights[0].dtype
+
 
 def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, temperature: float,
              forced: torch.Tensor | None) -> None:
     """Raise a clear error for inputs the kernel cannot run (names the argument)."""
     c, bins = packed.layout.channels, packed.layout.bins
+    dtypes = {w.dtype for w in packed.weights}
+    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.bfloat16}:
+        raise TypeError(f"pixelcnnpp_generate: packed.weights must be all float32 or all bfloat16, got "
+                        f"{sorted(map(str, dtypes))}")
+    if any(b.dtype != torch.float32 for b in packed.biases):
+        raise TypeError("pixelcnnpp_generate: packed.biases must be float32")
     if image.dtype != torch.int64 or image.dim() != 4 or image.shape[1] != c or not image.is_contiguous():
         raise ValueError(f"pixelcnnpp_generate: image must be a contiguous int64 (N, {c}, H, W) tensor, got "
                          f"{image.dtype} {tuple(image.shape)}")
@@ -95,8 +109,8 @@ def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, 
 
 
 BACKENDS = OpBackends(OP)
-BACKENDS.register("reference", ref.pixelcnnpp_generate, (torch.float32,))
-BACKENDS.register("cpu", lambda *args: torch.ops.arkern.pixelcnnpp_generate(*args), (torch.float32,),
+BACKENDS.register("reference", ref.pixelcnnpp_generate, (torch.float32, torch.bfloat16))
+BACKENDS.register("cpu", lambda *args: torch.ops.arkern.pixelcnnpp_generate(*args), (torch.float32, torch.bfloat16),
                   torch_op="arkern::pixelcnnpp_generate")
 
 
@@ -119,7 +133,7 @@ def pixelcnnpp_generate(packed: PixelCNNppFused, image: torch.Tensor, noise: tor
         (N, H, W, P) float32 mixture parameters (P = 10·M for RGB), or an empty tensor.
     """
     validate(packed, image, noise, temperature, forced)
-    kernel = BACKENDS.select(backend, image.device, torch.float32)
+    kernel = BACKENDS.select(backend, image.device, packed.weight_dtype)
     return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), image, noise.contiguous(),
                      float(temperature), bool(return_params), None if forced is None else forced.contiguous())
 

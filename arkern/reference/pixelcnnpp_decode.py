@@ -16,6 +16,12 @@ per kernel tap and then its bias alone; the output 1x1 conv. A resnet is its ``c
 the auxiliary input (all but the up pass's ``u`` stream) and its ``conv_out``. Convs are (Cout x kH*kW*Cin)
 matrices, columns ordered (kernel row, kernel column, input channel), tiled as
 :func:`arkern.reference.pixelcnn_decode.untile_matrix` reads them.
+
+bfloat16 packs (every matrix bfloat16) select the bfloat16 precision (docs/design.md): the input of every
+matrix product — every conv's, nin's, transposed conv's and the output conv's — is rounded to bfloat16 (to
+nearest even) just before the product (:func:`_matrix_input`), the bfloat16 weights are widened to float32 and
+the products summed in float32; biases, elu, sigmoid, residual sums, mixture parameters and the draw stay
+float32 / float64.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ def unpack(config: list[int], weights: list[torch.Tensor], biases: list[torch.Te
     net["up_sample_u"], net["up_sample_ul"] = up_u[::-1], up_ul[::-1]
     w_out, b_out = take(mixture_params_size(lay.channels, lay.mixtures), f)
     net["out"] = (w_out, b_out)
+    net["bf16"] = weights[0].dtype == torch.bfloat16  # the bfloat16 precision: round every matrix input
     if next(items, None) is not None:
         raise ValueError("pixelcnnpp_generate: more packed weights than the config describes")
     return net
@@ -108,17 +115,22 @@ def _concat_elu(x: torch.Tensor) -> torch.Tensor:
     return F.elu(torch.cat([x, -x], dim=1))
 
 
-def _conv(layer: Conv, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    return shifted_conv2d(x, layer.weight, layer.bias, layer.shift, stride)
+def _matrix_input(net: dict, x: torch.Tensor) -> torch.Tensor:
+    """x as a matrix product reads it: rounded to bfloat16 (and back to float32) in the bfloat16 precision."""
+    return x.to(torch.bfloat16).float() if net["bf16"] else x
 
 
-def _resnet(block: Resnet, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+def _conv(net: dict, layer: Conv, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    return shifted_conv2d(_matrix_input(net, x), layer.weight, layer.bias, layer.shift, stride)
+
+
+def _resnet(net: dict, block: Resnet, x: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
     """x + a * sigmoid(b), [a, b] = conv_out(concat_elu(conv_in(concat_elu(x)) + nin(concat_elu(aux))))."""
-    c = _conv(block.conv_in, _concat_elu(x))
+    c = _conv(net, block.conv_in, _concat_elu(x))
     if block.nin is not None:
         w, b = block.nin
-        c = c + F.conv2d(_concat_elu(aux), w[:, :, None, None], b)
-    a, g = _conv(block.conv_out, _concat_elu(c)).chunk(2, dim=1)
+        c = c + F.conv2d(_matrix_input(net, _concat_elu(aux)), w[:, :, None, None], b)
+    a, g = _conv(net, block.conv_out, _concat_elu(c)).chunk(2, dim=1)
     return x + a * torch.sigmoid(g)
 
 
@@ -127,30 +139,30 @@ def network(net: dict, xf: torch.Tensor) -> torch.Tensor:
     x = torch.cat([xf, torch.ones_like(xf[:, :1])], dim=1)
     down_shift = lambda t: F.pad(t, (0, 0, 1, 0))[..., :-1, :]
     right_shift = lambda t: F.pad(t, (1, 0))[..., :-1]
-    u = down_shift(_conv(net["u_init"], x))
-    ul = down_shift(_conv(net["ul_init_down"], x)) + right_shift(_conv(net["ul_init_right"], x))
+    u = down_shift(_conv(net, net["u_init"], x))
+    ul = down_shift(_conv(net, net["ul_init_down"], x)) + right_shift(_conv(net, net["ul_init_right"], x))
     us, uls = [u], [ul]
     for scale in range(3):  # up pass, fine to coarse
         for block_u, block_ul in zip(net["up_u"][scale], net["up_ul"][scale]):
-            u = _resnet(block_u, u)
-            ul = _resnet(block_ul, ul, u)
+            u = _resnet(net, block_u, u)
+            ul = _resnet(net, block_ul, ul, u)
             us.append(u)
             uls.append(ul)
         if scale < 2:
-            u, ul = _conv(net["down_u"][scale], u, 2), _conv(net["down_ul"][scale], ul, 2)
+            u, ul = _conv(net, net["down_u"][scale], u, 2), _conv(net, net["down_ul"][scale], ul, 2)
             us.append(u)
             uls.append(ul)
     u, ul = us.pop(), uls.pop()
     for stage in range(3):  # down pass, coarse to fine, consuming the up pass's outputs
         for block_u, block_ul in zip(net["dn_u"][stage], net["dn_ul"][stage]):
-            u = _resnet(block_u, u, us.pop())
-            ul = _resnet(block_ul, ul, torch.cat([u, uls.pop()], dim=1))
+            u = _resnet(net, block_u, u, us.pop())
+            ul = _resnet(net, block_ul, ul, torch.cat([u, uls.pop()], dim=1))
         if stage < 2:
             up_u, up_ul = net["up_sample_u"][stage], net["up_sample_ul"][stage]
-            u = shifted_conv_transpose2d(u, up_u.weight, up_u.bias, up_u.shift)
-            ul = shifted_conv_transpose2d(ul, up_ul.weight, up_ul.bias, up_ul.shift)
+            u = shifted_conv_transpose2d(_matrix_input(net, u), up_u.weight, up_u.bias, up_u.shift)
+            ul = shifted_conv_transpose2d(_matrix_input(net, ul), up_ul.weight, up_ul.bias, up_ul.shift)
     w_out, b_out = net["out"]
-    return F.conv2d(F.elu(ul), w_out[:, :, None, None], b_out)
+    return F.conv2d(_matrix_input(net, F.elu(ul)), w_out[:, :, None, None], b_out)
 
 
 @torch.no_grad()

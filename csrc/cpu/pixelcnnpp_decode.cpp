@@ -23,7 +23,13 @@
 // the same way. The final down-pass `u` and `ul` of scales 1 and 2, which the up-samplings read, are kept
 // for one row of their scale: row r of scale s - 1 up-samples from row r / 2 of scale s, the newest one.
 // So the memory of a batch row does not grow with the image height. Matrices are packed as
-// in pixelcnn_decode.h (columns ordered kernel row, kernel column, input channel), float32.
+// in pixelcnn_decode.h (columns ordered kernel row, kernel column, input channel), all float32 or all bfloat16.
+//
+// bfloat16 packs run the bfloat16 precision (docs/design.md): every matrix input is rounded to bfloat16 where
+// the kernel stores it for its products (matrix_input in pixelcnnpp_decode.h): the convs' input rings (the
+// image and ones channel, concat_elu values, the stride-2 convs' inputs), the nins' concat_elu(aux), the
+// up-samplings' inputs (the coarse scales' final rows) and the output conv's elu(ul); the float32 tile kernels
+// multiply them by the widened bfloat16 weights, products exact in float32, summed in float32.
 //
 // config = [C, M, bins, f, R]: image channels, mixture components, levels per channel, filters, gated
 // resnets per scale in the up pass (R + 1 in the down pass at scales 0 and 1, R at scale 2). The weight
@@ -53,10 +59,10 @@ struct Layers {
   ConvSpec u_init, ul_init_down, ul_init_right;
   std::array<std::vector<BlockSpec>, 3> up_u, up_ul, dn_u, dn_ul;  // index: scale (0 = full resolution)
   std::array<ConvSpec, 2> down_u, down_ul;                         // scale s -> s + 1
-  std::array<std::array<Mat<float, float>, 6>, 2> up_u_taps;      // scale s + 1 -> s, tap (kh, kw) of (2, 3)
-  std::array<std::array<Mat<float, float>, 4>, 2> up_ul_taps;      // tap (kh, kw) of (2, 2)
+  std::array<std::array<PMat, 6>, 2> up_u_taps;                    // scale s + 1 -> s, tap (kh, kw) of (2, 3)
+  std::array<std::array<PMat, 4>, 2> up_ul_taps;                    // tap (kh, kw) of (2, 2)
   std::array<const float*, 2> up_u_bias, up_ul_bias;
-  Mat<float, float> out;
+  PMat out;
   int64_t max_n = 0;
 
   int64_t n_dn(int64_t s) const { return s == 2 ? R : R + 1; }
@@ -67,7 +73,7 @@ struct Cursor {
   const std::vector<at::Tensor>& b;
   size_t k = 0;
   int64_t* max_n;
-  Mat<float, float> next(int64_t m, int64_t n) {
+  PMat next(int64_t m, int64_t n) {
     TORCH_CHECK(k < w.size(), "pixelcnnpp_generate: too few packed weights for the config");
     const auto& wt = w[k];
     const auto& bt = b[k];
@@ -76,12 +82,17 @@ struct Cursor {
                 "pixelcnnpp_generate: packed weight ", k - 1, " must be ", pad16(m), " x ", n, " with a bias of ",
                 pad16(m), ", got ", wt.numel(), " and ", bt.numel(), " elements");
     *max_n = std::max(*max_n, n);
-    Mat<float, float> mat;
-    mat.w = wt.data_ptr<float>();
-    mat.b = bt.data_ptr<float>();
+    PMat mat;
+    mat.bf16 = wt.scalar_type() == at::kBFloat16;
     mat.m = m;
     mat.mp = pad16(m);
     mat.n = n;
+    mat.b = bt.data_ptr<float>();
+    if (mat.bf16) {
+      mat.h = {wt.data_ptr<at::BFloat16>(), mat.b, m, mat.mp, n};
+    } else {
+      mat.f = {wt.data_ptr<float>(), mat.b, m, mat.mp, n};
+    }
     return mat;
   }
   ConvSpec conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, bool down, int64_t stride, int64_t w) {
@@ -352,8 +363,12 @@ struct Group {
         dn_u[s][k].run(pos.data(), np, f, xp.data(), a1.data(), nullptr, yp.data(), sc);
         for (int64_t p = 0; p < np; ++p) xp[p] = yp[p];
       }
-      if (s > 0)
-        for (int64_t p = 0; p < np; ++p) std::copy_n(xp[p], f, dn_at(u_dn_row[s], s, pos[p].b, pos[p].j));
+      if (s > 0)  // the input of the up-sampling into scale s - 1
+        for (int64_t p = 0; p < np; ++p) {
+          float* d = dn_at(u_dn_row[s], s, pos[p].b, pos[p].j);
+          std::copy_n(xp[p], f, d);
+          matrix_input(L.up_u_taps[s - 1][0], d, f);
+        }
     }
   }
 
@@ -389,7 +404,8 @@ struct Group {
           if (t < 0 || t % 2 != 0 || t / 2 >= ws / 2) continue;
           const float* xs[1] = {dn_at(u_dn_row[s + 1], s + 1, b, t / 2)};
           float* ys[1] = {acc.data()};
-          matvec(L.up_u_taps[s][kh * 3 + kw], 1, xs, ys, sc.team);  // zero bias: W x
+          const PMat& tap = L.up_u_taps[s][kh * 3 + kw];
+          product(tap, 1, 0, tap.n, xs, ys, sc.team);  // zero bias: W x
           for (int64_t k = 0; k < f; ++k) o[k] += acc[k];
         }
       }
@@ -402,7 +418,8 @@ struct Group {
       xp[b] = dn_at(ul_dn_row[s + 1], s + 1, b, c / 2);
       yp[b] = vec(upb, b);
     }
-    matvec(L.up_ul_taps[s][(r % 2) * 2 + (c % 2)], nb, xp.data(), yp.data(), sc.team);
+    const PMat& tap = L.up_ul_taps[s][(r % 2) * 2 + (c % 2)];
+    product(tap, nb, 0, tap.n, xp.data(), yp.data(), sc.team);
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t k = 0; k < L.f; ++k) yp[b][k] += L.up_ul_bias[s][k];
   }
@@ -470,6 +487,7 @@ struct Group {
           dst[b] = dn_at(ul_dn_row[2], 2, b, p);
         }
         ul_down(2, q, p);
+        for (int64_t b = 0; b < nb; ++b) matrix_input(L.up_ul_taps[1][0], dst[b], f);  // up-sampled from here on
       }
       up_sample_ul(1, r, c);
       for (int64_t b = 0; b < nb; ++b) {
@@ -477,6 +495,7 @@ struct Group {
         dst[b] = dn_at(ul_dn_row[1], 1, b, c);
       }
       ul_down(1, r, c);
+      for (int64_t b = 0; b < nb; ++b) matrix_input(L.up_ul_taps[0][0], dst[b], f);
     }
     up_sample_ul(0, i, j);
     for (int64_t b = 0; b < nb; ++b) {
@@ -486,10 +505,11 @@ struct Group {
     ul_down(0, i, j);
     for (int64_t b = 0; b < nb; ++b) {
       elu_into(vec(fin, b), f, 1.0f, vec(hbuf, b));
+      matrix_input(L.out, vec(hbuf, b), f);
       xp[b] = vec(hbuf, b);
       yp[b] = outp.data() + b * pad16(L.P);
     }
-    matvec(L.out, nb, xp.data(), yp.data(), sc.team);
+    product(L.out, nb, 0, L.out.n, xp.data(), yp.data(), sc.team);
   }
 
   void run(arkern_team::Session& team) {
@@ -537,10 +557,13 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
                   noise.size(1) == 1 + C && noise.size(2) == H && noise.size(3) == W,
               "pixelcnnpp_generate: noise must be float64 (B, 1 + C, H, W)");
   TORCH_CHECK(temperature > 0, "pixelcnnpp_generate: temperature must be > 0");
+  arkern_isa::selected();  // an invalid ARKERN_ISA fails here, not inside a parallel region
   std::vector<at::Tensor> w, b;
+  const auto wt = weights.empty() ? at::kFloat : weights[0].scalar_type();
   for (const auto& t : weights) {
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
-                "pixelcnnpp_generate: packed weights must be contiguous float32 CPU tensors");
+    TORCH_CHECK((wt == at::kFloat || wt == at::kBFloat16) && t.scalar_type() == wt && t.is_contiguous() &&
+                    t.device().is_cpu(),
+                "pixelcnnpp_generate: packed weights must be contiguous CPU tensors, all float32 or all bfloat16");
     w.push_back(t);
   }
   for (const auto& t : biases) {
@@ -584,7 +607,8 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
       grp.params_out = pp;
       grp.temperature = temperature;
       uint64_t key = 3;  // the workload, for the team's rate memory
-      for (int64_t v : {C, M, f, R, H, W, r1 - r0}) key = key * 1000003 + static_cast<uint64_t>(v);
+      for (int64_t v : {C, M, f, R, H, W, r1 - r0, int64_t{wt == at::kBFloat16}})
+        key = key * 1000003 + static_cast<uint64_t>(v);
       arkern_team::Session team(key);  // one worker inside a parallel region
       grp.run(team);
     }
@@ -594,6 +618,7 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
   } else {
     at::parallel_for(0, groups, 1, work);
   }
+  arkern_isa::record("pixelcnnpp_generate", arkern_isa::use_avx512() ? arkern_isa::Isa::avx512 : arkern_isa::Isa::avx2);
   return params;
 }
 

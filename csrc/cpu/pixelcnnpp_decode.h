@@ -14,9 +14,37 @@
 namespace arkern_pixelcnnpp {
 
 using arkern_pixelcnn::Mat;
-using arkern_pixelcnn::matvec;
-using arkern_pixelcnn::matvec_range;
 using arkern_pixelcnn::pad16;
+
+// One packed matrix: float32 weights, or bfloat16 ones for the bfloat16 precision (docs/design.md: the kernel
+// rounds every matrix input to bfloat16 where it stores it, see matrix_input; the float32 tile kernels widen the
+// weights, products are summed in float32). m, mp, n, b as in Mat; `f` or `h` holds the weights.
+struct PMat {
+  Mat<float, float> f;
+  Mat<float, at::BFloat16> h;
+  bool bf16 = false;
+  int64_t m = 0, mp = 0, n = 0;
+  const float* b = nullptr;
+  template <class Fn>
+  void visit(Fn&& fn) const {
+    if (bf16) {
+      fn(h);
+    } else {
+      fn(f);
+    }
+  }
+};
+
+// x[0:n] as the products of `mat` read it: rounded to bfloat16 in place in the bfloat16 precision.
+inline void matrix_input(const PMat& mat, float* x, int64_t n) {
+  if (mat.bf16) arkern_amx::round_bf16(x, n);
+}
+
+// Inputs [ja, jz) of y = b + W x for `rows` rows, output tiles split over `team` (arkern_pixelcnn::matvec_range).
+inline void product(const PMat& mat, int64_t rows, int64_t ja, int64_t jz, const float* const* x, float* const* y,
+                    arkern_team::Session* team) {
+  mat.visit([&](const auto& m) { arkern_pixelcnn::matvec_range(m, rows, ja, jz, x, y, team); });
+}
 
 // ---------------------------------------------------------------- pointwise
 
@@ -95,17 +123,20 @@ struct Scratch {
 // half, output tile) chunks, so that two workers do equal work whatever the number of output tiles (the
 // halves are cut at a multiple of 4 positions, the kernel's row groups); fewer positions: split over output
 // tiles. Each output's sum order depends on np only, not on the threads.
-inline void rows_product(const Mat<float, float>& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
+inline void rows_product(const PMat& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
                          float* const* y, arkern_team::Session* team) {
   if (np < 8 || team == nullptr) {
-    matvec_range(mat, np, ja, jz, x, y, team);
+    product(mat, np, ja, jz, x, y, team);
     return;
   }
   const int64_t half = (np / 2 + 3) / 4 * 4, T = arkern_decode::tiles(mat.mp);
   const auto chunk = [&](int64_t h, int64_t k) {
     const int64_t p0 = h == 0 ? 0 : half, p1 = h == 0 ? half : np;
-    arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(mat, p1 - p0, ja, jz, x + p0, y + p0,
-                                                                k * arkern_decode::kTile, (k + 1) * arkern_decode::kTile);
+    mat.visit([&](const auto& m) {
+      arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(m, p1 - p0, ja, jz, x + p0, y + p0,
+                                                                  k * arkern_decode::kTile,
+                                                                  (k + 1) * arkern_decode::kTile);
+    });
   };
   if (!team->active()) {  // alone: both halves of a tile back to back, while the tile is in L2
     for (int64_t k = 0; k < T; ++k)
@@ -117,7 +148,7 @@ inline void rows_product(const Mat<float, float>& mat, int64_t np, int64_t ja, i
 
 // One term of a split product: inputs [ja, ja + len) of `mat` (ja > 0: the term adds to its output).
 struct Term {
-  const Mat<float, float>* mat = nullptr;
+  const PMat* mat = nullptr;
   int64_t ja = 0, len = 0;
   const float* const* x = nullptr;  // x[p][0] is input ja of position p
 };
@@ -134,9 +165,11 @@ inline void split_product(const Term* h0, int n0, const Term* h1, int n1, int64_
     const int64_t k = second ? c - T : c;
     const Term* h = second ? h1 : h0;
     for (int t = 0; t < (second ? n1 : n0); ++t)
-      arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(*h[t].mat, rows, h[t].ja, h[t].ja + h[t].len,
-                                                                  h[t].x, second ? z : y, k * arkern_decode::kTile,
-                                                                  (k + 1) * arkern_decode::kTile);
+      h[t].mat->visit([&](const auto& m) {
+        arkern_decode::matvec_range<arkern_decode::PixelCNNPacking>(m, rows, h[t].ja, h[t].ja + h[t].len, h[t].x,
+                                                                    second ? z : y, k * arkern_decode::kTile,
+                                                                    (k + 1) * arkern_decode::kTile);
+      });
   };
   if (team != nullptr) {
     team->phase(2 * T, chunk);  // default ownership: worker 0 half 0, worker 1 half 1
@@ -149,7 +182,7 @@ inline void split_product(const Term* h0, int n0, const Term* h1, int n1, int64_
 
 // A shifted conv's weights and geometry (shared by all groups).
 struct ConvSpec {
-  Mat<float, float> mat;
+  PMat mat;
   int64_t kh, kw, top, left, right, cin, stride, W;  // W: the input map's width
 };
 
@@ -186,7 +219,12 @@ struct Conv {
   float* at(int64_t b, int64_t pi, int64_t pj) {
     return cache.data() + ((b * slots + pi % slots) * cols + pj) * s->cin;
   }
-  void write(int64_t b, int64_t i, int64_t j, const float* x) { std::copy_n(x, s->cin, at(b, s->top + i, s->left + j)); }
+  // Input (i, j) of batch row b, stored as the conv's products read it (matrix_input).
+  void write(int64_t b, int64_t i, int64_t j, const float* x) {
+    float* dst = at(b, s->top + i, s->left + j);
+    std::copy_n(x, s->cin, dst);
+    matrix_input(s->mat, dst, s->cin);
+  }
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
@@ -227,7 +265,7 @@ struct Conv {
 // A gated resnet: x + a * sigmoid(b), [a, b] = conv_out(concat_elu(conv_in(concat_elu(x)) + nin(concat_elu(aux)))).
 struct BlockSpec {
   ConvSpec conv_in, conv_out;
-  Mat<float, float> nin;  // n == 0: no auxiliary input
+  PMat nin;               // n == 0: no auxiliary input
   int64_t aux_parts;      // f-vectors concatenated into the auxiliary input (0, 1 or 2)
 };
 
@@ -273,6 +311,7 @@ struct Block {
         if (s->aux_parts == 2) elu_into(aux2[p], f, 1.0f, sc.t2[p] + f);
         elu_into(aux1[p], f, -1.0f, sc.t2[p] + na);
         if (s->aux_parts == 2) elu_into(aux2[p], f, -1.0f, sc.t2[p] + na + f);
+        matrix_input(s->nin, sc.t2[p], 2 * na);
         sc.in[p] = sc.t2[p];
       }
       rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc.team);
@@ -292,6 +331,7 @@ struct Block {
       for (int64_t p = 0; p < np; ++p) {
         elu_into(u[p], f, 1.0f, sc.t2[p]);
         elu_into(u[p], f, -1.0f, sc.t2[p] + f);
+        matrix_input(s->nin, sc.t2[p], 2 * f);
         sc.in[p] = sc.t2[p];
         sc.xs[0][p] = sc.t2[p] + f;
       }
@@ -321,6 +361,7 @@ struct Block {
       for (int64_t p = 0; p < np; ++p) {
         elu_into(aux2[p], f, 1.0f, sc.t2[p]);
         elu_into(aux2[p], f, -1.0f, sc.t2[p] + f);
+        matrix_input(s->nin, sc.t2[p], 2 * f);
         sc.xs[2][p] = sc.t2[p];
         sc.xs[3][p] = sc.t2[p] + f;
       }

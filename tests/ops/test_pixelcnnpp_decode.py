@@ -4,16 +4,18 @@ same noise; grouping of batch rows over threads, the op's checks, and bad input.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import arkern
-from arkern.backends import cpu_isas, set_cpu_isa
+from arkern.backends import cpu_isas, last_cpu_isa, set_cpu_isa
 from arkern.families import draw_noise, family_of
 from arkern.models.pixelcnnpp_packing import pack_pixelcnnpp, pixelcnnpp_fused_reasons
 from arkern.ops.pixelcnnpp_decode import BACKENDS, pixelcnnpp_generate
 from arkern.sampling import available_methods, sample_image, teacher_forced_outputs
-from arkern.testing import assert_close
+from arkern.testing import assert_close, tolerances
 from tests.conftest import pixelcnnpp
 
 pytestmark = [
@@ -173,8 +175,16 @@ def test_bad_input():
         pixelcnnpp_generate(packed, image, noise, forced=torch.full_like(image, 256))
     with pytest.raises(ValueError, match="top_k / top_p do not apply"):
         sample_image(model, 1, shape=(8, 8), method="fused", top_k=3)
-    with pytest.raises(ValueError, match="float32 weights only"):
-        sample_image(model, 1, shape=(8, 8), method="fused", weight_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 or bfloat16 weights"):
+        sample_image(model, 1, shape=(8, 8), method="fused", weight_dtype=torch.float16)
+    with pytest.raises(TypeError, match="weight_dtype must be torch.float32 or torch.bfloat16"):
+        pack_pixelcnnpp(model, torch.float16)
+    mixed = replace(packed, weights=(packed.weights[0].bfloat16(), *packed.weights[1:]))
+    with pytest.raises(TypeError, match="all float32 or all bfloat16"):
+        pixelcnnpp_generate(mixed, image, noise)
+    with pytest.raises(RuntimeError, match="all float32 or all bfloat16"):  # the C++ check behind the Python one
+        torch.ops.arkern.pixelcnnpp_generate(list(packed.layout), list(mixed.weights), list(packed.biases), image,
+                                             noise, 1.0, False, None)
     double = pixelcnnpp(c=3, filters=5, seed=0, scale=2.0).double()
     assert any("float32" in r for r in pixelcnnpp_fused_reasons(double))
     with pytest.raises(ValueError, match="cannot sample this model"):
@@ -182,3 +192,100 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="packed weight"):  # the C++ check behind the Python one
         torch.ops.arkern.pixelcnnpp_generate(list(packed.layout), list(packed.weights[:-1]),
                                              list(packed.biases[:-1]), image, noise, 1.0, False, None)
+
+
+# ---------------------------------------------------------------- the bfloat16 precision
+
+def _levels() -> list:
+    return [pytest.param(name, marks=[pytest.mark.skip(reason=f"{name}: {why}")] if why else [], id=name)
+            for name, why in cpu_isas().items()]
+
+
+def _assert_bf16_close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    """Two computations of the bfloat16 precision that differ only in the order of their float32 sums. A value
+    whose sum falls the other side of a bfloat16 rounding boundary in one of them moves everything downstream by
+    about a bfloat16 step, and in PixelCNN++ a flip in the `ul` stream reaches every later pixel below and to
+    its right (a flip in the output conv's input moves a pixel by more). So: at least half of the parameters
+    within float32 tolerances (a rounding point missed or added would move nearly all of them) and 99% within
+    bfloat16 tolerances."""
+    a, e = actual.double(), expected.double()
+    for dtype, need in ((torch.float32, 0.5), (torch.bfloat16, 0.99)):
+        rtol, atol = tolerances(dtype)
+        close = ((a - e).abs() <= atol + rtol * e.abs()).double().mean().item()
+        assert close >= need, f"{name}: only {close:.4f} within {dtype} tolerances, at least {need} expected"
+
+
+def _bf16_runs(model, n: int, shape: tuple[int, int], seed: int, *, draw: bool) -> dict:
+    """Teacher-forced parameters (and, `draw`, images drawn from the same noise) of the bfloat16 pack, kernel
+    ("cpu") and reference."""
+    packed = pack_pixelcnnpp(model, torch.bfloat16)
+    assert all(w.dtype == torch.bfloat16 for w in packed.weights)
+    noise = draw_noise(model, n, shape, seed=seed)
+    forced = sample_image(model, n, shape=shape, method="cached", noise=noise)
+    out = {}
+    for b in ("cpu", "reference"):
+        params = pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced,
+                                     backend=b)
+        image = torch.zeros_like(forced)
+        if draw:
+            pixelcnnpp_generate(packed, image, noise, backend=b)
+        out[b] = (params, image)
+    return out
+
+
+# (c, filters, resnets, batch, (H, W), draw): 40 filters give tiles of 48, 64 and 16 outputs; 5 and 17 rows:
+# the float32 tile kernels' groups of 4 with a remainder, AMX tiles padded to 16 / a full tile and a partial
+# one. `draw`: also the same samples (small models: few rounded values, so no flip changes a draw with these
+# seeds; larger ones can see a draw change by a flip, see _assert_bf16_close).
+BF16_CASES = [(3, 40, 1, 1, (8, 8), False), (1, 8, 2, 5, (4, 8), True), (3, 19, 1, 5, (8, 4), False),
+              (3, 8, 0, 17, (4, 4), True), (3, 8, 1, 2, (8, 8), True)]
+
+
+@pytest.mark.parametrize("isa", _levels())
+@pytest.mark.parametrize("c,filters,resnets,n,shape,draw", BF16_CASES)
+def test_bf16_kernel_equals_reference_at_every_level(isa, c, filters, resnets, n, shape, draw):
+    """The bfloat16 precision (docs/design.md): the kernel rounds the same matrix inputs as the reference, so
+    its mixture parameters equal the reference's up to float32 rounding of the sums' order (and its
+    consequences, _assert_bf16_close), and it draws the reference's samples."""
+    model = pixelcnnpp(c=c, filters=filters, resnets=resnets, mixtures=3, seed=filters + n, scale=2.0)
+    set_cpu_isa(isa)
+    try:
+        out = _bf16_runs(model, n, shape, seed=n, draw=draw)
+        ran = last_cpu_isa("pixelcnnpp_generate")
+    finally:
+        set_cpu_isa(None)
+    assert ran == ("avx2" if isa == "avx2" else "avx512")
+    _assert_bf16_close(out["cpu"][0], out["reference"][0], name=f"bf16 mixture params at {isa}")
+    if draw:
+        assert torch.equal(out["cpu"][1], out["reference"][1])
+        assert len(torch.unique(out["cpu"][1])) > 5
+
+
+def test_bf16_threads_and_generate():
+    """bfloat16: one thread and two give the same images (row groups in parallel, or the output tiles of one
+    group's products split over the team: each output is summed in the same order), and
+    ``arkern.generate(..., weight_dtype=torch.bfloat16)`` runs it; the bfloat16 parameters are close to the
+    float32 model's (bfloat16 tolerances, 95%)."""
+    model = pixelcnnpp(c=3, filters=72, resnets=1, mixtures=2, seed=4, scale=2.0)  # 72: two output tiles
+    noise = draw_noise(model, 5, (4, 8), seed=2)
+    old = torch.get_num_threads()
+    runs = {}
+    try:
+        for threads, n in ((1, 5), (2, 5), (1, 1), (2, 1)):
+            torch.set_num_threads(threads)
+            runs[threads, n] = sample_image(model, n, shape=(4, 8), method="fused", noise=noise[:n],
+                                            weight_dtype=torch.bfloat16)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(runs[1, 5], runs[2, 5])
+    assert torch.equal(runs[1, 1], runs[2, 1])
+    gen = arkern.generate(model, 5, shape=(4, 8), method="fused", noise=noise, weight_dtype=torch.bfloat16)
+    assert torch.equal(gen, runs[1, 5])
+    x = runs[1, 5]
+    params = pixelcnnpp_generate(pack_pixelcnnpp(model, torch.bfloat16), torch.zeros_like(x),
+                                 torch.zeros(5, 4, 4, 8, dtype=torch.float64), return_params=True, forced=x)
+    with torch.no_grad():
+        expected = model(x).permute(0, 2, 3, 1)
+    rtol, atol = tolerances(torch.bfloat16)
+    close = ((params - expected).abs() <= atol + rtol * expected.abs()).double().mean().item()
+    assert close >= 0.95, f"bf16 vs float32 parameters: only {close:.3f} within bfloat16 tolerances"
