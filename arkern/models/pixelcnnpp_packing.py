@@ -7,37 +7,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arkern.backends import cpu_isas
 from arkern.models._packcache import cached_pack
 from arkern.models.pixelcnnpp import PixelCNNpp
 from arkern.ops.pixelcnn_decode import pad16, tile_matrix
-from arkern.ops.pixelcnnpp_decode import PixelCNNppFused, PixelCNNppLayout
+from arkern.ops.pixelcnnpp_decode import PixelCNNppFused, PixelCNNppLayout, pack_tiles, tile_groups
 
 __all__ = ["pack_pixelcnnpp", "pixelcnnpp_fused_reasons"]
 
 
 class _Packer:
-    def __init__(self, weight_dtype: torch.dtype) -> None:
+    def __init__(self, weight_dtype: torch.dtype, tiles: bool) -> None:
         self.weight_dtype = weight_dtype
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
+        self.tiles: list[torch.Tensor] | None = [] if tiles else None
 
-    def add(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
-        """W (m × n) and its bias (m,) or None (zeros)."""
+    def add(self, w: torch.Tensor, b: torch.Tensor | None, halves: int = 0) -> None:
+        """W (m × n) and its bias (m,) or None (zeros); halves: its AMX copy's column groups (tile_groups)."""
         m = w.shape[0]
+        w = w.detach().float()
         bias = torch.zeros(m) if b is None else b.detach().float()
-        self.weights.append(tile_matrix(w.detach().float(), self.weight_dtype) if w.shape[1]
+        self.weights.append(tile_matrix(w, self.weight_dtype) if w.shape[1]
                             else torch.zeros(0, dtype=self.weight_dtype))
         self.biases.append(F.pad(bias, (0, pad16(m) - m)).contiguous())
+        if self.tiles is not None:
+            self.tiles.append(pack_tiles(w, tile_groups(w.shape[1], halves)))
 
-    def conv(self, layer: nn.Module) -> None:
-        """A (shifted) conv, weight (Cout, Cin, kH, kW) -> columns (kH, kW, Cin)."""
+    def conv(self, layer: nn.Module, halves: int = 0) -> None:
+        """A (shifted) conv, weight (Cout, Cin, kH, kW) -> columns (kH, kW, Cin); a (2, 2) conv's AMX copy in
+        halves (the kernel splits its products by kernel row)."""
         w = layer.weight
-        self.add(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), layer.bias)
+        split = tuple(w.shape[2:]) == (2, 2)
+        self.add(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), layer.bias, 1 if split else halves)
 
     def block(self, blk: nn.Module) -> None:
         self.conv(blk.conv_in)
-        if blk.nin_aux is not None:
-            self.conv(blk.nin_aux)
+        if blk.nin_aux is not None:  # a two-part nin (u and ul) is split into its parts' columns
+            self.conv(blk.nin_aux, 2 if blk.nin_aux.weight.shape[1] == 2 * blk.conv_in.weight.shape[1] else 0)
         self.conv(blk.conv_out)
 
     def transpose(self, layer: nn.Module) -> None:
@@ -81,7 +88,7 @@ def _pack(model: PixelCNNpp, weight_dtype: torch.dtype) -> PixelCNNppFused:
     if reasons:
         raise ValueError("pack_pixelcnnpp: " + "; ".join(reasons))
     m = model
-    p = _Packer(weight_dtype)
+    p = _Packer(weight_dtype, tiles=weight_dtype == torch.bfloat16 and cpu_isas()["amx"] is None)
     with torch.no_grad():
         for layer in (m.u_init, m.ul_init_down, m.ul_init_right):
             p.conv(layer)
@@ -100,7 +107,7 @@ def _pack(model: PixelCNNpp, weight_dtype: torch.dtype) -> PixelCNNppFused:
             p.transpose(m.up_sample_ul[1 - scale])
         p.conv(m.out)
     layout = PixelCNNppLayout(m.image_channels, m.num_mixtures, m.num_classes, m.u_init.out_channels, len(m.up_u[0]))
-    return PixelCNNppFused(layout, tuple(p.weights), tuple(p.biases))
+    return PixelCNNppFused(layout, tuple(p.weights), tuple(p.biases), tuple(p.tiles or ()))
 
 
 def pack_pixelcnnpp(model: PixelCNNpp, weight_dtype: torch.dtype | None = None) -> PixelCNNppFused:
@@ -109,7 +116,7 @@ def pack_pixelcnnpp(model: PixelCNNpp, weight_dtype: torch.dtype | None = None) 
 
     weight_dtype: torch.float32 (default) or torch.bfloat16: the bfloat16 precision (docs/design.md, "bfloat16
     precision"): every matrix rounded to bfloat16 here, every matrix input rounded to bfloat16 by the kernel,
-    float32 sums.
+    float32 sums; with AMX tile copies when this CPU has AMX (:func:`arkern.ops.pixelcnnpp_decode.pack_tiles`).
     """
     weight_dtype = weight_dtype or torch.float32
     if weight_dtype not in (torch.float32, torch.bfloat16):

@@ -15,7 +15,9 @@ It takes the network as :class:`PixelCNNppFused` (packed by the model:
 row, kernel column, input channel), one per tap of each transposed conv plus its bias alone, tiled as
 :func:`arkern.ops.pixelcnn_decode.tile_matrix` lays them out; biases float32, padded to 16. The matrices are
 all float32, or all bfloat16: the bfloat16 precision (docs/design.md), in which the input of every matrix
-product is rounded to bfloat16 and the products are summed in float32 (the reference does the same).
+product is rounded to bfloat16 and the products are summed in float32 (the reference does the same). A
+bfloat16 pack on a CPU with AMX also carries each matrix's AMX copy (:func:`pack_tiles`), on which the "cpu"
+backend runs batches of 4 or more at the ``amx`` level (csrc/cpu/pixelcnnpp_amx.h).
 
 Memory: besides the packed weights, the kernel keeps for each batch row only the rows its layers still read
 (the last two input rows of every shifted conv, one row of each coarse scale's final down-pass values) and the
@@ -33,18 +35,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from arkern.backends import OpBackends
 from arkern.distributions import check_warpers, mixture_params_size
 from arkern.ops._library import LIB, same_device
 from arkern.ops._validate import check_uniforms
+from arkern.ops.amx_layout import pack_vnni
+from arkern.reference.pixelcnn_decode import pad16
 from arkern.reference import pixelcnnpp_decode as ref
 from arkern.reference.pixelcnnpp_decode import PixelCNNppLayout
 
 OP = "pixelcnnpp_generate"
 
 LIB.define("pixelcnnpp_generate(int[] config, Tensor[] weights, Tensor[] biases, Tensor(a!) image, Tensor noise, "
-           "float temperature, bool return_params, Tensor? forced) -> Tensor")
+           "float temperature, bool return_params, Tensor? forced, Tensor[] tiles) -> Tensor")
 
 
 def _params_size(config) -> int:
@@ -52,7 +57,7 @@ def _params_size(config) -> int:
 
 
 @torch.library.register_fake("arkern::pixelcnnpp_generate")
-def _fake(config, weights, biases, image, noise, temperature, return_params, forced):
+def _fake(config, weights, biases, image, noise, temperature, return_params, forced, tiles=()):
     same_device(OP, image=image, noise=noise, forced=forced, weight=weights[0])
     b, _, h, w = image.shape
     return biases[0].new_empty((b, h, w, _params_size(config)) if return_params else (0,))
@@ -64,17 +69,43 @@ class PixelCNNppFused:
 
     layout: the architecture. weights / biases: the tiled matrices (all float32 or all bfloat16) and their
     padded float32 biases, in the kernel's order (the order :func:`arkern.models.pixelcnnpp_packing.pack_pixelcnnpp`
-    adds them).
+    adds them). tiles: empty, or for a bfloat16 pack on a CPU with AMX one AMX copy per matrix
+    (:func:`pack_tiles`), used by the "cpu" backend at the ``amx`` level.
     """
 
     layout: PixelCNNppLayout
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor, ...]
+    tiles: tuple[torch.Tensor, ...] = ()
 
     @property
     def weight_dtype(self) -> torch.dtype:
         """torch.float32, or torch.bfloat16 for the bfloat16 precision."""
         return self.weights[0].dtype
+
+
+def tile_groups(n: int, halves: int) -> list[list[tuple[int, int]]]:
+    """The column runs of a matrix's AMX copy (:func:`pack_tiles`) for a matrix of n columns: one group of all
+    columns, or (`halves` = 1) a (2, 2) conv's top and bottom kernel rows, [0, n/2) and [n/2, n); (`halves` = 2)
+    a two-part nin's ``u`` and ``ul`` columns, [0, n/4) + [n/2, 3n/4) and [n/4, n/2) + [3n/4, n) (each the
+    columns its concat_elu input, [elu(v), elu(-v)], multiplies). No columns: no groups."""
+    if n == 0:
+        return []
+    if halves == 1:
+        return [[(0, n // 2)], [(n // 2, n)]]
+    if halves == 2:
+        q = n // 4
+        return [[(0, q), (2 * q, 3 * q)], [(q, 2 * q), (3 * q, n)]]
+    return [[(0, n)]]
+
+
+def pack_tiles(w: torch.Tensor, groups: list[list[tuple[int, int]]]) -> torch.Tensor:
+    """W (m × n) -> its AMX copy: for each group (:func:`tile_groups`) the VNNI tiles
+    (:func:`arkern.ops.amx_layout.pack_vnni`) of its columns side by side, rows padded to ceil16(m); groups
+    one after the other (empty for no groups)."""
+    full = F.pad(w, (0, 0, 0, pad16(w.shape[0]) - w.shape[0]))
+    parts = [pack_vnni(torch.cat([full[:, a:b] for a, b in g], dim=1)) for g in groups]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bfloat16)
 
 
 def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, temperature: float,
@@ -87,6 +118,9 @@ def validate(packed: PixelCNNppFused, image: torch.Tensor, noise: torch.Tensor, 
                         f"{sorted(map(str, dtypes))}")
     if any(b.dtype != torch.float32 for b in packed.biases):
         raise TypeError("pixelcnnpp_generate: packed.biases must be float32")
+    if packed.tiles and (len(packed.tiles) != len(packed.weights) or dtypes != {torch.bfloat16}):
+        raise ValueError(f"pixelcnnpp_generate: packed.tiles must be empty or hold one AMX copy per matrix of a "
+                         f"bfloat16 pack, got {len(packed.tiles)} for {len(packed.weights)} {sorted(map(str, dtypes))}")
     if image.dtype != torch.int64 or image.dim() != 4 or image.shape[1] != c or not image.is_contiguous():
         raise ValueError(f"pixelcnnpp_generate: image must be a contiguous int64 (N, {c}, H, W) tensor, got "
                          f"{image.dtype} {tuple(image.shape)}")
@@ -134,8 +168,9 @@ def pixelcnnpp_generate(packed: PixelCNNppFused, image: torch.Tensor, noise: tor
     """
     validate(packed, image, noise, temperature, forced)
     kernel = BACKENDS.select(backend, image.device, packed.weight_dtype)
+    tiles = (list(packed.tiles),) if kernel.backend == "cpu" else ()  # its AMX copy (maybe empty)
     return kernel.fn(list(packed.layout), list(packed.weights), list(packed.biases), image, noise.contiguous(),
-                     float(temperature), bool(return_params), None if forced is None else forced.contiguous())
+                     float(temperature), bool(return_params), None if forced is None else forced.contiguous(), *tiles)
 
 
-__all__ = ["PixelCNNppFused", "PixelCNNppLayout", "pixelcnnpp_generate", "BACKENDS"]
+__all__ = ["PixelCNNppFused", "PixelCNNppLayout", "pixelcnnpp_generate", "pack_tiles", "tile_groups", "BACKENDS"]

@@ -46,116 +46,15 @@
 #include <vector>
 
 #include "pixelcnnpp_decode.h"
+#include "pixelcnnpp_layers.h"
 
 namespace {
 
 using namespace arkern_pixelcnnpp;
 
-constexpr int64_t kMaxRows = 16;  // batch rows decoded in lockstep (sharing every weight tile)
-
-// Every layer's weights, in the order of the packed weight list.
-struct Layers {
-  int64_t C, M, bins, f, R, H, W, P;
-  ConvSpec u_init, ul_init_down, ul_init_right;
-  std::array<std::vector<BlockSpec>, 3> up_u, up_ul, dn_u, dn_ul;  // index: scale (0 = full resolution)
-  std::array<ConvSpec, 2> down_u, down_ul;                         // scale s -> s + 1
-  std::array<std::array<PMat, 6>, 2> up_u_taps;                    // scale s + 1 -> s, tap (kh, kw) of (2, 3)
-  std::array<std::array<PMat, 4>, 2> up_ul_taps;                    // tap (kh, kw) of (2, 2)
-  std::array<const float*, 2> up_u_bias, up_ul_bias;
-  PMat out;
-  int64_t max_n = 0;
-
-  int64_t n_dn(int64_t s) const { return s == 2 ? R : R + 1; }
-};
-
-struct Cursor {
-  const std::vector<at::Tensor>& w;
-  const std::vector<at::Tensor>& b;
-  size_t k = 0;
-  int64_t* max_n;
-  PMat next(int64_t m, int64_t n) {
-    TORCH_CHECK(k < w.size(), "pixelcnnpp_generate: too few packed weights for the config");
-    const auto& wt = w[k];
-    const auto& bt = b[k];
-    ++k;
-    TORCH_CHECK(wt.numel() == pad16(m) * n && bt.numel() == pad16(m),
-                "pixelcnnpp_generate: packed weight ", k - 1, " must be ", pad16(m), " x ", n, " with a bias of ",
-                pad16(m), ", got ", wt.numel(), " and ", bt.numel(), " elements");
-    *max_n = std::max(*max_n, n);
-    PMat mat;
-    mat.bf16 = wt.scalar_type() == at::kBFloat16;
-    mat.m = m;
-    mat.mp = pad16(m);
-    mat.n = n;
-    mat.b = bt.data_ptr<float>();
-    if (mat.bf16) {
-      mat.h = {wt.data_ptr<at::BFloat16>(), mat.b, m, mat.mp, n};
-    } else {
-      mat.f = {wt.data_ptr<float>(), mat.b, m, mat.mp, n};
-    }
-    return mat;
-  }
-  ConvSpec conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, bool down, int64_t stride, int64_t w) {
-    ConvSpec c;
-    c.mat = next(cout, kh * kw * cin);
-    c.kh = kh;
-    c.kw = kw;
-    c.top = kh - 1;
-    c.left = down ? (kw - 1) / 2 : kw - 1;
-    c.right = down ? (kw - 1) / 2 : 0;
-    c.cin = cin;
-    c.stride = stride;
-    c.W = w;
-    return c;
-  }
-  BlockSpec block(int64_t f, bool down, int64_t aux_parts, int64_t w) {
-    BlockSpec s;
-    const int64_t kw = down ? 3 : 2;
-    s.conv_in = conv(2 * f, f, 2, kw, down, 1, w);
-    s.aux_parts = aux_parts;
-    if (aux_parts > 0) s.nin = next(f, 2 * aux_parts * f);
-    s.conv_out = conv(2 * f, 2 * f, 2, kw, down, 1, w);
-    return s;
-  }
-};
-
-Layers build_layers(at::IntArrayRef config, int64_t H, int64_t W, const std::vector<at::Tensor>& w,
-                    const std::vector<at::Tensor>& b) {
-  Layers L;
-  L.C = config[0];
-  L.M = config[1];
-  L.bins = config[2];
-  L.f = config[3];
-  L.R = config[4];
-  L.H = H;
-  L.W = W;
-  L.P = L.C == 3 ? 10 * L.M : L.M * (1 + 3 * L.C);
-  Cursor cur{w, b, 0, &L.max_n};
-  const int64_t f = L.f, ci = L.C + 1;
-  L.u_init = cur.conv(ci, f, 2, 3, true, 1, W);
-  L.ul_init_down = cur.conv(ci, f, 1, 3, true, 1, W);
-  L.ul_init_right = cur.conv(ci, f, 2, 1, false, 1, W);
-  for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.R; ++k) L.up_u[s].push_back(cur.block(f, true, 0, W >> s));
-  for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.R; ++k) L.up_ul[s].push_back(cur.block(f, false, 1, W >> s));
-  for (int64_t s = 0; s < 2; ++s) L.down_u[s] = cur.conv(f, f, 2, 3, true, 2, W >> s);
-  for (int64_t s = 0; s < 2; ++s) L.down_ul[s] = cur.conv(f, f, 2, 2, false, 2, W >> s);
-  for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_u[s].push_back(cur.block(f, true, 1, W >> s));
-  for (int64_t s = 0; s < 3; ++s)
-    for (int64_t k = 0; k < L.n_dn(s); ++k) L.dn_ul[s].push_back(cur.block(f, false, 2, W >> s));
-  // up-sampling layers: one matrix per kernel tap (zero bias), then the layer's bias alone (n = 0)
-  for (int64_t s = 0; s < 2; ++s) {
-    for (int64_t t = 0; t < 6; ++t) L.up_u_taps[s][t] = cur.next(f, f);
-    L.up_u_bias[s] = cur.next(f, 0).b;
-    for (int64_t t = 0; t < 4; ++t) L.up_ul_taps[s][t] = cur.next(f, f);
-    L.up_ul_bias[s] = cur.next(f, 0).b;
-  }
-  L.out = cur.next(L.P, f);
-  TORCH_CHECK(cur.k == w.size(), "pixelcnnpp_generate: ", w.size(), " packed weights, the config needs ", cur.k);
-  return L;
-}
+constexpr int64_t kMaxRows = 16;      // batch rows decoded in lockstep (sharing every weight tile)
+constexpr int64_t kMaxTileRows = 64;  // the same on AMX tiles (4 tiles of 16 rows share every weight tile)
+constexpr int64_t kMinTileBatch = 4;  // smaller batches run the float32 tile kernels (and the team) at amx too
 
 // ---------------------------------------------------------------- the draw (float64)
 
@@ -294,6 +193,15 @@ struct Group {
   float* ul_val(int64_t s, int64_t k, int64_t b) { return ul_vals.data() + ((s * (L.R + 1) + k) * nb + b) * fs; }
   float* vec(std::vector<float>& buf, int64_t b) { return buf.data() + b * fs; }
 
+  // y[b] = bias + W x[b] for the nb rows (on tiles when the group runs there).
+  void group_product(const PMat& m, const float* const* x, float* const* y) {
+    if (sc.tiles && m.t[0] != nullptr) {
+      tiles_product(m.t[0], m.n, m.mp, nb, x, m.b, y);
+    } else {
+      product(m, nb, 0, m.n, x, y, sc.team);
+    }
+  }
+
   int64_t row_positions(int64_t s, int64_t r) {
     const int64_t ws = L.W >> s;
     for (int64_t b = 0; b < nb; ++b)
@@ -395,6 +303,23 @@ struct Group {
   // column c gets tap (r % 2, kw) of input column (c + 1 - kw) / 2 where that is a whole column.
   void up_sample_u_row(int64_t s, int64_t r) {
     const int64_t f = L.f, ws = L.W >> s, kh = r % 2;
+    if (sc.tiles && L.up_u_taps[s][0].t[0] != nullptr) {  // per tap, every column it reaches in one tile product
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t c = 0; c < ws; ++c) std::copy_n(L.up_u_bias[s], f, up_row.data() + (b * ws + c) * fs);
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        int64_t q = 0;
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t c = 0; c < ws; ++c) {
+            const int64_t t = c + 1 - kw;
+            if (t < 0 || t % 2 != 0 || t / 2 >= ws / 2) continue;
+            a1[q] = dn_at(u_dn_row[s + 1], s + 1, b, t / 2);
+            yp[q++] = up_row.data() + (b * ws + c) * fs;
+          }
+        const PMat& tap = L.up_u_taps[s][kh * 3 + kw];
+        tiles_product(tap.t[0], f, tap.mp, q, a1.data(), nullptr, yp.data());  // o += W x
+      }
+      return;
+    }
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t c = 0; c < ws; ++c) {
         float* o = up_row.data() + (b * ws + c) * fs;
@@ -418,8 +343,7 @@ struct Group {
       xp[b] = dn_at(ul_dn_row[s + 1], s + 1, b, c / 2);
       yp[b] = vec(upb, b);
     }
-    const PMat& tap = L.up_ul_taps[s][(r % 2) * 2 + (c % 2)];
-    product(tap, nb, 0, tap.n, xp.data(), yp.data(), sc.team);
+    group_product(L.up_ul_taps[s][(r % 2) * 2 + (c % 2)], xp.data(), yp.data());
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t k = 0; k < L.f; ++k) yp[b][k] += L.up_ul_bias[s][k];
   }
@@ -509,12 +433,15 @@ struct Group {
       xp[b] = vec(hbuf, b);
       yp[b] = outp.data() + b * pad16(L.P);
     }
-    product(L.out, nb, 0, L.out.n, xp.data(), yp.data(), sc.team);
+    group_product(L.out, xp.data(), yp.data());
   }
 
-  void run(arkern_team::Session& team) {
+  void run(arkern_team::Session& team, bool on_tiles) {
     const int64_t H = L.H, W = L.W, C = L.C, P = L.P;
     sc.team = &team;
+    sc.tiles = on_tiles;
+    std::optional<arkern_amx::TileScope> tile_scope;  // one tile configuration for the whole run
+    if (on_tiles) tile_scope.emplace();
     for (int64_t i = 0; i < H; ++i) {
       start_row(i);
       ul_row_pass(i);
@@ -543,7 +470,8 @@ struct Group {
 
 at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weights, at::TensorList biases,
                                    const at::Tensor& image, const at::Tensor& noise, double temperature,
-                                   bool return_params, const std::optional<at::Tensor>& forced) {
+                                   bool return_params, const std::optional<at::Tensor>& forced,
+                                   at::TensorList tiles) {
   TORCH_CHECK(config.size() == 5, "pixelcnnpp_generate: config must be [C, M, bins, f, R]");
   const int64_t C = config[0], M = config[1], bins = config[2], f = config[3], R = config[4];
   TORCH_CHECK((C == 1 || C == 3) && M >= 1 && M <= 64 && bins >= 2 && f >= 1 && R >= 0,
@@ -572,7 +500,7 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
     b.push_back(t);
   }
   TORCH_CHECK(w.size() == b.size(), "pixelcnnpp_generate: one bias per packed weight");
-  const Layers L = build_layers(config, H, W, w, b);
+  const Layers L = build_layers(config, H, W, w, b, tiles);
   at::Tensor forced_c;
   if (forced.has_value()) {
     forced_c = forced->contiguous();
@@ -587,9 +515,13 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
   if (B == 0) return params;
   // Up to kMaxRows rows run as one group whose products a team of threads splits over output tiles
   // (csrc/cpu/team.h) when they have at least two tiles (f > 64) or at batch 1; otherwise the rows are split
-  // into groups run in parallel.
-  const bool split_outputs = B == 1 || arkern_decode::tiles(pad16(f)) >= 2;
-  const int64_t groups = std::max<int64_t>((B + kMaxRows - 1) / kMaxRows,
+  // into groups run in parallel. On AMX tiles (a bfloat16 pack with its AMX copy, the amx level, a batch of
+  // kMinTileBatch or more) every group runs its products on its own thread (one core's tiles outrun a split of
+  // them), so groups of up to kMaxTileRows rows run in parallel; a row's tile sums do not depend on the others.
+  const bool on_tiles = wt == at::kBFloat16 && !tiles.empty() && arkern_isa::use_amx() && B >= kMinTileBatch;
+  const bool split_outputs = !on_tiles && (B == 1 || arkern_decode::tiles(pad16(f)) >= 2);
+  const int64_t max_rows = on_tiles ? kMaxTileRows : kMaxRows;
+  const int64_t groups = std::max<int64_t>((B + max_rows - 1) / max_rows,
                                            split_outputs ? 1 : std::min<int64_t>(B, at::get_num_threads()));
   int64_t* img = image.data_ptr<int64_t>();
   const double* np = noise_c.data_ptr<double>();
@@ -607,10 +539,10 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
       grp.params_out = pp;
       grp.temperature = temperature;
       uint64_t key = 3;  // the workload, for the team's rate memory
-      for (int64_t v : {C, M, f, R, H, W, r1 - r0, int64_t{wt == at::kBFloat16}})
+      for (int64_t v : {C, M, f, R, H, W, r1 - r0, int64_t{wt == at::kBFloat16}, int64_t{on_tiles}})
         key = key * 1000003 + static_cast<uint64_t>(v);
       arkern_team::Session team(key);  // one worker inside a parallel region
-      grp.run(team);
+      grp.run(team, on_tiles);
     }
   };
   if (groups == 1) {
@@ -618,7 +550,9 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
   } else {
     at::parallel_for(0, groups, 1, work);
   }
-  arkern_isa::record("pixelcnnpp_generate", arkern_isa::use_avx512() ? arkern_isa::Isa::avx512 : arkern_isa::Isa::avx2);
+  arkern_isa::record("pixelcnnpp_generate", on_tiles                    ? arkern_isa::Isa::amx
+                                            : arkern_isa::use_avx512() ? arkern_isa::Isa::avx512
+                                                                       : arkern_isa::Isa::avx2);
   return params;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "pixelcnn_decode.h"
+#include "pixelcnnpp_amx.h"
 
 namespace arkern_pixelcnnpp {
 
@@ -18,13 +19,23 @@ using arkern_pixelcnn::pad16;
 
 // One packed matrix: float32 weights, or bfloat16 ones for the bfloat16 precision (docs/design.md: the kernel
 // rounds every matrix input to bfloat16 where it stores it, see matrix_input; the float32 tile kernels widen the
-// weights, products are summed in float32). m, mp, n, b as in Mat; `f` or `h` holds the weights.
+// weights, products are summed in float32). m, mp, n, b as in Mat; `f` or `h` holds the weights. A bfloat16
+// pack on an AMX machine also has the matrix's VNNI copy (arkern.ops.pixelcnnpp_decode.pack_tiles): t[0] the
+// tiles of all its columns, or with `halves` t[0] / t[1] those of its two column groups of n / 2 each (a (2, 2)
+// conv's top / bottom kernel row; a two-part nin's `u` / `ul` columns).
 struct PMat {
   Mat<float, float> f;
   Mat<float, at::BFloat16> h;
-  bool bf16 = false;
+  bool bf16 = false, halves = false;
   int64_t m = 0, mp = 0, n = 0;
   const float* b = nullptr;
+  const uint16_t* t[2] = {nullptr, nullptr};
+  // The tiles of columns [ja, jz) when the copy has them as one group, else null.
+  const uint16_t* tiles(int64_t ja, int64_t jz) const {
+    if (!halves) return ja == 0 && jz == n ? t[0] : nullptr;
+    if (ja == 0 && jz == n / 2) return t[0];
+    return ja == n / 2 && jz == n ? t[1] : nullptr;
+  }
   template <class Fn>
   void visit(Fn&& fn) const {
     if (bf16) {
@@ -97,6 +108,7 @@ struct Scratch {
   std::array<std::vector<const float*>, 4> xs;  // inputs of a split product's terms
   std::vector<float*> out;
   arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
+  bool tiles = false;                     // the products run on AMX tiles (pixelcnnpp_amx.h) where a copy exists
   void init(int64_t positions, int64_t max_n, int64_t f) {
     cap = positions;
     const int64_t fp = pad16(2 * f);
@@ -123,8 +135,14 @@ struct Scratch {
 // half, output tile) chunks, so that two workers do equal work whatever the number of output tiles (the
 // halves are cut at a multiple of 4 positions, the kernel's row groups); fewer positions: split over output
 // tiles. Each output's sum order depends on np only, not on the threads.
+// On AMX tiles (sc.tiles, the copy of W[:, ja:jz] exists): one tile product, pieces of kTilePiece positions.
 inline void rows_product(const PMat& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
-                         float* const* y, arkern_team::Session* team) {
+                         float* const* y, const Scratch& sc) {
+  if (const uint16_t* t = sc.tiles ? mat.tiles(ja, jz) : nullptr) {
+    tiles_product(t, jz - ja, mat.mp, np, x, ja == 0 ? mat.b : nullptr, y);
+    return;
+  }
+  arkern_team::Session* team = sc.team;
   if (np < 8 || team == nullptr) {
     product(mat, np, ja, jz, x, y, team);
     return;
@@ -228,12 +246,20 @@ struct Conv {
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
+    if (sc.tiles && s->mat.t[0] != nullptr) {  // each window's kernel rows straight from the ring into the tiles
+      tiles_product_from(s->mat.t[0], s->mat.n, s->mat.mp, np, s->mat.b, out,
+                         [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
+                           for (int64_t t = 0; t < s->kh; ++t)
+                             batch.put(q, t * run, at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run);
+                         });
+      return;
+    }
     for (int64_t p = 0; p < np; ++p) {
       for (int64_t t = 0; t < s->kh; ++t)
         std::copy_n(at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run, sc.gat[p] + t * run);
       sc.in[p] = sc.gat[p];
     }
-    rows_product(s->mat, np, 0, s->mat.n, sc.in.data(), out, sc.team);
+    rows_product(s->mat, np, 0, s->mat.n, sc.in.data(), out, sc);
   }
   // Row-split: the top kernel row's part of output pos[p] (one row's positions).
   float* top_at(const Pos& p) { return top.data() + (p.b * out_w + p.j) * s->mat.mp; }
@@ -242,7 +268,7 @@ struct Conv {
       sc.in[p] = at(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride);
       sc.out[p] = top_at(pos[p]);
     }
-    rows_product(s->mat, np, 0, s->kw * s->cin, sc.in.data(), sc.out.data(), sc.team);
+    rows_product(s->mat, np, 0, s->kw * s->cin, sc.in.data(), sc.out.data(), sc);
   }
   // Row-split, per pixel: y[p] = the top part; the bottom row's taps as two terms (inputs in sc.xs[0], [1]).
   void bottom_terms(const Pos* pos, int64_t np, float* const* y, Scratch& sc, Term* left, Term* right) {
@@ -258,6 +284,10 @@ struct Conv {
   void compute_split(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     Term left, right;
     bottom_terms(pos, np, out, sc, &left, &right);
+    if (sc.tiles && s->mat.t[1] != nullptr) {  // both taps, one contiguous run of the ring, in one tile product
+      tiles_product2(s->mat.t[1], 2 * s->cin, sc.xs[0].data(), nullptr, 0, nullptr, s->mat.mp, np, out);
+      return;
+    }
     split_product(&left, 1, &right, 1, np, s->mat.mp, out, sc.z.data(), sc.team);
   }
 };
@@ -314,7 +344,7 @@ struct Block {
         matrix_input(s->nin, sc.t2[p], 2 * na);
         sc.in[p] = sc.t2[p];
       }
-      rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc.team);
+      rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc);
       for (int64_t p = 0; p < np; ++p)
         for (int64_t k = 0; k < f; ++k) sc.c[p][k] += sc.a[p][k];
     }
@@ -336,10 +366,12 @@ struct Block {
         sc.xs[0][p] = sc.t2[p] + f;
       }
       if (s->aux_parts == 1) {
-        rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc.team);
+        rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc);
+      } else if (sc.tiles && s->nin.t[0] != nullptr) {  // the `u` columns as one group: [elu(u), elu(-u)]
+        tiles_product(s->nin.t[0], 2 * f, s->nin.mp, np, sc.in.data(), s->nin.b, sc.a.data());
       } else {
-        rows_product(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc.team);
-        rows_product(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc.team);
+        rows_product(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc);
+        rows_product(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc);
       }
       for (int64_t p = 0; p < np; ++p) {
         float* t = conv_in.top_at(pos[p]);
@@ -368,6 +400,14 @@ struct Block {
       h0[1] = {&s->nin, f, f, sc.xs[2].data()};
       h1[1] = {&s->nin, 3 * f, f, sc.xs[3].data()};
       nt = 2;
+    }
+    if (sc.tiles && s->conv_in.mat.t[1] != nullptr) {  // the bottom row's taps and the nin's `ul` part, one pass
+      const bool nin = nt == 2 && s->nin.t[1] != nullptr;
+      TORCH_CHECK(nt == 1 || nin, "pixelcnnpp_generate: a two-part nin without its AMX copy");
+      tiles_product2(s->conv_in.mat.t[1], 2 * s->conv_in.cin, sc.xs[0].data(), nin ? s->nin.t[1] : nullptr,
+                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.c.data());
+      finish(pos, np, f, x, out, sc, true);
+      return;
     }
     split_product(h0, nt, h1, nt, np, s->conv_in.mat.mp, sc.c.data(), sc.z.data(), sc.team);
     finish(pos, np, f, x, out, sc, true);

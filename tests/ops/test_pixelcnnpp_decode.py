@@ -153,7 +153,7 @@ def test_opcheck():
     packed = pack_pixelcnnpp(model)
     image = torch.zeros(2, 3, 4, 4, dtype=torch.int64)
     noise = torch.rand(2, 4, 4, 4, dtype=torch.float64)
-    args = (list(packed.layout), list(packed.weights), list(packed.biases), image, noise, 1.0, True, None)
+    args = (list(packed.layout), list(packed.weights), list(packed.biases), image, noise, 1.0, True, None, [])
     torch.library.opcheck(torch.ops.arkern.pixelcnnpp_generate.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -184,14 +184,18 @@ def test_bad_input():
         pixelcnnpp_generate(mixed, image, noise)
     with pytest.raises(RuntimeError, match="all float32 or all bfloat16"):  # the C++ check behind the Python one
         torch.ops.arkern.pixelcnnpp_generate(list(packed.layout), list(mixed.weights), list(packed.biases), image,
-                                             noise, 1.0, False, None)
+                                             noise, 1.0, False, None, [])
+    bf16 = pack_pixelcnnpp(model, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="tiles"):  # AMX copies that do not match the weights
+        torch.ops.arkern.pixelcnnpp_generate(list(bf16.layout), list(bf16.weights), list(bf16.biases), image,
+                                             noise, 1.0, False, None, [w[:-1] for w in bf16.weights])
     double = pixelcnnpp(c=3, filters=5, seed=0, scale=2.0).double()
     assert any("float32" in r for r in pixelcnnpp_fused_reasons(double))
     with pytest.raises(ValueError, match="cannot sample this model"):
         sample_image(double, 1, shape=(8, 8), method="fused")
     with pytest.raises(RuntimeError, match="packed weight"):  # the C++ check behind the Python one
         torch.ops.arkern.pixelcnnpp_generate(list(packed.layout), list(packed.weights[:-1]),
-                                             list(packed.biases[:-1]), image, noise, 1.0, False, None)
+                                             list(packed.biases[:-1]), image, noise, 1.0, False, None, [])
 
 
 # ---------------------------------------------------------------- the bfloat16 precision
@@ -220,6 +224,7 @@ def _bf16_runs(model, n: int, shape: tuple[int, int], seed: int, *, draw: bool) 
     ("cpu") and reference."""
     packed = pack_pixelcnnpp(model, torch.bfloat16)
     assert all(w.dtype == torch.bfloat16 for w in packed.weights)
+    assert bool(packed.tiles) == (cpu_isas()["amx"] is None)  # the AMX copy where the CPU has AMX
     noise = draw_noise(model, n, shape, seed=seed)
     forced = sample_image(model, n, shape=shape, method="cached", noise=noise)
     out = {}
@@ -235,10 +240,12 @@ def _bf16_runs(model, n: int, shape: tuple[int, int], seed: int, *, draw: bool) 
 
 # (c, filters, resnets, batch, (H, W), draw): 40 filters give tiles of 48, 64 and 16 outputs; 5 and 17 rows:
 # the float32 tile kernels' groups of 4 with a remainder, AMX tiles padded to 16 / a full tile and a partial
-# one. `draw`: also the same samples (small models: few rounded values, so no flip changes a draw with these
-# seeds; larger ones can see a draw change by a flip, see _assert_bf16_close).
+# one (batches of 4 or more run on AMX tiles at the amx level); 19 and 21 filters: odd channel counts, every
+# matrix's inputs padded within its tiles. `draw`: also the same samples (small models: few rounded values,
+# so no flip changes a draw with these seeds; larger ones can see a draw change by a flip, see
+# _assert_bf16_close).
 BF16_CASES = [(3, 40, 1, 1, (8, 8), False), (1, 8, 2, 5, (4, 8), True), (3, 19, 1, 5, (8, 4), False),
-              (3, 8, 0, 17, (4, 4), True), (3, 8, 1, 2, (8, 8), True)]
+              (3, 8, 0, 17, (4, 4), True), (3, 8, 1, 2, (8, 8), True), (1, 21, 1, 6, (4, 8), False)]
 
 
 @pytest.mark.parametrize("isa", _levels())
@@ -254,7 +261,8 @@ def test_bf16_kernel_equals_reference_at_every_level(isa, c, filters, resnets, n
         ran = last_cpu_isa("pixelcnnpp_generate")
     finally:
         set_cpu_isa(None)
-    assert ran == ("avx2" if isa == "avx2" else "avx512")
+    tiles = isa == "amx" and n >= 4
+    assert ran == ("amx" if tiles else "avx2" if isa == "avx2" else "avx512")
     _assert_bf16_close(out["cpu"][0], out["reference"][0], name=f"bf16 mixture params at {isa}")
     if draw:
         assert torch.equal(out["cpu"][1], out["reference"][1])
