@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -33,7 +34,7 @@ import torch.utils.benchmark as tbench
 from torch import nn
 
 import arkern.nn as ann
-from arkern.backends import last_cpu_isa
+from arkern.backends import cpu_isas, last_cpu_isa, set_cpu_isa
 from arkern.bench.harness import Case, machine_info
 from arkern.families import draw_noise, family_of
 from arkern.models.gated_pixelcnn import GatedPixelCNN
@@ -383,41 +384,58 @@ def upstream_naive_seconds(model: PixelCNNpp, batch: int, size: int, forwards: i
     return best * size * size
 
 
-def cifar_run(batch: int, threads: int, rounds: int = 1, forwards: int = 2, size: int = 32,
-              small: bool = False) -> dict:
-    """The fused sampler and the upstream-style naive loop on the CIFAR PixelCNN++ (random weights: the speed
-    does not depend on them), measured in *this* process, which should be a fresh one (:func:`cifar_table`
-    starts one per row) so that its peak RSS is that of the fused sampler alone.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cifar_run(batch: int, threads: int, rounds: int = 1, forwards: int = 2, size: int = 32, small: bool = False,
+              weight_dtype: str = "float32", isa: str | None = None, naive: bool = True,
+              save: str | None = None) -> dict:
+    """The fused sampler (and, `naive`, the upstream-style naive loop) on the CIFAR PixelCNN++ (random weights:
+    the speed does not depend on them), measured in *this* process, which should be a fresh one
+    (:func:`cifar_table` starts one per row) so that its peak RSS is that of the fused sampler alone.
+
+    weight_dtype: "float32" or "bfloat16" (the bfloat16 precision, docs/design.md); isa: the instruction-set
+    level forced for the fused sampler (None: the best available); save: a path to torch.save the images to.
 
     Returns seconds for `batch` whole size×size images: "fused" (fastest of `rounds` calls) and "naive"
-    (fastest of `rounds` :func:`upstream_naive_seconds`), interleaved; "rss_model_mb": peak RSS (ru_maxrss) once
-    the model is built and packed, "rss_peak_mb": after the first fused call (before the naive loop, whose
-    activation maps are larger).
+    (fastest of `rounds` :func:`upstream_naive_seconds`, or None), interleaved; "isa": the level the fused
+    products ran on; "rss_model_mb": peak RSS (ru_maxrss) once the model is built and packed, "rss_peak_mb":
+    after the first fused call (before the naive loop, whose activation maps are larger).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = (pixelcnnpp_cifar_small() if small else pixelcnnpp_cifar()).eval()
     noise = draw_noise(model, batch, (size, size), seed=0)
-    pack_pixelcnnpp(model)
+    wd = DTYPES[weight_dtype]
+    pack_pixelcnnpp(model, wd)
     maxrss_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     out = {"params": sum(p.numel() for p in model.parameters()), "rss_model_mb": maxrss_mb()}
-    fused = naive = float("inf")
-    for k in range(rounds):  # interleaved, so that both see the same load on a shared machine
-        t0 = time.perf_counter()
-        sample_image(model, batch, shape=(size, size), method="fused", noise=noise)
-        fused = min(fused, time.perf_counter() - t0)
-        if k == 0:
-            out["rss_peak_mb"] = maxrss_mb()
-        naive = min(naive, upstream_naive_seconds(model, batch, size, forwards))
-    out.update(fused=fused, naive=naive)
+    fused = naive_s = float("inf")
+    set_cpu_isa(isa)
+    try:
+        for k in range(rounds):  # interleaved, so that both see the same load on a shared machine
+            t0 = time.perf_counter()
+            images = sample_image(model, batch, shape=(size, size), method="fused", noise=noise, weight_dtype=wd)
+            fused = min(fused, time.perf_counter() - t0)
+            if k == 0:
+                out["rss_peak_mb"] = maxrss_mb()
+                out["isa"] = last_cpu_isa("pixelcnnpp_generate")
+                if save:
+                    torch.save(images, save)
+            if naive:
+                naive_s = min(naive_s, upstream_naive_seconds(model, batch, size, forwards))
+    finally:
+        set_cpu_isa(None)
+    out.update(fused=fused, naive=naive_s if naive else None)
     return out
 
 
 def cifar_case(batch: int, *, small: bool = False, size: int = 32) -> Case:
     """The CIFAR PixelCNN++ for pytest-benchmark (benchmarks/bench_pixelcnn.py; small: the CI smoke run's
-    stand-in, 8x8). Providers: "fused" samples `batch` whole images; "naive-step" is one step of the
-    upstream-style naive loop (:func:`upstream_naive_step`), size·size of which make the same images.
-    params["images"][provider]: images per call, so images/s = images / seconds for both."""
+    stand-in, 8x8). Providers: "fused" samples `batch` whole images (float32), "fused-bf16" the same in the
+    bfloat16 precision (at the best level here); "naive-step" is one step of the upstream-style naive loop
+    (:func:`upstream_naive_step`), size·size of which make the same images.
+    params["images"][provider]: images per call, so images/s = images / seconds for all."""
     size = 8 if small else size
 
     def setup():
@@ -426,49 +444,77 @@ def cifar_case(batch: int, *, small: bool = False, size: int = 32) -> Case:
         noise = draw_noise(model, batch, (size, size), seed=0)
         xf = model.prepare(torch.zeros(batch, model.image_channels, size, size, dtype=torch.int64))
         u = torch.rand(batch * size * size, 1 + model.image_channels, dtype=torch.float64)
-        return {"fused": lambda: sample_image(model, batch, shape=(size, size), method="fused", noise=noise),
+        run = lambda wd: lambda: sample_image(model, batch, shape=(size, size), method="fused", noise=noise,
+                                              weight_dtype=wd)
+        return {"fused": run(torch.float32), "fused-bf16": run(torch.bfloat16),
                 "naive-step": lambda: upstream_naive_step(model, xf, u, size // 2, size // 2)}
 
-    name = f"PixelCNNpp {'f=16 R=1 M=2 (smoke)' if small else 'CIFAR f=160 R=5 M=10'} N={batch} {size}x{size} fp32"
+    name = f"PixelCNNpp {'f=16 R=1 M=2 (smoke)' if small else 'CIFAR f=160 R=5 M=10'} N={batch} {size}x{size}"
     return Case("pixelcnn", name, setup, baseline="naive-step", items=batch,
                 params={"dtype": "float32", "batch": batch, "size": size,
-                        "images": {"fused": batch, "naive-step": batch / (size * size)}})
+                        "images": {"fused": batch, "fused-bf16": batch, "naive-step": batch / (size * size)}},
+                isa=lambda p: last_cpu_isa("pixelcnnpp_generate") if p.startswith("fused") else None)
+
+
+def _precisions() -> list[tuple[str, str | None]]:
+    """(weight dtype, forced level) rows of the CIFAR table: float32 at the best level, then bfloat16 at avx512
+    and at amx where this machine has them (else at the best level)."""
+    levels = [name for name, why in cpu_isas().items() if why is None and name != "avx2"]
+    return [("float32", None)] + ([("bfloat16", name) for name in levels] or [("bfloat16", None)])
 
 
 def cifar_table(batches=(1, 16, 64), threads=(1, 2), rounds: int = 2, forwards: int = 2, samples: int = 10_000,
                 printer=print) -> list[dict]:
-    """images/s of the fused sampler and the upstream-style naive loop (extrapolated), their ratio and the
-    fused sampler's peak RSS for the CIFAR PixelCNN++, one fresh process per (batch, threads); then the time
-    `samples` images take at the fastest measured setting (an extrapolation, stated as one).
-    Batch 1 takes the best of `rounds` fused calls and naive estimates, larger batches one of each (naive from
-    one forward)."""
+    """images/s of the fused sampler (float32; bfloat16 at each level this machine has) and the upstream-style
+    naive loop (float32, extrapolated), their ratios and the fused sampler's peak RSS for the CIFAR PixelCNN++,
+    one fresh process per (batch, threads, precision); the fraction of bfloat16 images (and levels) identical
+    to float32's from the same noise; then the time `samples` images take at the fastest measured setting (an
+    extrapolation, stated as one). Batch 1 takes the best of `rounds` fused calls and naive estimates, larger
+    batches one of each (naive from one forward, measured in the float32 row's process)."""
     info = machine_info()
     printer(f"machine: {info['cpu']} ({info['cores']} cores, {info['capability']}), torch {info['torch']}; "
-            f"PixelCNN++ CIFAR config (f=160, R=5, M=10, 32x32 RGB), float32 weights, random values")
-    printer(f"naive*: upstream-style loop, a full forward per pixel; the fastest of {forwards} forwards (batch 1; 1 "
-            "forward at larger batches) x 1024")
-    head = (f"{'N':>3} {'thr':>3} {'fused img/s':>11} {'naive* img/s':>12} {'fused/naive':>11} {'peak RSS':>9} "
-            f"{'model RSS':>9}")
+            f"PixelCNN++ CIFAR config (f=160, R=5, M=10, 32x32 RGB), random weights; load average "
+            f"{os.getloadavg()[0]:.2f} at the start")
+    printer(f"naive*: upstream-style loop (float32), a full forward per pixel; the fastest of {forwards} forwards "
+            "(batch 1; 1 forward at larger batches) x 1024")
+    head = (f"{'N':>3} {'thr':>3} {'weights':>8} {'ISA':>6} {'fused img/s':>11} {'naive* img/s':>12} "
+            f"{'fused/naive':>11} {'vs fp32':>7} {'same img':>8} {'peak RSS':>9} {'model RSS':>9}")
     printer(head)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this arkern's parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     rows = []
-    for batch in batches:
-        for n in threads:
-            spec = json.dumps({"batch": batch, "threads": n, "rounds": rounds if batch == 1 else 1,
-                               "forwards": forwards if batch == 1 else 1})
-            res = subprocess.run([sys.executable, "-m", "arkern.bench.pixelcnn", "--cifar-run", spec], env=env,
-                                 check=True, capture_output=True, text=True)
-            got = json.loads(res.stdout.strip().splitlines()[-1])
-            got.update(batch=batch, threads=n)
-            rows.append(got)
-            printer(f"{batch:>3} {n:>3} {batch / got['fused']:>11.3f} {batch / got['naive']:>12.5f} "
-                    f"{got['naive'] / got['fused']:>10.0f}x {got['rss_peak_mb']:>6.0f} MB "
-                    f"{got['rss_model_mb']:>6.0f} MB")
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in batches:
+            for n in threads:
+                base = None
+                for weight_dtype, isa in _precisions():
+                    first = base is None
+                    save = os.path.join(tmp, f"{batch}-{n}-{weight_dtype}-{isa}.pt")
+                    spec = json.dumps({"batch": batch, "threads": n, "rounds": rounds if batch == 1 else 1,
+                                       "forwards": forwards if batch == 1 else 1, "weight_dtype": weight_dtype,
+                                       "isa": isa, "naive": first, "save": save})
+                    res = subprocess.run([sys.executable, "-m", "arkern.bench.pixelcnn", "--cifar-run", spec],
+                                         env=env, check=True, capture_output=True, text=True)
+                    got = json.loads(res.stdout.strip().splitlines()[-1])
+                    images = torch.load(save, weights_only=True)
+                    if first:
+                        base = (got, images)
+                    got.update(batch=batch, threads=n, weight_dtype=weight_dtype, naive=base[0]["naive"],
+                               same_images=(images == base[1]).flatten(1).all(1).double().mean().item(),
+                               same_levels=(images == base[1]).double().mean().item())
+                    rows.append(got)
+                    printer(f"{batch:>3} {n:>3} {weight_dtype:>8} {got['isa']:>6} {batch / got['fused']:>11.3f} "
+                            f"{batch / got['naive']:>12.5f} {got['naive'] / got['fused']:>10.0f}x "
+                            f"{base[0]['fused'] / got['fused']:>6.2f}x {got['same_images']:>8.2f} "
+                            f"{got['rss_peak_mb']:>6.0f} MB {got['rss_model_mb']:>6.0f} MB")
+    printer("same img: fraction of the images identical to float32's from the same noise (levels: "
+            + ", ".join(f"{r['same_levels']:.3f}" for r in rows if r["weight_dtype"] != "float32") + ")")
+    printer(f"load average {os.getloadavg()[0]:.2f} at the end")
     best = max(rows, key=lambda r: r["batch"] / r["fused"])
     ips = best["batch"] / best["fused"]
     printer(f"{samples} samples: {samples / ips / 60:.1f} min at the fastest measured setting (batch {best['batch']}, "
-            f"{best['threads']} thread{'s' if best['threads'] > 1 else ''}, {ips:.3f} img/s), extrapolated")
+            f"{best['threads']} thread{'s' if best['threads'] > 1 else ''}, {best['weight_dtype']} {best['isa']}, "
+            f"{ips:.3f} img/s), extrapolated")
     return rows
 
 

@@ -42,8 +42,8 @@ from arkern.distributions import check_warpers, mixture_params_size
 from arkern.ops._library import LIB, same_device
 from arkern.ops._validate import check_uniforms
 from arkern.ops.amx_layout import pack_vnni
-from arkern.reference.pixelcnn_decode import pad16
 from arkern.reference import pixelcnnpp_decode as ref
+from arkern.reference.pixelcnn_decode import pad16
 from arkern.reference.pixelcnnpp_decode import PixelCNNppLayout
 
 OP = "pixelcnnpp_generate"
