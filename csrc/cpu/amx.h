@@ -207,6 +207,66 @@ ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t 
   }
 }
 
+// The same as block() with the inputs read where they live: the 32 inputs of k-block kk (counted over all
+// parts) of row r at xk[kk] + r * ldx, e.g. one column of a cache that stores a group's rows side by side.
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, const Part* parts, int nparts,
+                                       int64_t ob, int64_t r, float* y, int64_t ldy) {
+  _tile_zero(0);
+  if constexpr (NR > 1) _tile_zero(1);
+  if constexpr (MR > 1) _tile_zero(2);
+  if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+  const int64_t xs = ldx * 2;
+  for (int p = 0; p < nparts; ++p) {
+    const int64_t kb = parts[p].kb;
+    const uint16_t* w = parts[p].w + ob * kb * kTileElems;
+    for (int64_t k = 0; k < kb; ++k) {
+      const uint16_t* x = xk[k] + r * ldx;
+      _tile_loadd(4, x, xs);
+      if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx, xs);
+      _tile_loadd(6, w + k * kTileElems, 64);
+      if constexpr (NR > 1) _tile_loadd(7, w + (kb + k) * kTileElems, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+    xk += kb;
+  }
+  const int64_t ys = ldy * 4;
+  _tile_stored(0, y, ys);
+  if constexpr (NR > 1) _tile_stored(1, y + 16, ys);
+  if constexpr (MR > 1) _tile_stored(2, y + kTileRows * ldy, ys);
+  if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
+}
+
+// matmul() with the inputs read where they live (block_at): Y[r] = sum over k-blocks kk of the 32 inputs at
+// xk[kk] + r * ldx times their weights, for r < rows16 (a multiple of 16; every row readable and, where W has
+// zero-padded columns, zero). The same sums in the same order as matmul() on the same inputs.
+ARKERN_AMX_TARGET inline void matmul_at(const uint16_t* const* xk, int64_t rows16, int64_t ldx, const Part* parts,
+                                        int nparts, int64_t mp, float* y, int64_t ldy) {
+  const int64_t nblk = mp / 16;
+  for (int64_t ob = 0; ob < nblk; ob += 2) {
+    float* yb = y + ob * 16;
+    const bool two = ob + 1 < nblk;
+    int64_t r = 0;
+    for (; r + 2 * kTileRows <= rows16; r += 2 * kTileRows) {
+      if (two) {
+        block_at<2, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+      } else {
+        block_at<2, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+      }
+    }
+    if (r < rows16) {
+      if (two) {
+        block_at<1, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+      } else {
+        block_at<1, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+      }
+    }
+  }
+}
+
 #endif  // ARKERN_HAVE_AMX
 
 // The tile configuration of matmul() for the life of the scope, on this thread (loaded on entering the
