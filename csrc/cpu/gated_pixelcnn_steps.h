@@ -14,11 +14,10 @@ namespace arkern_pixelcnn {
 template <typename T, typename WT>
 void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
   const int64_t h = d.h, L = d.depth, hp = pad16(2 * h), cv = d.kw_a / 2;
-  const auto link_at = [&](int64_t b, int64_t l, int64_t j) { return s.link[b] + (l * W + j) * hp; };
   if (i == 0 && !d.aligned) {  // nothing above row 0: the link sees zeros, its output is its bias
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t l = 0; l < L; ++l)
-        for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(b, l, j));
+        for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(s, b, l, j));
     return;
   }
   const int64_t ip = d.aligned ? i : i - 1, total = nb * W;
@@ -38,7 +37,7 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
         product(vm, n, s.pg, s, s.pv.data());
       }
       T* out[kChunk];
-      for (int64_t q = 0; q < n; ++q) out[q] = link_at((p0 + q) / W, l, (p0 + q) % W);
+      for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, (p0 + q) / W, l, (p0 + q) % W);
       if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
       for (int64_t q = 0; q < n; ++q) {
         const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
@@ -98,7 +97,7 @@ void Runner<T, WT>::horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k,
 
 template <typename T, typename WT>
 void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
-  const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth, hp = pad16(2 * h);
+  const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t cin = d.cin(l), allowed = (l == 0 ? g : g + 1) * (cin / C), ch = d.kwh(l) / 2;
     const int64_t kh = gx(l, 2 + g);
@@ -114,7 +113,7 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
     }
     for (int64_t b = 0; b < nb; ++b) {
       T* pre = s.y[b];
-      const T* lk = s.link[b] + (l * W + j) * hp + g * 2 * hg;
+      const T* lk = link_at(s, b, l, j) + g * 2 * hg;
       for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += lk[m];
       if (cond != nullptr) {
         const T* c = cond + ((r0 + b) * L + l) * 2 * h + g * 2 * hg;

@@ -180,12 +180,21 @@ struct Runner {
   // Per-group scratch (every buffer one per batch row of the group).
   struct Scratch {
     std::vector<T> mem;
-    std::vector<T*> gat, y, x, act, hin1, hin2, link, pg, pv, part, yp;
+    std::vector<T*> gat, y, x, act, hin1, hin2, pg, pv, part, yp;
+    T* link = nullptr;       // Gated: the link rows, (layer, column, batch row, pad16(2h)) (link_at)
+    int64_t rows = 0;        // the group's batch rows
     int64_t pstride = 0;     // floats per partial-sum vector (the largest padded spatial-conv height)
     bool whole_convs = false;  // on AMX tiles with a full tile of rows: every spatial conv in one product per pixel
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
+    // PixelCNN with whole convs: per spatial conv whose taps come in 32-input blocks of one column (see
+    // init_shadows), its ring in bfloat16 as the tiles read it, else empty; a column of zeros (the rows above
+    // the image); the tiles' input blocks and products.
+    std::vector<std::vector<uint16_t>> shadow;
+    std::vector<uint16_t> zeros;
+    std::vector<const uint16_t*> xk;
+    std::vector<float> yt;
     arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
   };
 
@@ -227,7 +236,9 @@ struct Runner {
     carve(s.act, nb, act);
     carve(s.hin1, nb, h);
     carve(s.hin2, nb, d.hh);
-    carve(s.link, nb, link);
+    s.link = p;
+    p += nb * link;
+    s.rows = nb;
     carve(s.part, nb, part);
     if (d.kind == 1) {
       carve(s.pg, kChunk, n_v);
@@ -249,6 +260,7 @@ struct Runner {
           std::fill(r.p, r.p + r.rows * r.cols * r.cin, T(0));
         }
     }
+    if (d.kind == 0 && whole_convs) init_shadows(r0, nb, s);
     for (int64_t i = row_begin; i < row_end; ++i) {
       if (d.kind == 1) {
         gated_row(i, r0, nb, s);
@@ -295,6 +307,19 @@ struct Runner {
     if (c == 0) return {0, d.kh_a / 2, d.kw_a, d.kw_a / 2, d.cin(0)};
     return {1 + per_block() * (c - 1), d.kh_b / 2, d.kw_b, d.kw_b / 2, d.h};
   }
+  // Gated: the link row of layer l at column j for batch row b of the group. A pixel reads one contiguous run
+  // per layer (all the group's rows), so that the hardware prefetchers stream the link rows back from memory.
+  T* link_at(const Scratch& s, int64_t b, int64_t l, int64_t j) const {
+    return s.link + ((l * W + j) * s.rows + b) * pad16(2 * d.h);
+  }
+  // PixelCNN: where input channel ch (a multiple of 32) of ring row `slot`, column col, batch row b of the group
+  // sits in the bfloat16 copy of spatial conv c's ring (Scratch::shadow, init_shadows).
+  uint16_t* shadow_at(Scratch& s, int64_t c, int64_t slot, int64_t col, int64_t b, int64_t ch) const {
+    const auto& sh = cshape[c];  // ring rows, columns, input channels
+    const int64_t r16 = arkern_amx::pad_rows(s.rows);
+    return s.shadow[c].data() + (((slot * sh[1] + col) * (sh[2] / arkern_amx::kTileK) + ch / arkern_amx::kTileK) * r16 + b) *
+                                    arkern_amx::kTileK + ch % arkern_amx::kTileK;
+  }
   T* partial(const Scratch& s, int64_t b, int64_t c, int64_t g, int64_t j) const {
     return s.part[b] + ((c * d.C + g) * W + j) * s.pstride;
   }
@@ -313,6 +338,8 @@ struct Runner {
   }
 
   // PixelCNN (pixelcnn_steps.h).
+  void init_shadows(int64_t r0, int64_t nb, Scratch& s) const;
+  T* const* conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t g, int64_t nb, Scratch& s) const;
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
   void pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
   T* const* conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const;

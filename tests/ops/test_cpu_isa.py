@@ -180,6 +180,29 @@ def test_wavenet_tiles_are_the_same_weights():
 
 # ---------------------------------------------------------------- PixelCNN / Gated PixelCNN at every level
 
+@pytest.mark.parametrize("isa", [p for p in ISAS if p.id == "amx"])
+# channels and colour groups multiples of 32: on AMX tiles with a full tile of rows the blocks' convs read a
+# bfloat16 copy of their rings, and the float32 rings keep only the rows a call leaves behind; 3 calls, one of a
+# single row; "plain": a 5x5 kernel (2 rows above), no residual 1x1
+@pytest.mark.parametrize("kind,c,hidden", [("pixelcnn", 1, 64), ("pixelcnn", 3, 96), ("plain", 1, 32)])
+def test_pixelcnn_bfloat16_rings_on_tiles(isa, kind, c, hidden, at_isa, one_thread):
+    _need_kernel()
+    model = image_model(kind, c, k=11, hidden=hidden)
+    n, h, w = 17, 5, 4
+    packed = family_of(model).pack(model, torch.bfloat16)
+    noise = draw_noise(model, n, (h, w), seed=6)
+    out = {}
+    for backend in ("reference", "cpu"):
+        caches, image = packed.new_caches(n, h, w), torch.zeros(n, c, h, w, dtype=torch.int64)
+        logits = [pixelcnn_generate(packed, caches, image, noise, row_begin=r0, row_end=r1, return_logits=True,
+                                    backend=backend) for r0, r1 in ((0, 1), (1, 4), (4, h))]
+        out[backend] = (image, torch.cat(logits, 1), caches)
+    assert torch.equal(out["cpu"][0], out["reference"][0])
+    assert_close_rounded(out["cpu"][1], out["reference"][1], name="logits", dtype=torch.float32)
+    for k, (got, want) in enumerate(zip(out["cpu"][2], out["reference"][2])):
+        assert_close_rounded(got, want, name=f"cache {k}", dtype=torch.float32)
+    assert last_cpu_isa("pixelcnn_generate") == "amx"
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 # 5 rows: AMX tiles padded to 16; 5 x 6: the row pass multiplies 30 (row, column) pairs, one partial piece of
