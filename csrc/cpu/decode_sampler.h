@@ -19,6 +19,35 @@ inline double max_of(const double* z, int64_t k) {
   double mx = -std::numeric_limits<double>::infinity();
   int64_t i = 0;
 #if defined(__AVX512F__)
+  if (k >= 64) {
+    // Four independent chains: the maximum of numbers does not depend on the order (only the sign of a zero
+    // maximum may, which z - max does not see). With a NaN the order matters (VMAXPD returns its second
+    // operand): such a row takes the single chain below, as before.
+    const __m512d lo = _mm512_set1_pd(mx);
+    __m512d m0 = lo, m1 = lo, m2 = lo, m3 = lo;
+    __mmask8 nan = 0;
+    for (; i + 32 <= k; i += 32) {
+      const __m512d a = _mm512_loadu_pd(z + i), b = _mm512_loadu_pd(z + i + 8);
+      const __m512d c = _mm512_loadu_pd(z + i + 16), d = _mm512_loadu_pd(z + i + 24);
+      nan |= _mm512_cmp_pd_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_pd_mask(c, d, _CMP_UNORD_Q);
+      m0 = _mm512_max_pd(m0, a);
+      m1 = _mm512_max_pd(m1, b);
+      m2 = _mm512_max_pd(m2, c);
+      m3 = _mm512_max_pd(m3, d);
+    }
+    for (; i + 8 <= k; i += 8) {
+      const __m512d a = _mm512_loadu_pd(z + i);
+      nan |= _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q);
+      m0 = _mm512_max_pd(m0, a);
+    }
+    for (int64_t r = i; r < k; ++r) nan |= static_cast<__mmask8>(std::isnan(z[r]));
+    if (nan == 0) {
+      mx = _mm512_reduce_max_pd(_mm512_max_pd(_mm512_max_pd(m0, m1), _mm512_max_pd(m2, m3)));
+      for (; i < k; ++i) mx = std::max(mx, z[i]);
+      return mx;
+    }
+    i = 0;
+  }
   __m512d m = _mm512_set1_pd(mx);
   for (; i + 8 <= k; i += 8) m = _mm512_max_pd(m, _mm512_loadu_pd(z + i));
   mx = _mm512_reduce_max_pd(m);
@@ -45,10 +74,11 @@ inline void exp_shifted(const double* z, double mx, double* e, int64_t k) {
 // The class drawn by inverse CDF of softmax(logits / temperature), restricted to the top-k logits and the
 // top-p nucleus, at uniform u: the same steps in the same order as arkern.distributions.sample_categorical.
 // Up to kRows rows are drawn together: each row's running sum stays sequential in class order (as torch's
-// cumsum), but the rows' sums are interleaved so that their dependency chains overlap.
+// cumsum), but the rows' sums are interleaved so that their dependency chains overlap (8 chains keep both
+// floating-point adders busy).
 // NaN logits cannot make it read out of bounds (sort keys treat NaN as the smallest value).
 struct Sampler {
-  static constexpr int kRows = 4;
+  static constexpr int kRows = 8;
   double temperature;
   int64_t top_k;  // 0: off
   double top_p;   // >= 1: off
@@ -64,6 +94,10 @@ struct Sampler {
       const int64_t m = std::min<int64_t>(kRows, n - r0);
       for (int64_t r = 0; r < m; ++r) kept_weights(logits[r0 + r], k, e.data() + r * k);
       switch (m) {
+        case 8: running_sums<8>(k); break;
+        case 7: running_sums<7>(k); break;
+        case 6: running_sums<6>(k); break;
+        case 5: running_sums<5>(k); break;
         case 4: running_sums<4>(k); break;
         case 3: running_sums<3>(k); break;
         case 2: running_sums<2>(k); break;
@@ -112,14 +146,23 @@ struct Sampler {
   void running_sums(int64_t k) {
     double c[R] = {};
     for (int64_t i = 0; i < k; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) cum[r * k + i] = (c[r] += e[r * k + i]);
   }
 
   // The first class whose running sum exceeds u * total; past the end (u * total rounds up to the
   // total): the last class kept.
   static int64_t pick(const double* e_row, const double* cum_row, int64_t k, double u) {
-    const int64_t idx = std::upper_bound(cum_row, cum_row + k, u * cum_row[k - 1]) - cum_row;
+    // std::upper_bound's probes (the same halving, the same comparisons, so the same index even for sums
+    // that are not sorted, e.g. with a NaN), without branches: the drawn class is unpredictable.
+    const double v = u * cum_row[k - 1];
+    int64_t idx = 0, len = k;
+    while (len > 0) {
+      const int64_t half = len >> 1;
+      const bool right = !(v < cum_row[idx + half]);
+      idx = right ? idx + half + 1 : idx;
+      len = right ? len - half - 1 : half;
+    }
     if (idx < k) return idx;
     for (int64_t i = k - 1; i >= 0; --i)
       if (e_row[i] > 0) return i;
