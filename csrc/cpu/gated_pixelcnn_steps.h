@@ -25,9 +25,20 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
     const Mat<T, WT>& vm = mats[gx(l, 0)];
     const Mat<T, WT>& lm = mats[gx(l, 1)];
     const int64_t kh = d.khv(l), kw = d.kwv(l);
-    for (int64_t p0 = 0; p0 < total; p0 += kChunk) {
-      const int64_t n = std::min(kChunk, total - p0);
-      if (on_tiles) {
+    // With a bfloat16 ring (init_shadows) a chunk is one column of the group's rows, (row, column) pair
+    // p0 + q at row (p0 + q) % nb; else nb rows of consecutive columns, at row (p0 + q) / W. On tiles each
+    // pair's sums do not depend on the chunk.
+    const bool bf16_ring = shadowed(s, 2 * l);
+    const int64_t chunk = bf16_ring ? nb : kChunk;
+    const auto row_of = [&](int64_t p) { return bf16_ring ? p % nb : p / W; };
+    const auto col_of = [&](int64_t p) { return bf16_ring ? p / nb : p % W; };
+    for (int64_t p0 = 0; p0 < total; p0 += chunk) {
+      const int64_t n = std::min(chunk, total - p0);
+      if (bf16_ring) {
+        const float* y = shadow_product(s, 2 * l, ip - kh + 1, kh, kw, 0, col_of(p0), tiles[gx(l, 0)], 0, vm);
+        for (int64_t q = 0; q < n; ++q)
+          for (int64_t o = 0; o < vm.mp; ++o) s.pv[q][o] = y[q * vm.mp + o] + vm.b[o];
+      } else if (on_tiles) {
         vertical_tiles(l, ip, p0, n, r0, s);
       } else {
         for (int64_t q = 0; q < n; ++q) {
@@ -37,15 +48,19 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
         product(vm, n, s.pg, s, s.pv.data());
       }
       T* out[kChunk];
-      for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, (p0 + q) / W, l, (p0 + q) % W);
+      for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, row_of(p0 + q), l, col_of(p0 + q));
       if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
       for (int64_t q = 0; q < n; ++q) {
-        const int64_t b = (p0 + q) / W, j = (p0 + q) % W;
+        const int64_t b = row_of(p0 + q), j = col_of(p0 + q);
         if (cond != nullptr) {
           const T* c = cond + ((r0 + b) * L + l) * 2 * h;
           for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
         }
-        if (l + 1 < L) gate_row(s.pv[q], s.pv[q] + h, ring(2 * (l + 1), r0 + b).at(ip, j + cv), h);
+        if (l + 1 < L) {
+          T* dst = ring(2 * (l + 1), r0 + b).at(ip, j + cv);
+          gate_row(s.pv[q], s.pv[q] + h, dst, h);
+          if (shadowed(s, 2 * (l + 1))) shadow_put(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0, dst, h);
+        }
       }
       if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
     }
@@ -101,12 +116,20 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
   for (int64_t l = 0; l < L; ++l) {
     const int64_t cin = d.cin(l), allowed = (l == 0 ? g : g + 1) * (cin / C), ch = d.kwh(l) / 2;
     const int64_t kh = gx(l, 2 + g);
+    // With a bfloat16 ring (init_shadows) the float32 ring needs only the row the call leaves behind.
+    const bool bf16_ring = shadowed(s, 2 * l + 1), keep = !bf16_ring || i == row_end - 1;
     for (int64_t b = 0; b < nb; ++b) {
       const Ring<T> r = ring(2 * l + 1, r0 + b);
-      if (l > 0) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
+      if (l > 0 && keep) std::copy_n(s.x[b] + g * hg, hg, r.at(i, j + ch) + g * hg);
+      if (bf16_ring) shadow_put(s, 2 * l + 1, 0, j + ch, b, g * hg, s.x[b] + g * hg, hg);
       if (!on_tiles) r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
     }
-    if (on_tiles) {
+    if (bf16_ring) {
+      const Mat<T, WT>& m = mats[kh];
+      const float* y = shadow_product(s, 2 * l + 1, i, 0, d.kwh(l), m.n, j, tiles[kh], 0, m);
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t o = 0; o < m.mp; ++o) s.y[b][o] = y[b * m.mp + o] + m.b[o];
+    } else if (on_tiles) {
       horizontal_tiles(l, i, j, kh, r0, nb, s);
     } else {
       product(mats[kh], nb, s.gat, s, s.y.data());

@@ -188,9 +188,9 @@ struct Runner {
     std::vector<const T*> in;
     std::vector<double> u;   // the rows' uniforms of one draw
     std::vector<int64_t> v;  // the rows' drawn levels
-    // PixelCNN with whole convs: per spatial conv whose taps come in 32-input blocks of one column (see
-    // init_shadows), its ring in bfloat16 as the tiles read it, else empty; a column of zeros (the rows above
-    // the image); the tiles' input blocks and products.
+    // On AMX tiles: per cache whose taps come in 32-input blocks of one column (init_shadows), its ring in
+    // bfloat16 as the tiles read it, else empty; a column of zeros (the rows above the image); the tiles'
+    // input blocks and products.
     std::vector<std::vector<uint16_t>> shadow;
     std::vector<uint16_t> zeros;
     std::vector<const uint16_t*> xk;
@@ -260,7 +260,7 @@ struct Runner {
           std::fill(r.p, r.p + r.rows * r.cols * r.cin, T(0));
         }
     }
-    if (d.kind == 0 && whole_convs) init_shadows(r0, nb, s);
+    if (on_tiles) init_shadows(r0, nb, s);
     for (int64_t i = row_begin; i < row_end; ++i) {
       if (d.kind == 1) {
         gated_row(i, r0, nb, s);
@@ -312,8 +312,8 @@ struct Runner {
   T* link_at(const Scratch& s, int64_t b, int64_t l, int64_t j) const {
     return s.link + ((l * W + j) * s.rows + b) * pad16(2 * d.h);
   }
-  // PixelCNN: where input channel ch (a multiple of 32) of ring row `slot`, column col, batch row b of the group
-  // sits in the bfloat16 copy of spatial conv c's ring (Scratch::shadow, init_shadows).
+  // Where input channel ch (a multiple of 32) of ring row `slot`, column col, batch row b of the group sits in
+  // the bfloat16 copy of cache c (Scratch::shadow, init_shadows).
   uint16_t* shadow_at(Scratch& s, int64_t c, int64_t slot, int64_t col, int64_t b, int64_t ch) const {
     const auto& sh = cshape[c];  // ring rows, columns, input channels
     const int64_t r16 = arkern_amx::pad_rows(s.rows);
@@ -337,8 +337,86 @@ struct Runner {
     }
   }
 
+  // On AMX tiles, the caches of the block convs (PixelCNN, with whole convs) and of the vertical (a group of
+  // a multiple of 16 rows) and horizontal stacks (Gated, from the second layer) whose taps come in blocks of 32
+  // inputs within one column (input channels and colour groups multiples of 32) keep a bfloat16 copy of their
+  // ring: (ring row, column, block of 32 input channels, row of the group (padded to 16 rows of zeros), 32
+  // channels), see shadow_at. The tiles then load each window from it directly (a tile is 1 KB in one run),
+  // instead of rounding it from the rows' float32 rings into an input block: the same bfloat16 values (to_bf16
+  // of the same floats), half the bytes, one contiguous run per column for the prefetchers. The float32 rings
+  // keep only the rows a call leaves behind where nothing else reads them (PixelCNN, Gated horizontal).
+  void init_shadows(int64_t r0, int64_t nb, Scratch& s) const {
+    s.shadow.assign(caches.size(), {});
+#if ARKERN_HAVE_AMX
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      constexpr int64_t kK = arkern_amx::kTileK;
+      const int64_t r16 = arkern_amx::pad_rows(nb);
+      const auto fits = [&](int64_t cin) { return cin % kK == 0 && (cin / d.C) % kK == 0; };
+      std::vector<bool> want(caches.size(), false);
+      if (d.kind == 0 && s.whole_convs) {
+        for (int64_t c = 1; c <= d.depth; ++c) want[c] = conv(c).above > 0 && fits(conv(c).cin);
+      } else if (d.kind == 1) {
+        for (int64_t l = 1; l < d.depth; ++l) {
+          want[2 * l] = nb % arkern_amx::kTileRows == 0 && fits(d.cin(l));
+          want[2 * l + 1] = fits(d.cin(l));
+        }
+      }
+      for (size_t c = 0; c < caches.size(); ++c) {
+        if (!want[c]) continue;
+        const auto& sh = cshape[c];  // ring rows, columns, input channels
+        s.shadow[c].assign(static_cast<size_t>(sh[0] * sh[1] * r16 * sh[2]), uint16_t{0});
+        for (int64_t slot = 0; slot < sh[0]; ++slot)
+          for (int64_t col = 0; col < sh[1]; ++col)
+            for (int64_t b = 0; b < nb; ++b)
+              for (int64_t ch = 0; ch < sh[2]; ch += kK)
+                arkern_amx::to_bf16(ring(c, r0 + b).at(slot, col) + ch, kK, shadow_at(s, c, slot, col, b, ch));
+        s.zeros.assign(std::max(s.zeros.size(), static_cast<size_t>(r16 * kK)), uint16_t{0});
+      }
+    }
+#else
+    (void)r0, (void)nb;
+#endif
+  }
+
+  bool shadowed(const Scratch& s, size_t c) const { return c < s.shadow.size() && !s.shadow[c].empty(); }
+
+  // Values n (a multiple of 32) of batch row b from src into the bfloat16 copy of cache c at (slot, col, ch).
+  void shadow_put(Scratch& s, size_t c, int64_t slot, int64_t col, int64_t b, int64_t ch, const T* src, int64_t n) const {
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      for (int64_t q = 0; q < n; q += arkern_amx::kTileK)
+        arkern_amx::to_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+    } else {
+      (void)s, (void)c, (void)slot, (void)col, (void)b, (void)ch, (void)src, (void)n;
+    }
+  }
+
+  // W x on tiles for every row of the group, x the window of cache c read from its bfloat16 copy: `rows`
+  // whole kernel rows of kw columns from image row top (zeros above the image), then `tail` inputs of the next
+  // row, from column col; w: the matrix m's AMX copy, cut after its first `cut` inputs (tile_splits; 0: not
+  // cut). Returns the products, pad_rows(nb) x m.mp.
+  const float* shadow_product(Scratch& s, size_t c, int64_t top, int64_t rows, int64_t kw, int64_t tail,
+                              int64_t col, const uint16_t* w, int64_t cut, const Mat<T, WT>& m) const {
+#if ARKERN_HAVE_AMX
+    constexpr int64_t kK = arkern_amx::kTileK;
+    const int64_t cin = cshape[c][2], slots = cshape[c][0], per_row = kw * cin / kK;
+    const int64_t kb = (rows * kw * cin + tail) / kK;
+    s.xk.resize(static_cast<size_t>(kb));
+    for (int64_t kk = 0; kk < kb; ++kk) {
+      const int64_t row = top + kk / per_row, off = (kk % per_row) * kK;
+      s.xk[kk] = row < 0 ? s.zeros.data() : shadow_at(s, c, row % slots, col + off / cin, 0, off % cin);
+    }
+    const arkern_amx::Part parts[2] = {{w, cut / kK}, {w + m.mp * cut, kb - cut / kK}};
+    const int64_t r16 = arkern_amx::pad_rows(s.rows);
+    s.yt.resize(static_cast<size_t>(r16 * m.mp));
+    arkern_amx::matmul_at(s.xk.data(), r16, kK, cut > 0 ? parts : parts + 1, cut > 0 && kb > cut / kK ? 2 : 1,
+                          m.mp, s.yt.data(), m.mp);
+#else
+    (void)c, (void)top, (void)rows, (void)kw, (void)tail, (void)col, (void)w, (void)cut, (void)m;
+#endif
+    return s.yt.data();
+  }
+
   // PixelCNN (pixelcnn_steps.h).
-  void init_shadows(int64_t r0, int64_t nb, Scratch& s) const;
   T* const* conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t g, int64_t nb, Scratch& s) const;
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
   void pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;

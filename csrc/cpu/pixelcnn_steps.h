@@ -88,69 +88,25 @@ void Runner<T, WT>::pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratc
 
 // Output group g of spatial conv c at (i, j) for the nb rows: the row-start partial sum plus the taps of
 // row i (inputs left of the centre, and the centre's allowed groups). Returns the output rows.
-// With whole convs on AMX tiles, the spatial convs of the blocks whose taps come in blocks of 32 inputs within
-// one column (input channels and groups multiples of 32) keep a bfloat16 copy of their ring: (ring row, column,
-// block of 32 input channels, row of the group (padded to 16 rows of zeros), 32 channels), see shadow_at. The
-// tiles then load each pixel's window from it directly (a tile is 1 KB in one run), instead of rounding it from
-// the rows' float32 rings into an input block: the same bfloat16 values (to_bf16 of the same floats), half the
-// bytes, and one contiguous run per column for the prefetchers. The float32 rings then need only the rows the call
-// leaves behind (pixelcnn_step).
-template <typename T, typename WT>
-void Runner<T, WT>::init_shadows(int64_t r0, int64_t nb, Scratch& s) const {
-  s.shadow.assign(static_cast<size_t>(1 + d.depth), {});
-#if ARKERN_HAVE_AMX
-  if constexpr (std::is_same_v<WT, at::BFloat16>) {
-    const int64_t r16 = arkern_amx::pad_rows(nb);
-    for (int64_t c = 1; c <= d.depth; ++c) {
-      const Conv cv = conv(c);
-      if (cv.above == 0 || cv.cin % arkern_amx::kTileK != 0 || (cv.cin / d.C) % arkern_amx::kTileK != 0) continue;
-      const auto& sh = cshape[c];  // ring rows, columns, input channels
-      auto& v = s.shadow[c];
-      v.assign(static_cast<size_t>(sh[0] * sh[1] * r16 * sh[2]), uint16_t{0});
-      for (int64_t slot = 0; slot < sh[0]; ++slot)
-        for (int64_t col = 0; col < sh[1]; ++col)
-          for (int64_t b = 0; b < nb; ++b)
-            for (int64_t ch = 0; ch < sh[2]; ch += arkern_amx::kTileK)
-              arkern_amx::to_bf16(ring(c, r0 + b).at(slot, col) + ch, arkern_amx::kTileK,
-                                  shadow_at(s, c, slot, col, b, ch));
-      s.zeros.assign(std::max(s.zeros.size(), static_cast<size_t>(r16 * arkern_amx::kTileK)), uint16_t{0});
-    }
-  }
-#else
-  (void)r0, (void)nb;
-#endif
-}
-
 // conv_at for a conv with a bfloat16 ring (init_shadows): the whole window of every row at once, the tiles
-// loading its 32-input blocks from the ring's columns; the same inputs, sums and order as conv_at's input block.
+// loading its 32-input blocks from the ring's columns (shadow_product); the same inputs, sums and order as
+// conv_at's input block.
 template <typename T, typename WT>
 T* const* Runner<T, WT>::conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t g, int64_t nb, Scratch& s) const {
-#if ARKERN_HAVE_AMX
   if constexpr (std::is_same_v<WT, at::BFloat16>) {
-    constexpr int64_t kK = arkern_amx::kTileK;
     const Conv cv = conv(c);
-    const int64_t k = px(cv.layer, g), cin = cv.cin, slots = cshape[c][0];
+    const int64_t k = px(cv.layer, g);
     const Mat<T, WT>& m = mats[k];
-    const int64_t na = cv.above * cv.kw * cin, kb1 = na / kK, kb2 = (m.n - na) / kK, per_row = cv.kw * cin / kK;
-    const int64_t r16 = arkern_amx::pad_rows(nb);
-    s.xk.resize(static_cast<size_t>(kb1 + kb2));
-    for (int64_t kk = 0; kk < kb1; ++kk) {  // the rows above (zeros above the image), then row i
-      const int64_t row = i - cv.above + kk / per_row, off = (kk % per_row) * kK;
-      s.xk[kk] = row < 0 ? s.zeros.data() : shadow_at(s, c, row % slots, j + off / cin, 0, off % cin);
-    }
-    for (int64_t kk = 0; kk < kb2; ++kk) s.xk[kb1 + kk] = shadow_at(s, c, i % slots, j + kk * kK / cin, 0, kk * kK % cin);
-    const arkern_amx::Part parts[2] = {{tiles[k], kb1}, {tiles[k] + m.mp * na, kb2}};
-    s.yt.resize(static_cast<size_t>(r16 * m.mp));
-    arkern_amx::matmul_at(s.xk.data(), r16, kK, parts, kb2 > 0 ? 2 : 1, m.mp, s.yt.data(), m.mp);
+    const int64_t na = cv.above * cv.kw * cv.cin;
+    const float* y = shadow_product(s, c, i - cv.above, cv.above, cv.kw, m.n - na, j, tiles[k], na, m);
     for (int64_t b = 0; b < nb; ++b) {
-      const float* yb = s.yt.data() + b * m.mp;
+      const float* yb = y + b * m.mp;
       s.yp[b] = s.y[b];
       for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
     }
+  } else {
+    (void)c, (void)i, (void)j, (void)g, (void)nb;
   }
-#else
-  (void)c, (void)i, (void)j, (void)g, (void)nb;
-#endif
   return s.yp.data();
 }
 
@@ -162,7 +118,7 @@ T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int
   const int64_t k = px(cv.layer, g);
   const Mat<T, WT>& m = mats[k];
   if constexpr (std::is_same_v<WT, at::BFloat16>) {
-    if (s.whole_convs && na > 0 && !s.shadow.empty() && !s.shadow[c].empty()) return conv_shadowed(c, i, j, g, nb, s);
+    if (s.whole_convs && na > 0 && shadowed(s, c)) return conv_shadowed(c, i, j, g, nb, s);
     if (s.whole_convs && na > 0) {  // the taps of the rows above, then of row i, straight from the ring
       arkern_amx::Batch& batch = arkern_amx::thread_batch();
       const int64_t run = cv.kw * cv.cin, n = m.n - na;
@@ -215,17 +171,12 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
   for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
   for (int64_t k = 0; k < d.depth; ++k) {
     // With a bfloat16 ring (init_shadows) the float32 ring needs only the rows the call leaves behind.
-    const bool shadowed = !s.shadow.empty() && !s.shadow[1 + k].empty();
-    const bool keep = !shadowed || i >= row_end - cshape[1 + k][0];
+    const bool bf16_ring = shadowed(s, 1 + k);
+    const bool keep = !bf16_ring || i >= row_end - cshape[1 + k][0];
     for (int64_t b = 0; b < nb; ++b) {
       T* dst = keep ? ring(1 + k, r0 + b).at(i, j + cb) + g * hg : s.gat[b];
       for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
-      if constexpr (std::is_same_v<WT, at::BFloat16>) {
-        if (shadowed)
-          for (int64_t ch = 0; ch < hg; ch += arkern_amx::kTileK)
-            arkern_amx::to_bf16(dst + ch, arkern_amx::kTileK,
-                                shadow_at(s, 1 + k, i % cshape[1 + k][0], j + cb, b, g * hg + ch));
-      }
+      if (bf16_ring) shadow_put(s, 1 + k, i % cshape[1 + k][0], j + cb, b, g * hg, dst, hg);
     }
     y = conv_at(1 + k, i, j, g, r0, nb, s);
     if (!d.residual) {  // a plain block: its conv's output is the next block's input

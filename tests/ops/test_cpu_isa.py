@@ -181,21 +181,25 @@ def test_wavenet_tiles_are_the_same_weights():
 # ---------------------------------------------------------------- PixelCNN / Gated PixelCNN at every level
 
 @pytest.mark.parametrize("isa", [p for p in ISAS if p.id == "amx"])
-# channels and colour groups multiples of 32: on AMX tiles with a full tile of rows the blocks' convs read a
-# bfloat16 copy of their rings, and the float32 rings keep only the rows a call leaves behind; 3 calls, one of a
-# single row; "plain": a 5x5 kernel (2 rows above), no residual 1x1
-@pytest.mark.parametrize("kind,c,hidden", [("pixelcnn", 1, 64), ("pixelcnn", 3, 96), ("plain", 1, 32)])
-def test_pixelcnn_bfloat16_rings_on_tiles(isa, kind, c, hidden, at_isa, one_thread):
+# channels and colour groups multiples of 32: on AMX tiles the PixelCNN block convs (with a full tile of rows)
+# and the Gated vertical (rows a multiple of 16) and horizontal stacks read a bfloat16 copy of their rings, and
+# some float32 rings keep only the rows a call leaves behind; 3 calls, one of a single row; "plain": a 5x5
+# kernel (2 rows above), no residual 1x1; Gated with 3 colours: class-conditional
+@pytest.mark.parametrize("kind,c,hidden,n", [("pixelcnn", 1, 64, 17), ("pixelcnn", 3, 96, 17), ("plain", 1, 32, 17),
+                                             ("gated", 1, 64, 16), ("gated", 3, 96, 17)])
+def test_pixelcnn_bfloat16_rings_on_tiles(isa, kind, c, hidden, n, at_isa, one_thread):
     _need_kernel()
-    model = image_model(kind, c, k=11, hidden=hidden)
-    n, h, w = 17, 5, 4
+    labels = 4 if kind == "gated" and c == 3 else None
+    model = image_model(kind, c, k=11, hidden=hidden, labels=labels)
+    h, w = 5, 4
     packed = family_of(model).pack(model, torch.bfloat16)
+    cond = family_of(model).fused_condition(model, packed, None if labels is None else torch.arange(n) % labels)
     noise = draw_noise(model, n, (h, w), seed=6)
     out = {}
     for backend in ("reference", "cpu"):
         caches, image = packed.new_caches(n, h, w), torch.zeros(n, c, h, w, dtype=torch.int64)
-        logits = [pixelcnn_generate(packed, caches, image, noise, row_begin=r0, row_end=r1, return_logits=True,
-                                    backend=backend) for r0, r1 in ((0, 1), (1, 4), (4, h))]
+        logits = [pixelcnn_generate(packed, caches, image, noise, cond=cond, row_begin=r0, row_end=r1,
+                                    return_logits=True, backend=backend) for r0, r1 in ((0, 1), (1, 4), (4, h))]
         out[backend] = (image, torch.cat(logits, 1), caches)
     assert torch.equal(out["cpu"][0], out["reference"][0])
     assert_close_rounded(out["cpu"][1], out["reference"][1], name="logits", dtype=torch.float32)
