@@ -196,7 +196,7 @@ struct Group {
   // y[b] = bias + W x[b] for the nb rows (on tiles when the group runs there).
   void group_product(const PMat& m, const float* const* x, float* const* y) {
     if (sc.tiles && m.t[0] != nullptr) {
-      tiles_product(m.t[0], m.n, m.mp, nb, x, m.b, y);
+      tiles_product(m.t[0], m.n, m.mp, nb, x, m.b, y, sc.team);
     } else {
       product(m, nb, 0, m.n, x, y, sc.team);
     }
@@ -316,7 +316,7 @@ struct Group {
             yp[q++] = up_row.data() + (b * ws + c) * fs;
           }
         const PMat& tap = L.up_u_taps[s][kh * 3 + kw];
-        tiles_product(tap.t[0], f, tap.mp, q, a1.data(), nullptr, yp.data());  // o += W x
+        tiles_product(tap.t[0], f, tap.mp, q, a1.data(), nullptr, yp.data(), sc.team);  // o += W x
       }
       return;
     }
@@ -516,10 +516,12 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
   // Up to kMaxRows rows run as one group whose products a team of threads splits over output tiles
   // (csrc/cpu/team.h) when they have at least two tiles (f > 64) or at batch 1; otherwise the rows are split
   // into groups run in parallel. On AMX tiles (a bfloat16 pack with its AMX copy, the amx level, a batch of
-  // kMinTileBatch or more) every group runs its products on its own thread (one core's tiles outrun a split of
-  // them), so groups of up to kMaxTileRows rows run in parallel; a row's tile sums do not depend on the others.
+  // kMinTileBatch or more) groups hold up to kMaxTileRows rows and the team splits every tile product's output
+  // blocks (pixelcnnpp_amx.h): the per-pixel products stream their weights from beyond L2, and with the outputs
+  // split each core streams half of them for all the rows (groups in parallel would each stream all of them).
+  // A row's tile sums depend neither on the other rows nor on the split.
   const bool on_tiles = wt == at::kBFloat16 && !tiles.empty() && arkern_isa::use_amx() && B >= kMinTileBatch;
-  const bool split_outputs = !on_tiles && (B == 1 || arkern_decode::tiles(pad16(f)) >= 2);
+  const bool split_outputs = on_tiles || B == 1 || arkern_decode::tiles(pad16(f)) >= 2;
   const int64_t max_rows = on_tiles ? kMaxTileRows : kMaxRows;
   const int64_t groups = std::max<int64_t>((B + max_rows - 1) / max_rows,
                                            split_outputs ? 1 : std::min<int64_t>(B, at::get_num_threads()));

@@ -139,7 +139,7 @@ struct Scratch {
 inline void rows_product(const PMat& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
                          float* const* y, const Scratch& sc) {
   if (const uint16_t* t = sc.tiles ? mat.tiles(ja, jz) : nullptr) {
-    tiles_product(t, jz - ja, mat.mp, np, x, ja == 0 ? mat.b : nullptr, y);
+    tiles_product(t, jz - ja, mat.mp, np, x, ja == 0 ? mat.b : nullptr, y, sc.team);
     return;
   }
   arkern_team::Session* team = sc.team;
@@ -239,15 +239,19 @@ struct Conv {
   }
   // Input (i, j) of batch row b, stored as the conv's products read it (matrix_input).
   void write(int64_t b, int64_t i, int64_t j, const float* x) {
-    float* dst = at(b, s->top + i, s->left + j);
-    std::copy_n(x, s->cin, dst);
-    matrix_input(s->mat, dst, s->cin);
+    float* dst = slot(b, i, j);
+    if (s->mat.bf16) {
+      arkern_amx::round_bf16(x, s->cin, dst);
+    } else {
+      std::copy_n(x, s->cin, dst);
+    }
   }
+  float* slot(int64_t b, int64_t i, int64_t j) { return at(b, s->top + i, s->left + j); }  // input (i, j)
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
     if (sc.tiles && s->mat.t[0] != nullptr) {  // each window's kernel rows straight from the ring into the tiles
-      tiles_product_from(s->mat.t[0], s->mat.n, s->mat.mp, np, s->mat.b, out,
+      tiles_product_from(s->mat.t[0], s->mat.n, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, out, sc.team,
                          [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
                            for (int64_t t = 0; t < s->kh; ++t)
                              batch.put(q, t * run, at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run);
@@ -281,13 +285,22 @@ struct Conv {
     *right = {&s->mat, 3 * s->cin, s->cin, sc.xs[1].data()};
   }
   // Row-split, per pixel: out[p] = the whole output at pos[p] (top part + bottom row).
+  // On tiles: xs[0][p] = the bottom row's two taps (one contiguous run of the ring), xs[1][p] = the top part.
+  void bottom_inputs(const Pos* pos, int64_t np, Scratch& sc) {
+    for (int64_t p = 0; p < np; ++p) {
+      sc.xs[0][p] = at(pos[p].b, pos[p].i * s->stride + 1, pos[p].j * s->stride);
+      sc.xs[1][p] = top_at(pos[p]);
+    }
+  }
   void compute_split(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
-    Term left, right;
-    bottom_terms(pos, np, out, sc, &left, &right);
-    if (sc.tiles && s->mat.t[1] != nullptr) {  // both taps, one contiguous run of the ring, in one tile product
-      tiles_product2(s->mat.t[1], 2 * s->cin, sc.xs[0].data(), nullptr, 0, nullptr, s->mat.mp, np, out);
+    if (sc.tiles && s->mat.t[1] != nullptr) {  // out = top part + both taps in one tile product
+      bottom_inputs(pos, np, sc);
+      tiles_product2(s->mat.t[1], 2 * s->cin, sc.xs[0].data(), nullptr, 0, nullptr, s->mat.mp, np, sc.xs[1].data(),
+                     out, sc.team);
       return;
     }
+    Term left, right;
+    bottom_terms(pos, np, out, sc, &left, &right);
     split_product(&left, 1, &right, 1, np, s->mat.mp, out, sc.z.data(), sc.team);
   }
 };
@@ -310,10 +323,11 @@ struct Block {
   // The concat_elu of v[p], [elu(v[p]), elu(-v[p])], written into conv's input window at pos[p].
   static void write_concat_elu(Conv& conv, const Pos* pos, int64_t np, int64_t f, const float* const* v,
                                Scratch& sc) {
-    for (int64_t p = 0; p < np; ++p) {
-      elu_into(v[p], f, 1.0f, sc.t1[p]);
-      elu_into(v[p], f, -1.0f, sc.t1[p] + f);
-      conv.write(pos[p].b, pos[p].i, pos[p].j, sc.t1[p]);
+    for (int64_t p = 0; p < np; ++p) {  // straight into the ring (Conv::write's rounding in place)
+      float* d = conv.slot(pos[p].b, pos[p].i, pos[p].j);
+      elu_into(v[p], f, 1.0f, d);
+      elu_into(v[p], f, -1.0f, d + f);
+      matrix_input(conv.s->mat, d, 2 * f);
     }
   }
   // The block's second half, from conv_in's outputs (plus the nin's) in sc.c: conv_out on their concat_elu
@@ -368,7 +382,7 @@ struct Block {
       if (s->aux_parts == 1) {
         rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc);
       } else if (sc.tiles && s->nin.t[0] != nullptr) {  // the `u` columns as one group: [elu(u), elu(-u)]
-        tiles_product(s->nin.t[0], 2 * f, s->nin.mp, np, sc.in.data(), s->nin.b, sc.a.data());
+        tiles_product(s->nin.t[0], 2 * f, s->nin.mp, np, sc.in.data(), s->nin.b, sc.a.data(), sc.team);
       } else {
         rows_product(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc);
         rows_product(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc);
@@ -386,9 +400,6 @@ struct Block {
   void run_split(const Pos* pos, int64_t np, int64_t f, const float* const* x, const float* const* aux2,
                  float* const* out, Scratch& sc) {
     write_concat_elu(conv_in, pos, np, f, x, sc);
-    Term h0[2], h1[2];
-    conv_in.bottom_terms(pos, np, sc.c.data(), sc, &h0[0], &h1[0]);
-    int nt = 1;
     if (s->aux_parts == 2) {
       for (int64_t p = 0; p < np; ++p) {
         elu_into(aux2[p], f, 1.0f, sc.t2[p]);
@@ -397,17 +408,23 @@ struct Block {
         sc.xs[2][p] = sc.t2[p];
         sc.xs[3][p] = sc.t2[p] + f;
       }
+    }
+    if (sc.tiles && s->conv_in.mat.t[1] != nullptr) {  // top part + the bottom row's taps + the nin's `ul` part
+      const bool nin = s->aux_parts == 2;
+      TORCH_CHECK(!nin || s->nin.t[1] != nullptr, "pixelcnnpp_generate: a two-part nin without its AMX copy");
+      conv_in.bottom_inputs(pos, np, sc);
+      tiles_product2(s->conv_in.mat.t[1], 2 * s->conv_in.cin, sc.xs[0].data(), nin ? s->nin.t[1] : nullptr,
+                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.xs[1].data(), sc.c.data(), sc.team);
+      finish(pos, np, f, x, out, sc, true);
+      return;
+    }
+    Term h0[2], h1[2];
+    conv_in.bottom_terms(pos, np, sc.c.data(), sc, &h0[0], &h1[0]);
+    int nt = 1;
+    if (s->aux_parts == 2) {
       h0[1] = {&s->nin, f, f, sc.xs[2].data()};
       h1[1] = {&s->nin, 3 * f, f, sc.xs[3].data()};
       nt = 2;
-    }
-    if (sc.tiles && s->conv_in.mat.t[1] != nullptr) {  // the bottom row's taps and the nin's `ul` part, one pass
-      const bool nin = nt == 2 && s->nin.t[1] != nullptr;
-      TORCH_CHECK(nt == 1 || nin, "pixelcnnpp_generate: a two-part nin without its AMX copy");
-      tiles_product2(s->conv_in.mat.t[1], 2 * s->conv_in.cin, sc.xs[0].data(), nin ? s->nin.t[1] : nullptr,
-                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.c.data());
-      finish(pos, np, f, x, out, sc, true);
-      return;
     }
     split_product(h0, nt, h1, nt, np, s->conv_in.mat.mp, sc.c.data(), sc.z.data(), sc.team);
     finish(pos, np, f, x, out, sc, true);
