@@ -147,14 +147,23 @@ struct Part {
 };
 
 // MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first
-// row (stride ldx elements); y: the first output (stride ldy floats).
+// row (stride ldx elements); y: the first output (stride ldy floats). The sums start from zero, or from c0 (the
+// block's first value, row stride ldc floats; ldc == 0: the same row for every row, e.g. a bias) when given.
 template <int MR, int NR>
 ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* parts, int nparts, int64_t ob,
-                                    float* y, int64_t ldy) {
-  _tile_zero(0);
-  if constexpr (NR > 1) _tile_zero(1);
-  if constexpr (MR > 1) _tile_zero(2);
-  if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+                                    float* y, int64_t ldy, const float* c0 = nullptr, int64_t ldc = 0) {
+  if (c0 != nullptr) {
+    const int64_t cs = ldc * 4;
+    _tile_loadd(0, c0, cs);
+    if constexpr (NR > 1) _tile_loadd(1, c0 + 16, cs);
+    if constexpr (MR > 1) _tile_loadd(2, c0 + kTileRows * ldc, cs);
+    if constexpr (MR > 1 && NR > 1) _tile_loadd(3, c0 + kTileRows * ldc + 16, cs);
+  } else {
+    _tile_zero(0);
+    if constexpr (NR > 1) _tile_zero(1);
+    if constexpr (MR > 1) _tile_zero(2);
+    if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+  }
   const int64_t xs = ldx * 2;
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
@@ -182,26 +191,31 @@ ARKERN_AMX_TARGET inline void release() { _tile_release(); }
 
 // Y[r][0 : mp] = sum_j X[r][j] W[:, j] for r < rows16 (a multiple of 16), W given as parts whose inputs follow
 // each other in X (bfloat16 bits, row stride ldx >= 32 * total kb, zeros in every part's padding columns);
-// Y: float32, row stride ldy >= mp. The tiles must be configured (a TileScope).
+// Y: float32, row stride ldy >= mp. With c0: Y = C0 + X W^T, the tiles' sums starting from C0 (row stride ldc
+// floats; ldc == 0: one row, e.g. a bias, for every row; C0 may be Y itself, ldc == ldy, to accumulate in place).
+// The tiles must be configured (a TileScope).
 ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t ldx, const Part* parts, int nparts,
-                                     int64_t mp, float* y, int64_t ldy) {
+                                     int64_t mp, float* y, int64_t ldy, const float* c0 = nullptr, int64_t ldc = 0) {
   const int64_t nblk = mp / 16;
   for (int64_t ob = 0; ob < nblk; ob += 2) {
     float* yb = y + ob * 16;
+    const float* cb = c0 != nullptr ? c0 + ob * 16 : nullptr;
     const bool two = ob + 1 < nblk;
     int64_t r = 0;
     for (; r + 2 * kTileRows <= rows16; r += 2 * kTileRows) {
+      const float* cr = cb != nullptr ? cb + r * ldc : nullptr;
       if (two) {
-        block<2, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
+        block<2, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy, cr, ldc);
       } else {
-        block<2, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
+        block<2, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy, cr, ldc);
       }
     }
     if (r < rows16) {
+      const float* cr = cb != nullptr ? cb + r * ldc : nullptr;
       if (two) {
-        block<1, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
+        block<1, 2>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy, cr, ldc);
       } else {
-        block<1, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy);
+        block<1, 1>(x + r * ldx, ldx, parts, nparts, ob, yb + r * ldy, ldy, cr, ldc);
       }
     }
   }

@@ -24,29 +24,57 @@ inline void prefetch_next_slots(const float* ring, int64_t row0, int nb, int64_t
   }
 }
 
+// Y (rows16 x mp, row stride ldy) = C0 + X W^T on the tiles (arkern_amx::matmul, the sums starting from C0, row
+// stride ldc; 0: a bias row); W: VNNI tiles with kb tiles per output block, X: bfloat16 bits, row stride ldx.
+// Reached only when arkern_isa::use_amx().
+inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const uint16_t* w, int64_t kb, int64_t mp,
+                         const float* c0, int64_t ldc, float* y, int64_t ldy) {
+#if ARKERN_HAVE_AMX
+  const arkern_amx::Part part{w, kb};
+  arkern_amx::matmul(x, rows16, ldx, &part, 1, mp, y, ldy, c0, ldc);
+#else  // unreachable: arkern_isa never selects amx in such a build
+  (void)x, (void)rows16, (void)ldx, (void)w, (void)kb, (void)mp, (void)c0, (void)ldc, (void)y, (void)ldy;
+#endif
+}
+
 }  // namespace
 
 // The bfloat16 precision on AMX tiles for batch rows [row0, row0 + nb), nb <= kMaxRows, on this thread: the
 // same network and rounding as Rows<at::BFloat16> (every matrix input rounded to bfloat16, the rings holding
 // the rounded layer inputs), each product one tile pass over all rows (amx.h). Tiles: the matrices' AMX copies.
+//
+// The tiles' accumulators start from what the outputs add to, so no pass re-reads a product: the dilated conv's
+// from its bias (its outputs go straight to the gate), a layer's residual outputs from x (+ the layer's residual
+// bias), its skip outputs from the skip sums (the L layers' skip biases are summed once per call and added at the
+// head). The last layer's residual outputs, which nothing reads, are not computed. Only the order of float32
+// sums differs from the other levels.
 void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>& rings, int64_t* prev, int64_t row0,
                   int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
                   int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
                   float* logits_out) {
   const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A, Ap = net.Ap;
-  const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp;
-  std::vector<float> buf(static_cast<size_t>(nb) * (Rp + 2 * Sp + 2 * Ap) + two_rp + Rp, 0.0f);
+  const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp, r16 = arkern_amx::pad_rows(nb);
+  // X (r16 x Rp) and the skip sums (r16 x Sp): the accumulators' homes, zero in rows nb .. r16 - 1
+  std::vector<float> buf(static_cast<size_t>(r16) * (Rp + Sp + two_rp) + static_cast<size_t>(nb) * (Sp + 2 * Ap) +
+                             two_rp + Rp + Sp, 0.0f);
   float* p = buf.data();
-  float *x[kMaxRows], *skip[kMaxRows], *h[kMaxRows], *o[kMaxRows], *lg[kMaxRows];
+  float* xm = p; p += r16 * Rp;
+  float* skip = p; p += r16 * Sp;
+  float* yd = p; p += r16 * two_rp;  // the dilated conv's outputs (bias included)
+  float *x[kMaxRows], *h[kMaxRows], *o[kMaxRows], *lg[kMaxRows];
   for (int b = 0; b < nb; ++b) {
-    x[b] = p; p += Rp;
-    skip[b] = p; p += Sp;
+    x[b] = xm + b * Rp;
     h[b] = p; p += Sp;
     o[b] = p; p += Ap;
     lg[b] = p; p += Ap;
   }
-  float* pre = p;  // one row's dilated conv outputs, then its gate
-  float* g = p + two_rp;
+  float* pre = p; p += two_rp;  // one row's dilated conv outputs plus conditioning
+  float* g = p; p += Rp;        // one row's gate
+  float* skip_bias = p;         // the L layers' skip biases, summed in layer order
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t c = 0; c < Sp; ++c) skip_bias[c] += net.b_rs[l * rs_p + Rp + c];
+  const int64_t kb_dil = arkern_amx::pad32(2 * R) / arkern_amx::kTileK,
+                kb_rs = arkern_amx::pad32(R) / arkern_amx::kTileK;
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
   const arkern_amx::TileScope scope;  // the tile configuration for the whole call
   for (int64_t s = 0; s < steps; ++s) {
@@ -56,50 +84,52 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
       const float* e_old = net.emb + pv[0] * R;
       const float* e_new = net.emb + (A + pv[1]) * R;
       for (int64_t c = 0; c < R; ++c) x[b][c] = e_old[c] + e_new[c];
-      std::fill(skip[b], skip[b] + Sp, 0.0f);
     }
+    std::fill(skip, skip + r16 * Sp, 0.0f);
     for (int64_t l = 0; l < L; ++l) {
       const int64_t d = net.dil[l];
-      const float* bd = net.b_dil + l * two_rp;
       const float* br = net.b_rs + l * rs_p;
+      const uint16_t* w_rs = tiles.base + tiles.rs_off + l * tiles.rs_stride;
       prefetch_next_slots(rings[l], row0, nb, d, t, R);
       // [x(t - d); x(t)] rounded straight from the ring and x into the tile inputs, then x(t) rounded replaces
-      // x(t - d) in the ring (time-major: the R inputs of one time)
+      // x(t - d) in the ring (time-major: the R inputs of one time); x gets the residual bias
       batch.begin(nb, 2 * R);
       for (int b = 0; b < nb; ++b) {
         float* slot = rings[l] + ((row0 + b) * d + t % d) * R;
         batch.put(b, 0, slot, R);
         batch.put(b, R, x[b], R);
         arkern_amx::round_bf16(x[b], R, slot);
+        for (int64_t c = 0; c < R; ++c) x[b][c] += br[c];
       }
-      const float* yd = batch.multiply(tiles.base + l * tiles.dil_stride, two_rp);
+      tile_product(batch.row(0), r16, batch.ld(), tiles.base + l * tiles.dil_stride, kb_dil, two_rp,
+                   net.b_dil + l * two_rp, 0, yd, two_rp);
       // the gate of bias + product (+ conditioning), rounded into the tile inputs of the residual/skip conv
       batch.begin(nb, R);
       for (int b = 0; b < nb; ++b) {
-        const float* yb = yd + b * two_rp;
-        float* pb = pre;
-        for (int64_t c = 0; c < two_rp; ++c) pb[c] = yb[c] + bd[c];
+        const float* pb = yd + b * two_rp;
         const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
                                  gbias ? gbias + ((row0 + b) * L + l) * 2 * R : nullptr};
-        for (const float* f : extra) {
-          if (!f) continue;
-          for (int64_t c = 0; c < R; ++c) {
-            pb[c] += f[c];
-            pb[Rp + c] += f[R + c];
+        if (extra[0] || extra[1]) {
+          std::copy(pb, pb + two_rp, pre);
+          for (const float* f : extra) {
+            if (!f) continue;
+            for (int64_t c = 0; c < R; ++c) {
+              pre[c] += f[c];
+              pre[Rp + c] += f[R + c];
+            }
           }
+          pb = pre;
         }
         arkern_decode::gate_fast(pb, pb + Rp, g, R);
         batch.put(b, 0, g, R);
       }
-      const float* yr = batch.multiply(tiles.base + tiles.rs_off + l * tiles.rs_stride, rs_p);
-      for (int b = 0; b < nb; ++b) {
-        const float* yb = yr + b * rs_p;
-        for (int64_t c = 0; c < R; ++c) x[b][c] += yb[c] + br[c];
-        for (int64_t c = 0; c < Sp; ++c) skip[b][c] += yb[Rp + c] + br[Rp + c];
-      }
+      if (l + 1 < L)  // x entering layer l + 1 (the last layer's residual outputs feed nothing)
+        tile_product(batch.row(0), r16, batch.ld(), w_rs, kb_rs, Rp, xm, Rp, xm, Rp);
+      const uint16_t* w_skip = w_rs + (Rp / 16) * kb_rs * arkern_amx::kTileElems;  // output blocks from Rp / 16
+      tile_product(batch.row(0), r16, batch.ld(), w_skip, kb_rs, Sp, skip, Sp, skip, Sp);
     }
     for (int b = 0; b < nb; ++b)
-      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b][c], 0.0f);
+      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b * Sp + c] + skip_bias[c], 0.0f);
     batch.matvec(nb, h, net.S, tiles.base + tiles.out_off, Ap, net.b_out, o);
     for (int b = 0; b < nb; ++b)
       for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
