@@ -30,6 +30,11 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
     // pair's sums do not depend on the chunk.
     const bool bf16_ring = shadowed(s, 2 * l);
     const int64_t chunk = bf16_ring ? nb : kChunk;
+    // The next layer's vertical input: with a bfloat16 ring, its float32 ring needs only the rows the call
+    // leaves behind (the last of them is on image row last_ip).
+    const bool next_bf16 = l + 1 < L && shadowed(s, 2 * (l + 1));
+    const int64_t last_ip = d.aligned ? row_end - 1 : row_end - 2;
+    const bool next_keep = l + 1 < L && ip > last_ip - cshape[2 * (l + 1)][0];
     const auto row_of = [&](int64_t p) { return bf16_ring ? p % nb : p / W; };
     const auto col_of = [&](int64_t p) { return bf16_ring ? p / nb : p % W; };
     for (int64_t p0 = 0; p0 < total; p0 += chunk) {
@@ -57,9 +62,9 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
           for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
         }
         if (l + 1 < L) {
-          T* dst = ring(2 * (l + 1), r0 + b).at(ip, j + cv);
+          T* dst = next_bf16 && !next_keep ? s.gat[b] : ring(2 * (l + 1), r0 + b).at(ip, j + cv);
           gate_row(s.pv[q], s.pv[q] + h, dst, h);
-          if (shadowed(s, 2 * (l + 1))) shadow_put(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0, dst, h);
+          if (next_bf16) shadow_put(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0, dst, h);
         }
       }
       if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
