@@ -46,8 +46,8 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 // The tiles' accumulators start from what the outputs add to, so no pass re-reads a product: the dilated conv's
 // from its bias (its outputs go straight to the gate), a layer's residual outputs from x (+ the layer's residual
 // bias), its skip outputs from the skip sums (the L layers' skip biases are summed once per call and added at the
-// head). The last layer's residual outputs, which nothing reads, are not computed. Only the order of float32
-// sums differs from the other levels.
+// head), the head's from their biases. The last layer's residual outputs, which nothing reads, are not computed.
+// Only the order of float32 sums differs from the other levels.
 void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>& rings, int64_t* prev, int64_t row0,
                   int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
                   int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
@@ -55,26 +55,28 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
   const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A, Ap = net.Ap;
   const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp, r16 = arkern_amx::pad_rows(nb);
   // X (r16 x Rp) and the skip sums (r16 x Sp): the accumulators' homes, zero in rows nb .. r16 - 1
-  std::vector<float> buf(static_cast<size_t>(r16) * (Rp + Sp + two_rp) + static_cast<size_t>(nb) * (Sp + 2 * Ap) +
-                             two_rp + Rp + Sp, 0.0f);
+  std::vector<float> buf(static_cast<size_t>(r16) * (Rp + Sp + two_rp + 2 * Ap) + two_rp + Rp + 2 * Sp, 0.0f);
   float* p = buf.data();
   float* xm = p; p += r16 * Rp;
   float* skip = p; p += r16 * Sp;
   float* yd = p; p += r16 * two_rp;  // the dilated conv's outputs (bias included)
-  float *x[kMaxRows], *h[kMaxRows], *o[kMaxRows], *lg[kMaxRows];
+  float* om = p; p += r16 * Ap;      // the head's hidden layer (bias included)
+  float* lgm = p; p += r16 * Ap;     // the logits (bias included)
+  float *x[kMaxRows], *lg[kMaxRows];
   for (int b = 0; b < nb; ++b) {
     x[b] = xm + b * Rp;
-    h[b] = p; p += Sp;
-    o[b] = p; p += Ap;
-    lg[b] = p; p += Ap;
+    lg[b] = lgm + b * Ap;
   }
   float* pre = p; p += two_rp;  // one row's dilated conv outputs plus conditioning
   float* g = p; p += Rp;        // one row's gate
+  float* h = p; p += Sp;        // one row's relu(skip)
   float* skip_bias = p;         // the L layers' skip biases, summed in layer order
   for (int64_t l = 0; l < L; ++l)
     for (int64_t c = 0; c < Sp; ++c) skip_bias[c] += net.b_rs[l * rs_p + Rp + c];
   const int64_t kb_dil = arkern_amx::pad32(2 * R) / arkern_amx::kTileK,
-                kb_rs = arkern_amx::pad32(R) / arkern_amx::kTileK;
+                kb_rs = arkern_amx::pad32(R) / arkern_amx::kTileK,
+                kb_out = arkern_amx::pad32(net.S) / arkern_amx::kTileK,
+                kb_end = arkern_amx::pad32(A) / arkern_amx::kTileK;
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
   const arkern_amx::TileScope scope;  // the tile configuration for the whole call
   for (int64_t s = 0; s < steps; ++s) {
@@ -128,12 +130,20 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
       const uint16_t* w_skip = w_rs + (Rp / 16) * kb_rs * arkern_amx::kTileElems;  // output blocks from Rp / 16
       tile_product(batch.row(0), r16, batch.ld(), w_skip, kb_rs, Sp, skip, Sp, skip, Sp);
     }
-    for (int b = 0; b < nb; ++b)
-      for (int64_t c = 0; c < Sp; ++c) h[b][c] = std::max(skip[b * Sp + c] + skip_bias[c], 0.0f);
-    batch.matvec(nb, h, net.S, tiles.base + tiles.out_off, Ap, net.b_out, o);
-    for (int b = 0; b < nb; ++b)
-      for (int64_t c = 0; c < Ap; ++c) o[b][c] = std::max(o[b][c], 0.0f);
-    batch.matvec(nb, o, A, tiles.base + tiles.end_off, Ap, net.b_end, lg);
+    // the head: relu(skip) -> 1x1 (from its bias) -> relu -> 1x1 (from its bias), each input rounded into the tiles
+    batch.begin(nb, net.S);
+    for (int b = 0; b < nb; ++b) {
+      for (int64_t c = 0; c < Sp; ++c) h[c] = std::max(skip[b * Sp + c] + skip_bias[c], 0.0f);
+      batch.put(b, 0, h, net.S);
+    }
+    tile_product(batch.row(0), r16, batch.ld(), tiles.base + tiles.out_off, kb_out, Ap, net.b_out, 0, om, Ap);
+    batch.begin(nb, A);
+    for (int b = 0; b < nb; ++b) {
+      float* ob = om + b * Ap;
+      for (int64_t c = 0; c < A; ++c) ob[c] = std::max(ob[c], 0.0f);
+      batch.put(b, 0, ob, A);
+    }
+    tile_product(batch.row(0), r16, batch.ld(), tiles.base + tiles.end_off, kb_end, Ap, net.b_end, 0, lgm, Ap);
     draw_and_record(sampler, lg, nb, A, row0, s, steps, noise, forced, samples, logits_out, prev);
   }
 }
