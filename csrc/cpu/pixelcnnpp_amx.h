@@ -23,9 +23,11 @@ namespace arkern_pixelcnnpp {
 constexpr int64_t kTilePiece = 64;  // rows per tile product (4 tiles of 16 rows share every weight tile)
 
 // The product of the input block `batch` holds (rows r16, a multiple of 16; columns [0, second()) by the
-// tiles t1, the rest by t2), mp outputs, into out (r16 x mp); output blocks split over `team` when it is on.
-inline void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t* t1, const uint16_t* t2,
-                           int64_t mp, float* out, arkern_team::Session* team) {
+// tiles t1, the rest by t2), mp outputs, into out (r16 x mp), then store(m0, m1) for its outputs [m0, m1);
+// output blocks split over `team` when it is on (each worker multiplies and stores its half).
+template <class Store>
+void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t* t1, const uint16_t* t2, int64_t mp,
+                    float* out, arkern_team::Session* team, const Store& store) {
 #if ARKERN_HAVE_AMX
   const int64_t kb1 = batch.second() / arkern_amx::kTileK, kb2 = (batch.ld() - batch.second()) / arkern_amx::kTileK;
   const int64_t nblk = mp / 16;
@@ -33,6 +35,7 @@ inline void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t
     const arkern_amx::Part parts[2] = {{t1 + ob0 * kb1 * arkern_amx::kTileElems, kb1},
                                        {t2 + ob0 * kb2 * arkern_amx::kTileElems, kb2}};
     arkern_amx::matmul(batch.row(0), r16, batch.ld(), parts, kb2 > 0 ? 2 : 1, (ob1 - ob0) * 16, out + ob0 * 16, mp);
+    store(ob0 * 16, ob1 * 16);
   };
   if (team != nullptr && team->active() && nblk >= 4) {
     team->phase(2, [&](int, int64_t h) {
@@ -43,7 +46,7 @@ inline void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t
     run(0, nblk);
   }
 #else  // unreachable: arkern_isa never selects amx in such a build
-  (void)batch, (void)r16, (void)t1, (void)t2, (void)mp, (void)out, (void)team;
+  (void)batch, (void)r16, (void)t1, (void)t2, (void)mp, (void)out, (void)team, (void)store;
 #endif
 }
 
@@ -62,19 +65,21 @@ void tiles_product_from(const uint16_t* t1, int64_t n1, const uint16_t* t2, int6
     batch.begin(nr, n1, n2);
     for (int64_t q = 0; q < nr; ++q) put(batch, q, r0 + q);
     if (outbuf.size() < static_cast<size_t>(r16 * mp)) outbuf.resize(static_cast<size_t>(r16 * mp));
-    tiles_multiply(batch, r16, t1, t2, mp, outbuf.data(), team);
-    for (int64_t q = 0; q < nr; ++q) {
-      const float* o = outbuf.data() + q * mp;
-      float* dst = y[r0 + q];
-      if (init != nullptr) {
-        const float* in = init[r0 + q];
-        for (int64_t m = 0; m < mp; ++m) dst[m] = in[m] + o[m];
-      } else if (bias != nullptr) {
-        for (int64_t m = 0; m < mp; ++m) dst[m] = o[m] + bias[m];
-      } else {
-        for (int64_t m = 0; m < mp; ++m) dst[m] += o[m];
+    float* const out = outbuf.data();  // (a thread_local: named here, not in the workers' store)
+    tiles_multiply(batch, r16, t1, t2, mp, out, team, [&](int64_t m0, int64_t m1) {
+      for (int64_t q = 0; q < nr; ++q) {
+        const float* o = out + q * mp;
+        float* dst = y[r0 + q];
+        if (init != nullptr) {
+          const float* in = init[r0 + q];
+          for (int64_t m = m0; m < m1; ++m) dst[m] = in[m] + o[m];
+        } else if (bias != nullptr) {
+          for (int64_t m = m0; m < m1; ++m) dst[m] = o[m] + bias[m];
+        } else {
+          for (int64_t m = m0; m < m1; ++m) dst[m] += o[m];
+        }
       }
-    }
+    });
   }
 }
 
