@@ -4,11 +4,11 @@
 // copy (arkern.ops.pixelcnnpp_decode.pack_tiles: a matrix whole, or its two column halves — a (2, 2) conv's top
 // and bottom kernel rows, a two-part nin's `u` and `ul` columns) and summed in float32 on the tiles.
 // Products over many rows (the row passes: every column of a row) run in pieces of kTilePiece rows, so that
-// a piece's inputs stay in L2 while the tiles run over it. With a decode team (csrc/cpu/team.h) the output
-// blocks of every product are split in two halves, one per worker, on the same input block: the per-pixel
-// products stream their weights from beyond L2, so each core then streams half of them. Each row's sums depend
-// only on its own inputs and each output is computed whole by one worker, so the results depend neither on the
-// pieces, nor the group, nor the threads.
+// a piece's inputs stay in L2 while the tiles run over it. With an active decode team (csrc/cpu/team.h; the
+// kernel runs its tile groups on one thread each, so only a caller with one group of rows and two threads
+// would have one) the output blocks of every product are split in two halves, one per worker, on the same input
+// block. Each row's sums depend only on its own inputs and each output is computed whole by one worker, so the
+// results depend neither on the pieces, nor the group, nor the threads.
 #pragma once
 
 #include <algorithm>
