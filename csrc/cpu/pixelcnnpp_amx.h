@@ -4,11 +4,9 @@
 // copy (arkern.ops.pixelcnnpp_decode.pack_tiles: a matrix whole, or its two column halves — a (2, 2) conv's top
 // and bottom kernel rows, a two-part nin's `u` and `ul` columns) and summed in float32 on the tiles.
 // Products over many rows (the row passes: every column of a row) run in pieces of kTilePiece rows, so that
-// a piece's inputs stay in L2 while the tiles run over it. With an active decode team (csrc/cpu/team.h; the
-// kernel runs its tile groups on one thread each, so only a caller with one group of rows and two threads
-// would have one) the output blocks of every product are split in two halves, one per worker, on the same input
-// block. Each row's sums depend only on its own inputs and each output is computed whole by one worker, so the
-// results depend neither on the pieces, nor the group, nor the threads.
+// a piece's inputs stay in L2 while the tiles run over it. The kernel runs each group of rows on tiles on one
+// thread (groups in parallel over threads). Each row's sums depend only on its own inputs, so the results depend
+// neither on the pieces, nor the group, nor the threads.
 #pragma once
 
 #include <algorithm>
@@ -16,37 +14,21 @@
 #include <vector>
 
 #include "amx.h"
-#include "team.h"
 
 namespace arkern_pixelcnnpp {
 
 constexpr int64_t kTilePiece = 64;  // rows per tile product (4 tiles of 16 rows share every weight tile)
 
 // The product of the input block `batch` holds (rows r16, a multiple of 16; columns [0, second()) by the
-// tiles t1, the rest by t2), mp outputs, into out (r16 x mp), then store(m0, m1) for its outputs [m0, m1);
-// output blocks split over `team` when it is on (each worker multiplies and stores its half).
-template <class Store>
-void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t* t1, const uint16_t* t2, int64_t mp,
-                    float* out, arkern_team::Session* team, const Store& store) {
+// tiles t1, the rest by t2), mp outputs, into out (r16 x mp).
+inline void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t* t1, const uint16_t* t2, int64_t mp,
+                           float* out) {
 #if ARKERN_HAVE_AMX
   const int64_t kb1 = batch.second() / arkern_amx::kTileK, kb2 = (batch.ld() - batch.second()) / arkern_amx::kTileK;
-  const int64_t nblk = mp / 16;
-  const auto run = [&](int64_t ob0, int64_t ob1) {
-    const arkern_amx::Part parts[2] = {{t1 + ob0 * kb1 * arkern_amx::kTileElems, kb1},
-                                       {t2 + ob0 * kb2 * arkern_amx::kTileElems, kb2}};
-    arkern_amx::matmul(batch.row(0), r16, batch.ld(), parts, kb2 > 0 ? 2 : 1, (ob1 - ob0) * 16, out + ob0 * 16, mp);
-    store(ob0 * 16, ob1 * 16);
-  };
-  if (team != nullptr && team->active() && nblk >= 4) {
-    team->phase(2, [&](int, int64_t h) {
-      const arkern_amx::TileScope scope;  // this thread may be a team worker
-      run(h == 0 ? 0 : nblk / 2, h == 0 ? nblk / 2 : nblk);
-    });
-  } else {
-    run(0, nblk);
-  }
+  const arkern_amx::Part parts[2] = {{t1, kb1}, {t2, kb2}};
+  arkern_amx::matmul(batch.row(0), r16, batch.ld(), parts, kb2 > 0 ? 2 : 1, mp, out, mp);
 #else  // unreachable: arkern_isa never selects amx in such a build
-  (void)batch, (void)r16, (void)t1, (void)t2, (void)mp, (void)out, (void)team, (void)store;
+  (void)batch, (void)r16, (void)t1, (void)t2, (void)mp, (void)out;
 #endif
 }
 
@@ -56,8 +38,7 @@ void tiles_multiply(arkern_amx::Batch& batch, int64_t r16, const uint16_t* t1, c
 // rows. Inside a TileScope.
 template <class Put>
 void tiles_product_from(const uint16_t* t1, int64_t n1, const uint16_t* t2, int64_t n2, int64_t mp, int64_t rows,
-                        const float* bias, const float* const* init, float* const* y, arkern_team::Session* team,
-                        Put&& put) {
+                        const float* bias, const float* const* init, float* const* y, Put&& put) {
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
   thread_local std::vector<float> outbuf;
   for (int64_t r0 = 0; r0 < rows; r0 += kTilePiece) {
@@ -65,37 +46,35 @@ void tiles_product_from(const uint16_t* t1, int64_t n1, const uint16_t* t2, int6
     batch.begin(nr, n1, n2);
     for (int64_t q = 0; q < nr; ++q) put(batch, q, r0 + q);
     if (outbuf.size() < static_cast<size_t>(r16 * mp)) outbuf.resize(static_cast<size_t>(r16 * mp));
-    float* const out = outbuf.data();  // (a thread_local: named here, not in the workers' store)
-    tiles_multiply(batch, r16, t1, t2, mp, out, team, [&](int64_t m0, int64_t m1) {
-      for (int64_t q = 0; q < nr; ++q) {
-        const float* o = out + q * mp;
-        float* dst = y[r0 + q];
-        if (init != nullptr) {
-          const float* in = init[r0 + q];
-          for (int64_t m = m0; m < m1; ++m) dst[m] = in[m] + o[m];
-        } else if (bias != nullptr) {
-          for (int64_t m = m0; m < m1; ++m) dst[m] = o[m] + bias[m];
-        } else {
-          for (int64_t m = m0; m < m1; ++m) dst[m] += o[m];
-        }
+    float* const out = outbuf.data();
+    tiles_multiply(batch, r16, t1, t2, mp, out);
+    for (int64_t q = 0; q < nr; ++q) {
+      const float* o = out + q * mp;
+      float* dst = y[r0 + q];
+      if (init != nullptr) {
+        const float* in = init[r0 + q];
+        for (int64_t m = 0; m < mp; ++m) dst[m] = in[m] + o[m];
+      } else if (bias != nullptr) {
+        for (int64_t m = 0; m < mp; ++m) dst[m] = o[m] + bias[m];
+      } else {
+        for (int64_t m = 0; m < mp; ++m) dst[m] += o[m];
       }
-    });
+    }
   }
 }
 
 // y[r] = bias + W x[r] (bias == nullptr: y[r] += W x[r]) for r < rows; W (mp x n): tiles t; x[r]: n values.
 inline void tiles_product(const uint16_t* t, int64_t n, int64_t mp, int64_t rows, const float* const* x,
-                          const float* bias, float* const* y, arkern_team::Session* team) {
-  tiles_product_from(t, n, nullptr, 0, mp, rows, bias, nullptr, y, team,
+                          const float* bias, float* const* y) {
+  tiles_product_from(t, n, nullptr, 0, mp, rows, bias, nullptr, y,
                      [&](arkern_amx::Batch& batch, int64_t q, int64_t r) { batch.put(q, 0, x[r], n); });
 }
 
 // y[r] = init[r] + W1 x1[r] + W2 x2[r] for r < rows, both in one pass of the tiles (W2: n2 == 0 for none).
 inline void tiles_product2(const uint16_t* t1, int64_t n1, const float* const* x1, const uint16_t* t2, int64_t n2,
                            const float* const* x2, int64_t mp, int64_t rows, const float* const* init,
-                           float* const* y, arkern_team::Session* team) {
-  tiles_product_from(t1, n1, t2, n2, mp, rows, nullptr, init, y, team, [&](arkern_amx::Batch& batch, int64_t q,
-                                                                          int64_t r) {
+                           float* const* y) {
+  tiles_product_from(t1, n1, t2, n2, mp, rows, nullptr, init, y, [&](arkern_amx::Batch& batch, int64_t q, int64_t r) {
     batch.put(q, 0, x1[r], n1);
     if (n2 > 0) batch.put(q, batch.second(), x2[r], n2);
   });

@@ -196,7 +196,7 @@ struct Group {
   // y[b] = bias + W x[b] for the nb rows (on tiles when the group runs there).
   void group_product(const PMat& m, const float* const* x, float* const* y) {
     if (sc.tiles && m.t[0] != nullptr) {
-      tiles_product(m.t[0], m.n, m.mp, nb, x, m.b, y, sc.team);
+      tiles_product(m.t[0], m.n, m.mp, nb, x, m.b, y);
     } else {
       product(m, nb, 0, m.n, x, y, sc.team);
     }
@@ -316,7 +316,7 @@ struct Group {
             yp[q++] = up_row.data() + (b * ws + c) * fs;
           }
         const PMat& tap = L.up_u_taps[s][kh * 3 + kw];
-        tiles_product(tap.t[0], f, tap.mp, q, a1.data(), nullptr, yp.data(), sc.team);  // o += W x
+        tiles_product(tap.t[0], f, tap.mp, q, a1.data(), nullptr, yp.data());  // o += W x
       }
       return;
     }

@@ -139,7 +139,7 @@ struct Scratch {
 inline void rows_product(const PMat& mat, int64_t np, int64_t ja, int64_t jz, const float* const* x,
                          float* const* y, const Scratch& sc) {
   if (const uint16_t* t = sc.tiles ? mat.tiles(ja, jz) : nullptr) {
-    tiles_product(t, jz - ja, mat.mp, np, x, ja == 0 ? mat.b : nullptr, y, sc.team);
+    tiles_product(t, jz - ja, mat.mp, np, x, ja == 0 ? mat.b : nullptr, y);
     return;
   }
   arkern_team::Session* team = sc.team;
@@ -251,7 +251,7 @@ struct Conv {
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
     if (sc.tiles && s->mat.t[0] != nullptr) {  // each window's kernel rows straight from the ring into the tiles
-      tiles_product_from(s->mat.t[0], s->mat.n, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, out, sc.team,
+      tiles_product_from(s->mat.t[0], s->mat.n, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, out,
                          [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
                            for (int64_t t = 0; t < s->kh; ++t)
                              batch.put(q, t * run, at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run);
@@ -296,7 +296,7 @@ struct Conv {
     if (sc.tiles && s->mat.t[1] != nullptr) {  // out = top part + both taps in one tile product
       bottom_inputs(pos, np, sc);
       tiles_product2(s->mat.t[1], 2 * s->cin, sc.xs[0].data(), nullptr, 0, nullptr, s->mat.mp, np, sc.xs[1].data(),
-                     out, sc.team);
+                     out);
       return;
     }
     Term left, right;
@@ -382,7 +382,7 @@ struct Block {
       if (s->aux_parts == 1) {
         rows_product(s->nin, np, 0, s->nin.n, sc.in.data(), sc.a.data(), sc);
       } else if (sc.tiles && s->nin.t[0] != nullptr) {  // the `u` columns as one group: [elu(u), elu(-u)]
-        tiles_product(s->nin.t[0], 2 * f, s->nin.mp, np, sc.in.data(), s->nin.b, sc.a.data(), sc.team);
+        tiles_product(s->nin.t[0], 2 * f, s->nin.mp, np, sc.in.data(), s->nin.b, sc.a.data());
       } else {
         rows_product(s->nin, np, 0, f, sc.in.data(), sc.a.data(), sc);
         rows_product(s->nin, np, 2 * f, 3 * f, sc.xs[0].data(), sc.a.data(), sc);
@@ -414,7 +414,7 @@ struct Block {
       TORCH_CHECK(!nin || s->nin.t[1] != nullptr, "pixelcnnpp_generate: a two-part nin without its AMX copy");
       conv_in.bottom_inputs(pos, np, sc);
       tiles_product2(s->conv_in.mat.t[1], 2 * s->conv_in.cin, sc.xs[0].data(), nin ? s->nin.t[1] : nullptr,
-                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.xs[1].data(), sc.c.data(), sc.team);
+                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.xs[1].data(), sc.c.data());
       finish(pos, np, f, x, out, sc, true);
       return;
     }
