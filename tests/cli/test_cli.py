@@ -10,9 +10,11 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from arkern.cli import main
+import arkern
+from arkern.cli import main, save_image_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -143,3 +145,19 @@ def test_distributed_sample_under_torchrun_matches_one_process(tmp_path):
     assert "x 2 processes" in run.stdout
     assert main([*args, "--out", str(tmp_path / "one.png")]) == 0
     assert np.array_equal(_png(tmp_path / "two.png"), _png(tmp_path / "one.png"))
+
+
+def test_sample_bf16_is_the_fused_bfloat16_precision(tmp_path, capsys):
+    """--bf16 draws what generate(..., method="fused", weight_dtype=torch.bfloat16) draws; other methods refuse it."""
+    out, expected = tmp_path / "bf16.png", tmp_path / "expected.png"
+    assert main(["sample", "digits", "--n", "4", "--label", "3", "--seed", "5", "--bf16", "--out", str(out),
+                 "--no-progress"]) == 0
+    model = arkern.load("digits")
+    images = arkern.generate(model, 4, shape=(8, 8), condition=3, seed=5, method="fused",
+                             weight_dtype=torch.bfloat16)
+    save_image_grid(str(expected), images, model.num_classes, cols=None, scale=8)
+    assert np.array_equal(_png(out), _png(expected))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "digits", "--n", "2", "--bf16", "--method", "cached", "--out", str(out), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--bf16 is an option of the fused sampler; --method is 'cached'" in capsys.readouterr().err
