@@ -146,6 +146,25 @@ struct Part {
   int64_t kb;
 };
 
+// The accumulator tiles 0..3 of an MR x NR block (16 rows x 16 outputs each): set to zero, or stored to y (the
+// block's first output, row stride ldy floats).
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void zero_acc() {
+  _tile_zero(0);
+  if constexpr (NR > 1) _tile_zero(1);
+  if constexpr (MR > 1) _tile_zero(2);
+  if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+}
+
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void store_acc(float* y, int64_t ldy) {
+  const int64_t ys = ldy * 4;
+  _tile_stored(0, y, ys);
+  if constexpr (NR > 1) _tile_stored(1, y + 16, ys);
+  if constexpr (MR > 1) _tile_stored(2, y + kTileRows * ldy, ys);
+  if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
+}
+
 // MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first
 // row (stride ldx elements); y: the first output (stride ldy floats). The sums start from zero, or from c0 (the
 // block's first value, row stride ldc floats; ldc == 0: the same row for every row, e.g. a bias) when given.
@@ -159,10 +178,7 @@ ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* 
     if constexpr (MR > 1) _tile_loadd(2, c0 + kTileRows * ldc, cs);
     if constexpr (MR > 1 && NR > 1) _tile_loadd(3, c0 + kTileRows * ldc + 16, cs);
   } else {
-    _tile_zero(0);
-    if constexpr (NR > 1) _tile_zero(1);
-    if constexpr (MR > 1) _tile_zero(2);
-    if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+    zero_acc<MR, NR>();
   }
   const int64_t xs = ldx * 2;
   for (int p = 0; p < nparts; ++p) {
@@ -180,11 +196,7 @@ ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* 
     }
     x += kb * kTileK;
   }
-  const int64_t ys = ldy * 4;
-  _tile_stored(0, y, ys);
-  if constexpr (NR > 1) _tile_stored(1, y + 16, ys);
-  if constexpr (MR > 1) _tile_stored(2, y + kTileRows * ldy, ys);
-  if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
+  store_acc<MR, NR>(y, ldy);
 }
 
 ARKERN_AMX_TARGET inline void release() { _tile_release(); }
@@ -226,10 +238,7 @@ ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t 
 template <int MR, int NR>
 ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, const Part* parts, int nparts,
                                        int64_t ob, int64_t r, float* y, int64_t ldy) {
-  _tile_zero(0);
-  if constexpr (NR > 1) _tile_zero(1);
-  if constexpr (MR > 1) _tile_zero(2);
-  if constexpr (MR > 1 && NR > 1) _tile_zero(3);
+  zero_acc<MR, NR>();
   const int64_t xs = ldx * 2;
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
@@ -247,11 +256,7 @@ ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, c
     }
     xk += kb;
   }
-  const int64_t ys = ldy * 4;
-  _tile_stored(0, y, ys);
-  if constexpr (NR > 1) _tile_stored(1, y + 16, ys);
-  if constexpr (MR > 1) _tile_stored(2, y + kTileRows * ldy, ys);
-  if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
+  store_acc<MR, NR>(y, ldy);
 }
 
 // matmul() with the inputs read where they live (block_at): Y[r] = sum over k-blocks kk of the 32 inputs at
