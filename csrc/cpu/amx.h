@@ -165,6 +165,21 @@ ARKERN_AMX_TARGET inline void store_acc(float* y, int64_t ldy) {
   if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
 }
 
+// One 32-input step of an MR x NR block: the accumulators += X (rows at x, stride ldx elements) times the
+// VNNI tile w of output block ob and, for NR > 1, the tile kb further on (block ob + 1).
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void multiply_acc(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
+  const int64_t xs = ldx * 2;
+  _tile_loadd(4, x, xs);
+  if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx, xs);
+  _tile_loadd(6, w, 64);
+  if constexpr (NR > 1) _tile_loadd(7, w + kb * kTileElems, 64);
+  _tile_dpbf16ps(0, 4, 6);
+  if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
+  if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
+  if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+}
+
 // MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first
 // row (stride ldx elements); y: the first output (stride ldy floats). The sums start from zero, or from c0 (the
 // block's first value, row stride ldc floats; ldc == 0: the same row for every row, e.g. a bias) when given.
@@ -180,20 +195,10 @@ ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* 
   } else {
     zero_acc<MR, NR>();
   }
-  const int64_t xs = ldx * 2;
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
-    for (int64_t k = 0; k < kb; ++k) {
-      _tile_loadd(4, x + k * kTileK, xs);
-      if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx + k * kTileK, xs);
-      _tile_loadd(6, w + k * kTileElems, 64);
-      if constexpr (NR > 1) _tile_loadd(7, w + (kb + k) * kTileElems, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
-      if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
-      if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
-    }
+    for (int64_t k = 0; k < kb; ++k) multiply_acc<MR, NR>(x + k * kTileK, ldx, w + k * kTileElems, kb);
     x += kb * kTileK;
   }
   store_acc<MR, NR>(y, ldy);
@@ -239,21 +244,10 @@ template <int MR, int NR>
 ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, const Part* parts, int nparts,
                                        int64_t ob, int64_t r, float* y, int64_t ldy) {
   zero_acc<MR, NR>();
-  const int64_t xs = ldx * 2;
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
-    for (int64_t k = 0; k < kb; ++k) {
-      const uint16_t* x = xk[k] + r * ldx;
-      _tile_loadd(4, x, xs);
-      if constexpr (MR > 1) _tile_loadd(5, x + kTileRows * ldx, xs);
-      _tile_loadd(6, w + k * kTileElems, 64);
-      if constexpr (NR > 1) _tile_loadd(7, w + (kb + k) * kTileElems, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      if constexpr (NR > 1) _tile_dpbf16ps(1, 4, 7);
-      if constexpr (MR > 1) _tile_dpbf16ps(2, 5, 6);
-      if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
-    }
+    for (int64_t k = 0; k < kb; ++k) multiply_acc<MR, NR>(xk[k] + r * ldx, ldx, w + k * kTileElems, kb);
     xk += kb;
   }
   store_acc<MR, NR>(y, ldy);
