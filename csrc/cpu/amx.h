@@ -156,6 +156,21 @@ ARKERN_AMX_TARGET inline void zero_acc() {
   if constexpr (MR > 1 && NR > 1) _tile_zero(3);
 }
 
+// The accumulators set to c0 (the block's first value, row stride ldc floats; ldc == 0: the same row for every
+// row, e.g. a bias), or to zero when c0 is null.
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void start_acc(const float* c0, int64_t ldc) {
+  if (c0 == nullptr) {
+    zero_acc<MR, NR>();
+    return;
+  }
+  const int64_t cs = ldc * 4;
+  _tile_loadd(0, c0, cs);
+  if constexpr (NR > 1) _tile_loadd(1, c0 + 16, cs);
+  if constexpr (MR > 1) _tile_loadd(2, c0 + kTileRows * ldc, cs);
+  if constexpr (MR > 1 && NR > 1) _tile_loadd(3, c0 + kTileRows * ldc + 16, cs);
+}
+
 template <int MR, int NR>
 ARKERN_AMX_TARGET inline void store_acc(float* y, int64_t ldy) {
   const int64_t ys = ldy * 4;
@@ -186,15 +201,7 @@ ARKERN_AMX_TARGET inline void multiply_acc(const uint16_t* x, int64_t ldx, const
 template <int MR, int NR>
 ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* parts, int nparts, int64_t ob,
                                     float* y, int64_t ldy, const float* c0 = nullptr, int64_t ldc = 0) {
-  if (c0 != nullptr) {
-    const int64_t cs = ldc * 4;
-    _tile_loadd(0, c0, cs);
-    if constexpr (NR > 1) _tile_loadd(1, c0 + 16, cs);
-    if constexpr (MR > 1) _tile_loadd(2, c0 + kTileRows * ldc, cs);
-    if constexpr (MR > 1 && NR > 1) _tile_loadd(3, c0 + kTileRows * ldc + 16, cs);
-  } else {
-    zero_acc<MR, NR>();
-  }
+  start_acc<MR, NR>(c0, ldc);
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
@@ -239,11 +246,13 @@ ARKERN_AMX_TARGET inline void matmul(const uint16_t* x, int64_t rows16, int64_t 
 }
 
 // The same as block() with the inputs read where they live: the 32 inputs of k-block kk (counted over all
-// parts) of row r at xk[kk] + r * ldx, e.g. one column of a cache that stores a group's rows side by side.
+// parts) of row r at xk[kk] + r * ldx, e.g. one column of a cache that stores a group's rows side by side; the
+// sums start from zero or from c0 as block()'s.
 template <int MR, int NR>
 ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, const Part* parts, int nparts,
-                                       int64_t ob, int64_t r, float* y, int64_t ldy) {
-  zero_acc<MR, NR>();
+                                       int64_t ob, int64_t r, float* y, int64_t ldy, const float* c0 = nullptr,
+                                       int64_t ldc = 0) {
+  start_acc<MR, NR>(c0, ldc);
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
@@ -255,26 +264,31 @@ ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, c
 
 // matmul() with the inputs read where they live (block_at): Y[r] = sum over k-blocks kk of the 32 inputs at
 // xk[kk] + r * ldx times their weights, for r < rows16 (a multiple of 16; every row readable and, where W has
-// zero-padded columns, zero). The same sums in the same order as matmul() on the same inputs.
+// zero-padded columns, zero). The same sums in the same order as matmul() on the same inputs; with c0 (row stride
+// ldc floats, 0: one row for every row; may be Y itself with ldc == ldy) the sums start from C0 as matmul()'s.
 ARKERN_AMX_TARGET inline void matmul_at(const uint16_t* const* xk, int64_t rows16, int64_t ldx, const Part* parts,
-                                        int nparts, int64_t mp, float* y, int64_t ldy) {
+                                        int nparts, int64_t mp, float* y, int64_t ldy, const float* c0 = nullptr,
+                                        int64_t ldc = 0) {
   const int64_t nblk = mp / 16;
   for (int64_t ob = 0; ob < nblk; ob += 2) {
     float* yb = y + ob * 16;
+    const float* cb = c0 != nullptr ? c0 + ob * 16 : nullptr;
     const bool two = ob + 1 < nblk;
     int64_t r = 0;
     for (; r + 2 * kTileRows <= rows16; r += 2 * kTileRows) {
+      const float* cr = cb != nullptr ? cb + r * ldc : nullptr;
       if (two) {
-        block_at<2, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+        block_at<2, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy, cr, ldc);
       } else {
-        block_at<2, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+        block_at<2, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy, cr, ldc);
       }
     }
     if (r < rows16) {
+      const float* cr = cb != nullptr ? cb + r * ldc : nullptr;
       if (two) {
-        block_at<1, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+        block_at<1, 2>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy, cr, ldc);
       } else {
-        block_at<1, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy);
+        block_at<1, 1>(xk, ldx, parts, nparts, ob, r, yb + r * ldy, ldy, cr, ldc);
       }
     }
   }
@@ -352,6 +366,19 @@ class Batch {
     (void)w1, (void)w2, (void)mp;
 #endif
     return y_.data();
+  }
+
+  // The same product stored into the caller's y (row stride ldy floats, pad_rows(rows) rows: the padding rows
+  // too), the sums starting from zero or from c0 (row stride ldc floats; 0: one row, e.g. a bias, for every
+  // row; may be y itself with ldc == ldy), as matmul()'s.
+  void multiply_into(const uint16_t* w1, const uint16_t* w2, int64_t mp, float* y, int64_t ldy,
+                     const float* c0 = nullptr, int64_t ldc = 0) {
+#if ARKERN_HAVE_AMX
+    const Part parts[2] = {{w1, second_ / kTileK}, {w2, (ld_ - second_) / kTileK}};
+    matmul(x_.data(), r16_, ld_, parts, ld_ > second_ && w2 != nullptr ? 2 : 1, mp, y, ldy, c0, ldc);
+#else  // unreachable: arkern_isa never selects amx in such a build
+    (void)w1, (void)w2, (void)mp, (void)y, (void)ldy, (void)c0, (void)ldc;
+#endif
   }
 
   // y[r][0 : mp] = bias + W x[r] (bias == nullptr: y[r] += W x[r]) for r < rows; x[r] holds n floats; W
