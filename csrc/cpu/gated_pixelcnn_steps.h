@@ -17,7 +17,8 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
   if (i == 0 && !d.aligned) {  // nothing above row 0: the link sees zeros, its output is its bias
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t l = 0; l < L; ++l)
-        for (int64_t j = 0; j < W; ++j) std::copy_n(mats[gx(l, 1)].b, hp, link_at(s, b, l, j));
+        for (int64_t j = 0; j < W; ++j)
+          std::copy_n(on_tiles ? start_row(s, s.l0, l, b) : mats[gx(l, 1)].b, hp, link_at(s, b, l, j));
     return;
   }
   const int64_t ip = d.aligned ? i : i - 1, total = nb * W;
@@ -39,10 +40,9 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
     const auto col_of = [&](int64_t p) { return bf16_ring ? p / nb : p % W; };
     for (int64_t p0 = 0; p0 < total; p0 += chunk) {
       const int64_t n = std::min(chunk, total - p0);
-      if (bf16_ring) {
-        const float* y = shadow_product(s, 2 * l, ip - kh + 1, kh, kw, 0, col_of(p0), tiles[gx(l, 0)], 0, vm);
-        for (int64_t q = 0; q < n; ++q)
-          for (int64_t o = 0; o < vm.mp; ++o) s.pv[q][o] = y[q * vm.mp + o] + vm.b[o];
+      if (bf16_ring) {  // the sums start from the bias (+ the class bias, aligned 0): v0
+        shadow_product(s, 2 * l, ip - kh + 1, kh, kw, 0, col_of(p0), tiles[gx(l, 0)], 0, vm, s.pv[0], hp,
+                       start_row(s, s.v0, l, 0), hp);
       } else if (on_tiles) {
         vertical_tiles(l, ip, p0, n, r0, s);
       } else {
@@ -54,10 +54,23 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
       }
       T* out[kChunk];
       for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, row_of(p0 + q), l, col_of(p0 + q));
-      if (d.aligned) product(lm, n, s.pv, s, out);  // the link before the class bias
+      // The link: on tiles it also adds what the horizontal stack adds (l0 = its bias + hx).
+      const auto link_product = [&] {
+        if (bf16_ring) {  // one column of the group's rows: contiguous link rows
+          tiles_into(gx(l, 1), n, s.pv.data(), out[0], hp, start_row(s, s.l0, l, 0), hp);
+          return;
+        }
+        product(lm, n, s.pv, s, out);
+        if (on_tiles)
+          for (int64_t q = 0; q < n; ++q) {
+            const T* hx = start_row(s, s.hx, l, row_of(p0 + q));
+            for (int64_t m = 0; m < 2 * h; ++m) out[q][m] += hx[m];
+          }
+      };
+      if (d.aligned) link_product();  // the link before the class bias
       for (int64_t q = 0; q < n; ++q) {
         const int64_t b = row_of(p0 + q), j = col_of(p0 + q);
-        if (cond != nullptr) {
+        if (cond != nullptr && !(bf16_ring && !d.aligned)) {  // (in v0 already)
           const T* c = cond + ((r0 + b) * L + l) * 2 * h;
           for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
         }
@@ -67,7 +80,7 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
           if (next_bf16) shadow_put(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0, dst, h);
         }
       }
-      if (!d.aligned) product(lm, n, s.pv, s, out);  // the link after the class bias
+      if (!d.aligned) link_product();  // the link after the class bias
     }
   }
 }
@@ -97,7 +110,8 @@ void Runner<T, WT>::vertical_tiles(int64_t l, int64_t ip, int64_t p0, int64_t n,
 }
 
 // The horizontal conv (matrix k) of Gated layer l at (i, j) on AMX tiles: its taps (one contiguous run of
-// the ring) rounded straight into the tile input block; y = bias + W x into s.y.
+// the ring) rounded straight into the tile input block; s.y = W x + the link row (which holds the bias and class
+// bias too on tiles).
 template <typename T, typename WT>
 void Runner<T, WT>::horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k, int64_t r0, int64_t nb, Scratch& s) const {
   if constexpr (std::is_same_v<WT, at::BFloat16>) {
@@ -105,11 +119,8 @@ void Runner<T, WT>::horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k,
     arkern_amx::Batch& batch = arkern_amx::thread_batch();
     batch.begin(nb, m.n);
     for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, ring(2 * l + 1, r0 + b).at(i, j), m.n);
-    const float* y = batch.multiply(tiles[k], m.mp);
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* yb = y + b * m.mp;
-      for (int64_t o = 0; o < m.mp; ++o) s.y[b][o] = yb[o] + m.b[o];
-    }
+    const int64_t g = k - gx(l, 2);
+    batch.multiply_into(tiles[k], nullptr, m.mp, s.y[0], s.ldy, link_at(s, 0, l, j) + g * 2 * (d.h / d.C), pad16(2 * d.h));
   } else {
     (void)l, (void)i, (void)j, (void)k, (void)r0, (void)nb, (void)s;
   }
@@ -129,11 +140,10 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
       if (bf16_ring) shadow_put(s, 2 * l + 1, 0, j + ch, b, g * hg, s.x[b] + g * hg, hg);
       if (!on_tiles) r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
     }
-    if (bf16_ring) {
+    if (bf16_ring) {  // the sums start from the link rows (incl. the bias and class bias on tiles)
       const Mat<T, WT>& m = mats[kh];
-      const float* y = shadow_product(s, 2 * l + 1, i, 0, d.kwh(l), m.n, j, tiles[kh], 0, m);
-      for (int64_t b = 0; b < nb; ++b)
-        for (int64_t o = 0; o < m.mp; ++o) s.y[b][o] = y[b * m.mp + o] + m.b[o];
+      shadow_product(s, 2 * l + 1, i, 0, d.kwh(l), m.n, j, tiles[kh], 0, m, s.y[0], s.ldy,
+                     link_at(s, 0, l, j) + g * 2 * hg, pad16(2 * h));
     } else if (on_tiles) {
       horizontal_tiles(l, i, j, kh, r0, nb, s);
     } else {
@@ -141,9 +151,11 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
     }
     for (int64_t b = 0; b < nb; ++b) {
       T* pre = s.y[b];
-      const T* lk = link_at(s, b, l, j) + g * 2 * hg;
-      for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += lk[m];
-      if (cond != nullptr) {
+      if (!on_tiles) {
+        const T* lk = link_at(s, b, l, j) + g * 2 * hg;
+        for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += lk[m];
+      }
+      if (cond != nullptr && !on_tiles) {
         const T* c = cond + ((r0 + b) * L + l) * 2 * h + g * 2 * hg;
         for (int64_t m = 0; m < 2 * hg; ++m) pre[m] += c[m];
       }
@@ -151,7 +163,11 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
       s.in[b] = s.act[b] + l * h;
     }
     const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
-    mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
+    if (on_tiles) {
+      tiles_into(gx(l, 2 + C + g), nb, s.in.data(), s.y[0], s.ldy, mo.b, 0);
+    } else {
+      mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
+    }
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
   }

@@ -183,6 +183,12 @@ struct Runner {
     std::vector<T*> gat, y, x, act, hin1, hin2, pg, pv, part, yp;
     T* link = nullptr;       // Gated: the link rows, (layer, column, batch row, pad16(2h)) (link_at)
     int64_t rows = 0;        // the group's batch rows
+    int64_t lrows = 0;       // link rows per (layer, column): the group's rows, on AMX tiles padded to 16
+    // Gated on AMX tiles: per layer and row (pad_rows(rows) rows of pad16(2h)), what the tiles' sums start from
+    // — the vertical conv's bias plus the row's class bias (v0), the horizontal convs' biases plus the class
+    // bias (hx), and hx plus the link's bias (l0): the link rows then hold all a pixel adds to its horizontal
+    // conv, whose tiles start from them (link_start).
+    std::vector<T> v0, hx, l0;
     int64_t pstride = 0;     // floats per partial-sum vector (the largest padded spatial-conv height)
     bool whole_convs = false;  // on AMX tiles with a full tile of rows: every spatial conv in one product per pixel
     std::vector<const T*> in;
@@ -194,7 +200,7 @@ struct Runner {
     std::vector<std::vector<uint16_t>> shadow;
     std::vector<uint16_t> zeros;
     std::vector<const uint16_t*> xk;
-    std::vector<float> yt;
+    int64_t ldy = 0;  // floats between two rows of y
     arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
   };
 
@@ -223,29 +229,33 @@ struct Runner {
     const bool whole_convs = on_tiles && nb >= arkern_amx::kTileRows;
     const int64_t part = n_above > 0 && !whole_convs ? (1 + d.depth) * d.C * W * part_mp : 0;
     const int64_t per_row = max_n + max_mp + h + act + h + d.hh + link + part;
+    // On AMX tiles every per-row buffer has pad_rows(nb) rows: the tiles store their padding rows too.
+    const int64_t nr = on_tiles ? arkern_amx::pad_rows(nb) : nb;
     Scratch s;
-    s.mem.assign(nb * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
+    s.mem.assign(nr * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
     T* p = s.mem.data();
     const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
       v.resize(count);
       for (auto& q : v) { q = p; p += size; }
     };
-    carve(s.gat, nb, max_n);
-    carve(s.y, nb, max_mp);
-    carve(s.x, nb, h);
-    carve(s.act, nb, act);
-    carve(s.hin1, nb, h);
-    carve(s.hin2, nb, d.hh);
+    carve(s.gat, nr, max_n);
+    carve(s.y, nr, max_mp);
+    carve(s.x, nr, h);
+    carve(s.act, nr, act);
+    carve(s.hin1, nr, h);
+    carve(s.hin2, nr, d.hh);
     s.link = p;
-    p += nb * link;
+    p += nr * link;
     s.rows = nb;
-    carve(s.part, nb, part);
+    s.lrows = nr;
+    carve(s.part, nr, part);
     if (d.kind == 1) {
       carve(s.pg, kChunk, n_v);
       carve(s.pv, kChunk, hp);
     }
     s.yp.resize(std::max(nb, kChunk));
     s.pstride = part_mp;
+    s.ldy = max_mp;
     s.whole_convs = whole_convs;
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
@@ -261,6 +271,7 @@ struct Runner {
         }
     }
     if (on_tiles) init_shadows(r0, nb, s);
+    if (on_tiles && d.kind == 1) init_starts(r0, nb, s);
     for (int64_t i = row_begin; i < row_end; ++i) {
       if (d.kind == 1) {
         gated_row(i, r0, nb, s);
@@ -310,7 +321,47 @@ struct Runner {
   // Gated: the link row of layer l at column j for batch row b of the group. A pixel reads one contiguous run
   // per layer (all the group's rows), so that the hardware prefetchers stream the link rows back from memory.
   T* link_at(const Scratch& s, int64_t b, int64_t l, int64_t j) const {
-    return s.link + ((l * W + j) * s.rows + b) * pad16(2 * d.h);
+    return s.link + ((l * W + j) * s.lrows + b) * pad16(2 * d.h);
+  }
+  // Gated on AMX tiles: row b of layer l's v0 / hx / l0 (Scratch).
+  const T* start_row(const Scratch& s, const std::vector<T>& v, int64_t l, int64_t b) const {
+    return v.data() + (l * s.lrows + b) * pad16(2 * d.h);
+  }
+
+  // Gated on AMX tiles: Scratch's v0, hx and l0 for the group of nb rows from r0 (the padding rows without a
+  // class bias). aligned 1: the link takes the vertical pre-activations before the class bias, so v0 has none.
+  void init_starts(int64_t r0, int64_t nb, Scratch& s) const {
+    const int64_t L = d.depth, h = d.h, hp = pad16(2 * h), nr = s.lrows, hg2 = 2 * h / d.C;
+    for (auto* v : {&s.v0, &s.hx, &s.l0}) v->assign(static_cast<size_t>(L * nr * hp), T(0));
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t b = 0; b < nr; ++b) {
+        const T* c = cond != nullptr && b < nb ? cond + ((r0 + b) * L + l) * 2 * h : nullptr;
+        T* v0 = const_cast<T*>(start_row(s, s.v0, l, b));
+        T* hx = const_cast<T*>(start_row(s, s.hx, l, b));
+        T* l0 = const_cast<T*>(start_row(s, s.l0, l, b));
+        const T* vb = mats[gx(l, 0)].b;
+        const T* lb = mats[gx(l, 1)].b;
+        for (int64_t m = 0; m < 2 * h; ++m) {
+          const T cm = c != nullptr ? c[m] : T(0);
+          v0[m] = c != nullptr && !d.aligned ? vb[m] + cm : vb[m];
+          hx[m] = c != nullptr ? mats[gx(l, 2 + m / hg2)].b[m % hg2] + cm : mats[gx(l, 2 + m / hg2)].b[m % hg2];
+          l0[m] = lb[m] + hx[m];
+        }
+      }
+  }
+
+  // On AMX tiles: y (pad_rows(nb) rows, row stride ldy) = c0 + W x for matrix k (c0: row stride ldc, 0: one row
+  // for every row), x[b] the m.n inputs of row b rounded into the tile input block.
+  void tiles_into(size_t k, int64_t nb, const T* const* x, T* y, int64_t ldy, const T* c0, int64_t ldc) const {
+    if constexpr (std::is_same_v<WT, at::BFloat16>) {
+      const Mat<T, WT>& m = mats[k];
+      arkern_amx::Batch& batch = arkern_amx::thread_batch();
+      batch.begin(nb, m.n);
+      for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, x[b], m.n);
+      batch.multiply_into(tiles[k], nullptr, m.mp, y, ldy, c0, ldc);
+    } else {
+      (void)k, (void)nb, (void)x, (void)y, (void)ldy, (void)c0, (void)ldc;
+    }
   }
   // Where input channel ch (a multiple of 32) of ring row `slot`, column col, batch row b of the group sits in
   // the bfloat16 copy of cache c (Scratch::shadow, init_shadows).
@@ -393,9 +444,11 @@ struct Runner {
   // W x on tiles for every row of the group, x the window of cache c read from its bfloat16 copy: `rows`
   // whole kernel rows of kw columns from image row top (zeros above the image), then `tail` inputs of the next
   // row, from column col; w: the matrix m's AMX copy, cut after its first `cut` inputs (tile_splits; 0: not
-  // cut). Returns the products, pad_rows(nb) x m.mp.
-  const float* shadow_product(Scratch& s, size_t c, int64_t top, int64_t rows, int64_t kw, int64_t tail,
-                              int64_t col, const uint16_t* w, int64_t cut, const Mat<T, WT>& m) const {
+  // cut). The products, pad_rows(nb) rows of m.mp, go to y (row stride ldy), their sums starting from c0 (row
+  // stride ldc; 0: one row, e.g. the bias, for every row).
+  void shadow_product(Scratch& s, size_t c, int64_t top, int64_t rows, int64_t kw, int64_t tail, int64_t col,
+                      const uint16_t* w, int64_t cut, const Mat<T, WT>& m, T* y, int64_t ldy, const T* c0,
+                      int64_t ldc) const {
 #if ARKERN_HAVE_AMX
     constexpr int64_t kK = arkern_amx::kTileK;
     const int64_t cin = cshape[c][2], slots = cshape[c][0], per_row = kw * cin / kK;
@@ -407,13 +460,13 @@ struct Runner {
     }
     const arkern_amx::Part parts[2] = {{w, cut / kK}, {w + m.mp * cut, kb - cut / kK}};
     const int64_t r16 = arkern_amx::pad_rows(s.rows);
-    s.yt.resize(static_cast<size_t>(r16 * m.mp));
-    arkern_amx::matmul_at(s.xk.data(), r16, kK, cut > 0 ? parts : parts + 1, cut > 0 && kb > cut / kK ? 2 : 1,
-                          m.mp, s.yt.data(), m.mp);
+    if constexpr (std::is_same_v<T, float>)
+      arkern_amx::matmul_at(s.xk.data(), r16, kK, cut > 0 ? parts : parts + 1, cut > 0 && kb > cut / kK ? 2 : 1,
+                            m.mp, y, ldy, c0, ldc);
 #else
-    (void)c, (void)top, (void)rows, (void)kw, (void)tail, (void)col, (void)w, (void)cut, (void)m;
+    (void)c, (void)top, (void)rows, (void)kw, (void)tail, (void)col, (void)w, (void)cut, (void)m, (void)y,
+        (void)ldy, (void)c0, (void)ldc;
 #endif
-    return s.yt.data();
   }
 
   // PixelCNN (pixelcnn_steps.h).
@@ -436,10 +489,18 @@ struct Runner {
         const T x = s.x[b][g * hg + m];
         s.hin1[b][g * hg + m] = d.head_relu ? std::max(x, T(0)) : x;
       }
-    product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
+    if (on_tiles) {
+      tiles_into(head(0, g), nb, s.hin1.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
+    } else {
+      product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
+    }
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t m = 0; m < hhg; ++m) s.hin2[b][g * hhg + m] = std::max(s.y[b][m], T(0));
-    product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
+    if (on_tiles) {
+      tiles_into(head(1, g), nb, s.hin2.data(), s.y[0], s.ldy, mats[head(1, g)].b, 0);
+    } else {
+      product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
+    }
     const auto pos = [&](int64_t b) { return (((r0 + b) * C + g) * H + i) * W + j; };
     for (int64_t b = 0; b < nb; ++b) {
       s.in[b] = s.y[b];

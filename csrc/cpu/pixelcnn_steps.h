@@ -98,12 +98,8 @@ T* const* Runner<T, WT>::conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t 
     const int64_t k = px(cv.layer, g);
     const Mat<T, WT>& m = mats[k];
     const int64_t na = cv.above * cv.kw * cv.cin;
-    const float* y = shadow_product(s, c, i - cv.above, cv.above, cv.kw, m.n - na, j, tiles[k], na, m);
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* yb = y + b * m.mp;
-      s.yp[b] = s.y[b];
-      for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
-    }
+    shadow_product(s, c, i - cv.above, cv.above, cv.kw, m.n - na, j, tiles[k], na, m, s.y[0], s.ldy, m.b, 0);
+    for (int64_t b = 0; b < nb; ++b) s.yp[b] = s.y[b];
   } else {
     (void)c, (void)i, (void)j, (void)g, (void)nb;
   }
@@ -128,12 +124,8 @@ T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int
         put_rows(batch, b, rg, i - cv.above, cv.above, j, run);
         batch.put(b, batch.second(), rg.at(i, j), n);
       }
-      const float* y = batch.multiply2(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp);
-      for (int64_t b = 0; b < nb; ++b) {
-        const float* yb = y + b * m.mp;
-        s.yp[b] = s.y[b];
-        for (int64_t o = 0; o < m.mp; ++o) s.yp[b][o] = yb[o] + m.b[o];
-      }
+      batch.multiply_into(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp, s.y[0], s.ldy, m.b, 0);
+      for (int64_t b = 0; b < nb; ++b) s.yp[b] = s.y[b];
       return s.yp.data();
     }
     if (on_tiles && m.n > na) {  // the taps of row i rounded straight from the ring into the tile input block
@@ -189,7 +181,11 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
       s.in[b] = u;
     }
     const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
-    mv(m1, nb, 0, m1.n, s.in.data(), s.y.data(), s.team);
+    if (on_tiles) {
+      tiles_into(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
+    } else {
+      mv(m1, nb, 0, m1.n, s.in.data(), s.y.data(), s.team);
+    }
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
   }
