@@ -1,6 +1,7 @@
 // The AMX-BF16 products of the pixelcnnpp_decode kernel (csrc/cpu/pixelcnnpp_decode.cpp) for a group of batch
-// rows in the bfloat16 precision (docs/design.md): the inputs the kernel stores rounded to bfloat16 (as
-// float32) are converted exactly into the tile input block (arkern_amx::Batch), multiplied by a matrix's VNNI
+// rows in the bfloat16 precision (docs/design.md): the inputs the kernel stores as bfloat16 bits (the convs'
+// rings) are copied, the others (rounded to bfloat16 as float32) converted exactly, into the tile input block
+// (arkern_amx::Batch), multiplied by a matrix's VNNI
 // copy (arkern.ops.pixelcnnpp_decode.pack_tiles: a matrix whole, or its two column halves — a (2, 2) conv's top
 // and bottom kernel rows, a two-part nin's `u` and `ul` columns) and summed in float32 on the tiles.
 // Products over many rows (the row passes: every column of a row) run in pieces of kTilePiece rows, so that
@@ -68,16 +69,6 @@ inline void tiles_product(const uint16_t* t, int64_t n, int64_t mp, int64_t rows
                           const float* bias, float* const* y) {
   tiles_product_from(t, n, nullptr, 0, mp, rows, bias, nullptr, y,
                      [&](arkern_amx::Batch& batch, int64_t q, int64_t r) { batch.put(q, 0, x[r], n); });
-}
-
-// y[r] = init[r] + W1 x1[r] + W2 x2[r] for r < rows, both in one pass of the tiles (W2: n2 == 0 for none).
-inline void tiles_product2(const uint16_t* t1, int64_t n1, const float* const* x1, const uint16_t* t2, int64_t n2,
-                           const float* const* x2, int64_t mp, int64_t rows, const float* const* init,
-                           float* const* y) {
-  tiles_product_from(t1, n1, t2, n2, mp, rows, nullptr, init, y, [&](arkern_amx::Batch& batch, int64_t q, int64_t r) {
-    batch.put(q, 0, x1[r], n1);
-    if (n2 > 0) batch.put(q, batch.second(), x2[r], n2);
-  });
 }
 
 }  // namespace arkern_pixelcnnpp

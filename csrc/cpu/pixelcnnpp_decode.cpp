@@ -29,7 +29,8 @@
 // the kernel stores it for its products (matrix_input in pixelcnnpp_decode.h): the convs' input rings (the
 // image and ones channel, concat_elu values, the stride-2 convs' inputs), the nins' concat_elu(aux), the
 // up-samplings' inputs (the coarse scales' final rows) and the output conv's elu(ul); the float32 tile kernels
-// multiply them by the widened bfloat16 weights, products exact in float32, summed in float32.
+// multiply them by the widened bfloat16 weights, products exact in float32, summed in float32. On AMX tiles the
+// convs' rings hold bfloat16 bits (Conv in pixelcnnpp_decode.h), copied into the tiles' input block.
 //
 // config = [C, M, bins, f, R]: image channels, mixture components, levels per channel, filters, gated
 // resnets per scale in the up pass (R + 1 in the down pass at scales 0 and 1, R at scale 2). The weight
@@ -144,15 +145,15 @@ struct Group {
   std::vector<const float*> xp, a1, a2, src;
   std::vector<float*> yp, dst;
 
-  Group(const Layers& layers, int64_t nb_) : L(layers), nb(nb_), fs(pad16(layers.f)) {
+  Group(const Layers& layers, int64_t nb_, bool on_tiles) : L(layers), nb(nb_), fs(pad16(layers.f)) {
     const int64_t W = L.W;
-    u_init.reset(L.u_init, nb);
-    ul_init_down.reset(L.ul_init_down, nb);
-    ul_init_right.reset(L.ul_init_right, nb);
+    u_init.reset(L.u_init, nb, false, on_tiles);
+    ul_init_down.reset(L.ul_init_down, nb, false, on_tiles);
+    ul_init_right.reset(L.ul_init_right, nb, false, on_tiles);
     for (int64_t s = 0; s < 3; ++s) {
       const auto make = [&](const std::vector<BlockSpec>& specs, std::vector<Block>& blocks, bool row_split) {
         blocks.resize(specs.size());
-        for (size_t k = 0; k < specs.size(); ++k) blocks[k].reset(specs[k], nb, row_split);
+        for (size_t k = 0; k < specs.size(); ++k) blocks[k].reset(specs[k], nb, row_split, on_tiles);
       };
       make(L.up_u[s], up_u[s], false);
       make(L.up_ul[s], up_ul[s], true);
@@ -167,8 +168,8 @@ struct Group {
       }
     }
     for (int64_t s = 0; s < 2; ++s) {
-      down_u[s].reset(L.down_u[s], nb);
-      down_ul[s].reset(L.down_ul[s], nb, true);
+      down_u[s].reset(L.down_u[s], nb, false, on_tiles);
+      down_ul[s].reset(L.down_ul[s], nb, true, on_tiles);
     }
     const int64_t np = nb * W;
     sc.init(np, L.max_n, L.f);
@@ -533,7 +534,7 @@ at::Tensor pixelcnnpp_generate_cpu(at::IntArrayRef config, at::TensorList weight
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t r0 = g * B / groups, r1 = (g + 1) * B / groups;
       if (r1 <= r0) continue;
-      Group grp(L, r1 - r0);
+      Group grp(L, r1 - r0, on_tiles);
       grp.row0 = r0;
       grp.image = img;
       grp.noise = np;

@@ -218,15 +218,26 @@ struct ConvSpec {
 // `top` = b + W (top kernel row) for every column (row_pass: the input row above, known when the row starts,
 // many columns sharing each weight tile); per pixel, the bottom kernel row's two taps (left: input column
 // j - 1, right: column j of the current input row) as the two halves of a split_product.
+//
+// On AMX tiles (`tiles`: every product of the conv runs there) the ring holds the inputs as bfloat16 bits
+// (cache16, the same layout) instead of float32 values rounded to bfloat16: the tiles' input block gets each
+// window by copying its runs, not by rounding them again, and the ring is half the bytes.
 struct Conv {
   const ConvSpec* s;
   std::vector<float> cache, top;
+  std::vector<uint16_t> cache16;
   int64_t slots, cols, out_w = 0;
-  void reset(const ConvSpec& spec, int64_t nb, bool row_split = false) {
+  bool tiles = false;
+  void reset(const ConvSpec& spec, int64_t nb, bool row_split = false, bool on_tiles = false) {
     s = &spec;
     slots = spec.kh;
     cols = spec.W + spec.left + spec.right;
-    cache.assign(nb * slots * cols * spec.cin, 0.0f);
+    tiles = on_tiles && spec.mat.t[0] != nullptr;
+    if (tiles) {
+      cache16.assign(nb * slots * cols * spec.cin, 0);
+    } else {
+      cache.assign(nb * slots * cols * spec.cin, 0.0f);
+    }
     if (row_split) {
       TORCH_CHECK(spec.kh == 2 && spec.kw == 2, "pixelcnnpp_generate: a row-split conv must be (2, 2)");
       out_w = spec.W / spec.stride;
@@ -237,8 +248,16 @@ struct Conv {
   float* at(int64_t b, int64_t pi, int64_t pj) {
     return cache.data() + ((b * slots + pi % slots) * cols + pj) * s->cin;
   }
+  uint16_t* at16(int64_t b, int64_t pi, int64_t pj) {
+    return cache16.data() + ((b * slots + pi % slots) * cols + pj) * s->cin;
+  }
+  uint16_t* slot16(int64_t b, int64_t i, int64_t j) { return at16(b, s->top + i, s->left + j); }
   // Input (i, j) of batch row b, stored as the conv's products read it (matrix_input).
   void write(int64_t b, int64_t i, int64_t j, const float* x) {
+    if (tiles) {
+      arkern_amx::to_bf16(x, s->cin, slot16(b, i, j));
+      return;
+    }
     float* dst = slot(b, i, j);
     if (s->mat.bf16) {
       arkern_amx::round_bf16(x, s->cin, dst);
@@ -250,11 +269,12 @@ struct Conv {
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
-    if (sc.tiles && s->mat.t[0] != nullptr) {  // each window's kernel rows straight from the ring into the tiles
+    if (tiles) {  // each window's kernel rows copied from the ring into the tiles' input block
       tiles_product_from(s->mat.t[0], s->mat.n, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, out,
                          [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
                            for (int64_t t = 0; t < s->kh; ++t)
-                             batch.put(q, t * run, at(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run);
+                             std::copy_n(at16(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run,
+                                         batch.row(q) + t * run);
                          });
       return;
     }
@@ -268,6 +288,15 @@ struct Conv {
   // Row-split: the top kernel row's part of output pos[p] (one row's positions).
   float* top_at(const Pos& p) { return top.data() + (p.b * out_w + p.j) * s->mat.mp; }
   void row_pass(const Pos* pos, int64_t np, Scratch& sc) {
+    if (tiles) {
+      const int64_t run = s->kw * s->cin;
+      for (int64_t p = 0; p < np; ++p) sc.out[p] = top_at(pos[p]);
+      tiles_product_from(s->mat.t[0], run, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, sc.out.data(),
+                         [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
+                           std::copy_n(at16(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride), run, batch.row(q));
+                         });
+      return;
+    }
     for (int64_t p = 0; p < np; ++p) {
       sc.in[p] = at(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride);
       sc.out[p] = top_at(pos[p]);
@@ -284,19 +313,23 @@ struct Conv {
     *left = {&s->mat, 2 * s->cin, s->cin, sc.xs[0].data()};
     *right = {&s->mat, 3 * s->cin, s->cin, sc.xs[1].data()};
   }
-  // Row-split, per pixel: out[p] = the whole output at pos[p] (top part + bottom row).
-  // On tiles: xs[0][p] = the bottom row's two taps (one contiguous run of the ring), xs[1][p] = the top part.
-  void bottom_inputs(const Pos* pos, int64_t np, Scratch& sc) {
-    for (int64_t p = 0; p < np; ++p) {
-      sc.xs[0][p] = at(pos[p].b, pos[p].i * s->stride + 1, pos[p].j * s->stride);
-      sc.xs[1][p] = top_at(pos[p]);
-    }
+  // On tiles: out[p] = top part + the bottom row's two taps (one run of the ring), and with n2 > 0 the columns
+  // W2 (tiles t2) times x2[p] (n2 float32 values, rounded as they go into the tiles), in one tile product.
+  void bottom_product(const Pos* pos, int64_t np, const uint16_t* t2, int64_t n2, const float* const* x2,
+                      float* const* out, Scratch& sc) {
+    const int64_t run = 2 * s->cin;
+    for (int64_t p = 0; p < np; ++p) sc.xs[1][p] = top_at(pos[p]);
+    tiles_product_from(s->mat.t[1], run, t2, n2, s->mat.mp, np, nullptr, sc.xs[1].data(), out,
+                       [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
+                         std::copy_n(at16(pos[p].b, pos[p].i * s->stride + 1, pos[p].j * s->stride), run,
+                                     batch.row(q));
+                         if (n2 > 0) batch.put(q, batch.second(), x2[p], n2);
+                       });
   }
+  // Row-split, per pixel: out[p] = the whole output at pos[p] (top part + bottom row).
   void compute_split(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
-    if (sc.tiles && s->mat.t[1] != nullptr) {  // out = top part + both taps in one tile product
-      bottom_inputs(pos, np, sc);
-      tiles_product2(s->mat.t[1], 2 * s->cin, sc.xs[0].data(), nullptr, 0, nullptr, s->mat.mp, np, sc.xs[1].data(),
-                     out);
+    if (tiles) {
+      bottom_product(pos, np, nullptr, 0, nullptr, out, sc);
       return;
     }
     Term left, right;
@@ -315,14 +348,23 @@ struct BlockSpec {
 struct Block {
   const BlockSpec* s;
   Conv conv_in, conv_out;
-  void reset(const BlockSpec& spec, int64_t nb, bool row_split = false) {
+  void reset(const BlockSpec& spec, int64_t nb, bool row_split = false, bool on_tiles = false) {
     s = &spec;
-    conv_in.reset(spec.conv_in, nb, row_split);
-    conv_out.reset(spec.conv_out, nb, row_split);
+    conv_in.reset(spec.conv_in, nb, row_split, on_tiles);
+    conv_out.reset(spec.conv_out, nb, row_split, on_tiles);
   }
   // The concat_elu of v[p], [elu(v[p]), elu(-v[p])], written into conv's input window at pos[p].
   static void write_concat_elu(Conv& conv, const Pos* pos, int64_t np, int64_t f, const float* const* v,
                                Scratch& sc) {
+    if (conv.tiles) {  // through a float32 scratch row into the bfloat16 ring
+      for (int64_t p = 0; p < np; ++p) {
+        float* d = sc.t1[0];
+        elu_into(v[p], f, 1.0f, d);
+        elu_into(v[p], f, -1.0f, d + f);
+        arkern_amx::to_bf16(d, 2 * f, conv.slot16(pos[p].b, pos[p].i, pos[p].j));
+      }
+      return;
+    }
     for (int64_t p = 0; p < np; ++p) {  // straight into the ring (Conv::write's rounding in place)
       float* d = conv.slot(pos[p].b, pos[p].i, pos[p].j);
       elu_into(v[p], f, 1.0f, d);
@@ -409,12 +451,10 @@ struct Block {
         sc.xs[3][p] = sc.t2[p] + f;
       }
     }
-    if (sc.tiles && s->conv_in.mat.t[1] != nullptr) {  // top part + the bottom row's taps + the nin's `ul` part
+    if (conv_in.tiles) {  // top part + the bottom row's taps + the nin's `ul` part
       const bool nin = s->aux_parts == 2;
       TORCH_CHECK(!nin || s->nin.t[1] != nullptr, "pixelcnnpp_generate: a two-part nin without its AMX copy");
-      conv_in.bottom_inputs(pos, np, sc);
-      tiles_product2(s->conv_in.mat.t[1], 2 * s->conv_in.cin, sc.xs[0].data(), nin ? s->nin.t[1] : nullptr,
-                     nin ? 2 * f : 0, sc.xs[2].data(), s->conv_in.mat.mp, np, sc.xs[1].data(), sc.c.data());
+      conv_in.bottom_product(pos, np, nin ? s->nin.t[1] : nullptr, nin ? 2 * f : 0, sc.xs[2].data(), sc.c.data(), sc);
       finish(pos, np, f, x, out, sc, true);
       return;
     }
