@@ -168,8 +168,13 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
     } else {
       mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
     }
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] = (l == 0 ? T(0) : s.x[b][g * hg + m]) + s.y[b][m];
+    for (int64_t b = 0; b < nb; ++b) {
+      if (l == 0) {
+        row_op<RowOp::zero_add>(s.x[b] + g * hg, s.y[b], hg);
+      } else {
+        row_op<RowOp::add>(s.x[b] + g * hg, s.y[b], hg);
+      }
+    }
   }
 }
 

@@ -46,6 +46,39 @@
 
 namespace arkern_pixelcnn {
 
+// Rows of a step's elementwise work: dst = relu(src) (std::max(x, 0): -0 and NaN kept), dst += src, dst = 0 + src
+// (a sum's first term), dst = src. In
+// whole 16-float vectors with AVX-512 (a masked tail): the tile input rounding (to_bf16) reads these rows back
+// in 16-float vectors at once, which the store buffer forwards only from stores of the same vectors (narrower
+// stores make such a load wait until they reach the cache).
+enum class RowOp { relu, add, zero_add, copy };
+template <RowOp op, typename T>
+inline void row_op(T* dst, const T* src, int64_t n) {
+  int64_t m = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const auto f = [](__m512 d, __m512 v) {
+      if constexpr (op == RowOp::relu) return _mm512_max_ps(_mm512_setzero_ps(), v);  // 0 > v ? 0 : v
+      if constexpr (op == RowOp::add) return _mm512_add_ps(d, v);
+      if constexpr (op == RowOp::zero_add) return _mm512_add_ps(_mm512_setzero_ps(), v);
+      if constexpr (op == RowOp::copy) return v;
+    };
+    for (; m + 16 <= n; m += 16) _mm512_storeu_ps(dst + m, f(_mm512_loadu_ps(dst + m), _mm512_loadu_ps(src + m)));
+    if (m < n) {
+      const __mmask16 k = static_cast<__mmask16>((1u << (n - m)) - 1u);
+      _mm512_mask_storeu_ps(dst + m, k, f(_mm512_maskz_loadu_ps(k, dst + m), _mm512_maskz_loadu_ps(k, src + m)));
+    }
+    return;
+  }
+#endif
+  for (; m < n; ++m) {
+    if constexpr (op == RowOp::relu) dst[m] = std::max(src[m], T(0));
+    if constexpr (op == RowOp::add) dst[m] += src[m];
+    if constexpr (op == RowOp::zero_add) dst[m] = T(0) + src[m];
+    if constexpr (op == RowOp::copy) dst[m] = src[m];
+  }
+}
+
 constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vertical pass
 constexpr int64_t kRowPiece = 8;  // (row, column) pairs per product in the PixelCNN row pass
 constexpr int64_t kTileRowPiece = 64;  // the same on AMX tiles (4 tiles of 16 rows share every weight tile)
@@ -431,11 +464,20 @@ struct Runner {
 
   bool shadowed(const Scratch& s, size_t c) const { return c < s.shadow.size() && !s.shadow[c].empty(); }
 
-  // Values n (a multiple of 32) of batch row b from src into the bfloat16 copy of cache c at (slot, col, ch).
+  // Values n (a multiple of 32) of batch row b from src into the bfloat16 copy of cache c at (slot, col, ch);
+  // relu: relu(src), without storing it as float32 (the same values as shadow_put of relu(src)).
+  template <bool relu = false>
   void shadow_put(Scratch& s, size_t c, int64_t slot, int64_t col, int64_t b, int64_t ch, const T* src, int64_t n) const {
     if constexpr (std::is_same_v<WT, at::BFloat16>) {
-      for (int64_t q = 0; q < n; q += arkern_amx::kTileK)
-        arkern_amx::to_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+      for (int64_t q = 0; q < n; q += arkern_amx::kTileK) {
+        const T* v = src + q;
+        alignas(64) T buf[arkern_amx::kTileK];
+        if constexpr (relu) {
+          row_op<RowOp::relu>(buf, v, arkern_amx::kTileK);
+          v = buf;
+        }
+        arkern_amx::to_bf16(v, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+      }
     } else {
       (void)s, (void)c, (void)slot, (void)col, (void)b, (void)ch, (void)src, (void)n;
     }
@@ -484,18 +526,19 @@ struct Runner {
 
   void head_and_draw(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, Sampler& sampler) const {
     const int64_t C = d.C, K = d.K, E = d.E, hg = d.h / C, hhg = d.hh / C;
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hg; ++m) {
-        const T x = s.x[b][g * hg + m];
-        s.hin1[b][g * hg + m] = d.head_relu ? std::max(x, T(0)) : x;
+    for (int64_t b = 0; b < nb; ++b) {
+      if (d.head_relu) {
+        row_op<RowOp::relu>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
+      } else {
+        row_op<RowOp::copy>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
       }
+    }
     if (on_tiles) {
       tiles_into(head(0, g), nb, s.hin1.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
     } else {
       product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
     }
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hhg; ++m) s.hin2[b][g * hhg + m] = std::max(s.y[b][m], T(0));
+    for (int64_t b = 0; b < nb; ++b) row_op<RowOp::relu>(s.hin2[b] + g * hhg, s.y[b], hhg);
     if (on_tiles) {
       tiles_into(head(1, g), nb, s.hin2.data(), s.y[0], s.ldy, mats[head(1, g)].b, 0);
     } else {

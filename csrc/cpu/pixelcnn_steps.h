@@ -160,24 +160,23 @@ template <typename T, typename WT>
 void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
   const int64_t h = d.h, hg = h / d.C, cb = d.kw_b / 2;
   T* const* y = conv_at(0, i, j, g, r0, nb, s);
-  for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
+  for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
   for (int64_t k = 0; k < d.depth; ++k) {
     // With a bfloat16 ring (init_shadows) the float32 ring needs only the rows the call leaves behind.
     const bool bf16_ring = shadowed(s, 1 + k);
     const bool keep = !bf16_ring || i >= row_end - cshape[1 + k][0];
     for (int64_t b = 0; b < nb; ++b) {
-      T* dst = keep ? ring(1 + k, r0 + b).at(i, j + cb) + g * hg : s.gat[b];
-      for (int64_t m = 0; m < hg; ++m) dst[m] = std::max(s.x[b][g * hg + m], T(0));
-      if (bf16_ring) shadow_put(s, 1 + k, i % cshape[1 + k][0], j + cb, b, g * hg, dst, hg);
+      if (keep) row_op<RowOp::relu>(ring(1 + k, r0 + b).at(i, j + cb) + g * hg, s.x[b] + g * hg, hg);
+      if (bf16_ring) shadow_put<true>(s, 1 + k, i % cshape[1 + k][0], j + cb, b, g * hg, s.x[b] + g * hg, hg);
     }
     y = conv_at(1 + k, i, j, g, r0, nb, s);
     if (!d.residual) {  // a plain block: its conv's output is the next block's input
-      for (int64_t b = 0; b < nb; ++b) std::copy_n(y[b], hg, s.x[b] + g * hg);
+      for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
       continue;
     }
     for (int64_t b = 0; b < nb; ++b) {
       T* u = s.act[b] + k * h;
-      for (int64_t m = 0; m < hg; ++m) u[g * hg + m] = std::max(y[b][m], T(0));
+      row_op<RowOp::relu>(u + g * hg, y[b], hg);
       s.in[b] = u;
     }
     const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
@@ -186,8 +185,7 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
     } else {
       mv(m1, nb, 0, m1.n, s.in.data(), s.y.data(), s.team);
     }
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t m = 0; m < hg; ++m) s.x[b][g * hg + m] += s.y[b][m];
+    for (int64_t b = 0; b < nb; ++b) row_op<RowOp::add>(s.x[b] + g * hg, s.y[b], hg);
   }
 }
 
