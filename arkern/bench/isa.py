@@ -61,7 +61,8 @@ def wavenet_case(batch: int, steps: int) -> Case:
 
         def make(dtype):
             packed = family_of(model).pack(model, weight_dtype=dtype)
-            state = dw.WaveNetState.new(model, batch, dtype=torch.float32)
+            # the rings as the fused sampler keeps them on CPU (generate(method="fused")): each slot's rows contiguous
+            state = dw.WaveNetState.new(model, batch, dtype=torch.float32, ring_storage="slots")
 
             def fused():
                 ys, _ = wavenet_generate(packed, state.rings, state.prev, state.t, noise)

@@ -28,7 +28,7 @@ from arkern import wavenet_heads as heads
 from arkern.decode.methods import METHODS
 from arkern.models.wavenet import WaveNet, fused_unsupported, packed_family_weights, packed_weights
 from arkern.ops.causal_conv1d import causal_conv1d_update
-from arkern.ops.wavenet_decode import wavenet_generate
+from arkern.ops.wavenet_decode import new_rings, wavenet_generate
 from arkern.ops.wavenet_family_decode import wavenet_family_generate
 
 COND_WINDOW_FLOATS = 2**20  # projected local conditioning held at once while sampling (floats, all rows;
@@ -39,8 +39,8 @@ COND_WINDOW_FLOATS = 2**20  # projected local conditioning held at once while sa
 class WaveNetState:
     """Decoding state of a batch of B sequences at absolute time ``t`` (the next sample to draw).
 
-    rings: per layer (B, R, (K-1)·d_l), a view of time-major (B, (K-1)·d_l, R) storage; the layer input of
-        time s sits in column s % ((K-1)·d_l) (zeros before time 0).
+    rings: per layer (B, R, (K-1)·d_l), a view of time-major (B, (K-1)·d_l, R) storage (or ((K-1)·d_l, B, R),
+        ``ring_storage="slots"``); the layer input of time s sits in column s % ((K-1)·d_l) (zeros before time 0).
     prev: (B, 2), [y[t-2], y[t-1]]: int64 classes, or float64 samples for scalar input (the start value
         before the sequence).
     cond: projected local conditioning (B, n, L, G) of cond indices [cond_start, cond_start + n), an index
@@ -60,11 +60,14 @@ class WaveNetState:
     @torch.no_grad()
     def new(cls, model: WaveNet, batch_size: int, *, cond: torch.Tensor | None = None,
             gcond: torch.Tensor | None = None, length: int | None = None,
-            dtype: torch.dtype | None = None) -> WaveNetState:
+            dtype: torch.dtype | None = None, ring_storage: str = "rows") -> WaveNetState:
         """Empty state for `batch_size` rows; cond / gcond as for the model's forward, projected for the whole
         run (:meth:`WaveNet.conditioning`; the samplers instead project window by window).
 
         dtype: dtype of the ring buffers and conditioning (default: the model's; float32 for `fused`).
+        ring_storage: "rows", each row's rings (B, (K-1)·d, R) contiguous, or "slots", ((K-1)·d, B, R): a step of
+            many rows then reads and writes one contiguous block per layer (taken by ``wavenet_generate`` only, see
+            :func:`arkern.ops.wavenet_decode.ring_storage`; the fused sampler uses it on CPU).
         """
         dtype = dtype or model.dtype
         device = model.out.weight.device
@@ -75,8 +78,8 @@ class WaveNetState:
         local = model.local_all(cond, length)
         glob = model.global_bias(gcond, batch_size)
         # (B, R, S) views of time-major storage: a step reads/writes R contiguous values per layer
-        rings = [torch.zeros(batch_size, (K - 1) * d, R, dtype=dtype, device=device).transpose(1, 2)
-                 for d in model.dilations]
+        rings = new_rings(batch_size, R, [(K - 1) * d for d in model.dilations], ring_storage, dtype=dtype,
+                          device=device)
         pdt = torch.float64 if cfg.input == "scalar" else torch.int64
         prev = torch.full((batch_size, 2), model.start_value, dtype=pdt, device=device)
         hop = cfg.cond_hop if cfg.upsample == "nearest" else 1
@@ -247,8 +250,10 @@ def sample(model: WaveNet, noise: torch.Tensor, *, method: str = "fused", temper
     logits = []
     state = None
     if method == "fused":
-        state = WaveNetState.new(model, B, gcond=gcond, dtype=torch.float32)
         nv_arch = fused_unsupported(cfg) is None
+        # wavenet_generate on CPU: each slot's rows contiguous (one block per layer and step)
+        storage = "slots" if nv_arch and noise.device.type == "cpu" else "rows"
+        state = WaveNetState.new(model, B, gcond=gcond, dtype=torch.float32, ring_storage=storage)
         op = wavenet_generate if nv_arch else wavenet_family_generate
         packed = (packed_weights if nv_arch else packed_family_weights)(model, weight_dtype)
     elif method == "cached":

@@ -6,7 +6,9 @@ buffers, skip sum, head, and the draw from pre-drawn uniforms) without returning
 Weights are packed once by :func:`pack_wavenet` into :class:`WaveNetFused`: every matrix W (M × N) gets
 its rows zero-padded to Mp = ceil16(M) and is stored as row tiles of up to 64 outputs, each tile
 transposed (N × width) and contiguous, float32 or bfloat16; biases, embeddings and conditioning stay
-float32. The ring buffers (the ``WaveNetState`` tensors) and the last two samples are mutated in place.
+float32. The ring buffers (the ``WaveNetState`` tensors) and the last two samples are mutated in place; the rings
+are time-major in one of two storages (:func:`ring_storage`): "rows", (B, d, R), or "slots", (d, B, R), where a
+step of a group of rows reads and writes one contiguous block per layer.
 
 Precision: float32 weights give float32 arithmetic. bfloat16 weights define the bfloat16 precision
 (docs/design.md, "bfloat16 precision"): the input of every matrix product is rounded to bfloat16 too (the
@@ -146,6 +148,35 @@ BACKENDS.register("cuda", lambda *args: torch.ops.arkern.wavenet_generate(*args)
                   torch_op="arkern::wavenet_generate")
 
 
+RING_STORAGES = ("rows", "slots")
+
+
+def ring_storage(ring: torch.Tensor) -> str | None:
+    """The storage of a (B, R, d) ring buffer: "rows" for a view of a contiguous (B, d, R) tensor (each batch row's
+    ring contiguous), "slots" for a view of a contiguous (d, B, R) one (each slot's batch rows contiguous: a step
+    of many rows reads and writes one block per layer); None for anything else. Both are time-major (the R inputs
+    of one time and row are contiguous); a ring that is both (B == 1 or d == 1) is "rows"."""
+    if ring.dim() != 3:
+        return None
+    if ring.transpose(1, 2).is_contiguous():
+        return "rows"
+    if ring.permute(2, 0, 1).is_contiguous():
+        return "slots"
+    return None
+
+
+def new_rings(batch: int, residual_channels: int, dilations: list[int], storage: str = "rows", *,
+              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Zeroed ring buffers, per layer (batch, residual_channels, d) in `storage` ("rows" or "slots", see
+    :func:`ring_storage`)."""
+    if storage not in RING_STORAGES:
+        raise ValueError(f"{OP}: ring storage must be one of {RING_STORAGES}, got {storage!r}")
+    if storage == "rows":
+        return [torch.zeros(batch, d, residual_channels, dtype=dtype, device=device).transpose(1, 2)
+                for d in dilations]
+    return [torch.zeros(d, batch, residual_channels, dtype=dtype, device=device).permute(1, 2, 0) for d in dilations]
+
+
 def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor, t0: int, noise: torch.Tensor,
              cond: torch.Tensor | None, cond_hop: int, gbias: torch.Tensor | None, temperature: float,
              top_k: int | None, top_p: float | None, forced: torch.Tensor | None) -> None:
@@ -162,10 +193,13 @@ def validate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torch.Tensor
     if len(rings) != L:
         raise ValueError(f"{OP}: rings must hold {L} tensors (one per layer), got {len(rings)}")
     for i, (r, d) in enumerate(zip(rings, packed.dilations)):
-        if r.dtype != torch.float32 or tuple(r.shape) != (B, R, d) or not r.transpose(1, 2).is_contiguous():
-            raise ValueError(f"{OP}: rings[{i}] must be float32 {(B, R, d)} with time-major storage "
-                             f"(torch.zeros(B, d, R).transpose(1, 2)), got {r.dtype} {tuple(r.shape)} "
-                             f"strides {r.stride()}")
+        if (not isinstance(r, torch.Tensor) or r.dtype != torch.float32 or tuple(r.shape) != (B, R, d)
+                or ring_storage(r) is None):
+            got = (f"{r.dtype} {tuple(r.shape)} strides {r.stride()}" if isinstance(r, torch.Tensor)
+                   else type(r).__name__)
+            raise ValueError(f"{OP}: rings[{i}] must be float32 {(B, R, d)} with time-major storage, a view of a "
+                             f"contiguous ({B}, {d}, {R}) tensor (torch.zeros(B, d, R).transpose(1, 2)) or of a "
+                             f"({d}, {B}, {R}) one (torch.zeros(d, B, R).permute(1, 2, 0)); got {got}")
     check_step_conditioning(OP, t0, T, B, L, 2 * R, cond, cond_hop, gbias)
     check_warpers(temperature, top_k, top_p, OP)
     if forced is not None and (forced.dtype != torch.int64 or tuple(forced.shape) != (B, T)):
@@ -184,8 +218,9 @@ def wavenet_generate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torc
 
     Args:
         packed: weights from :func:`pack_wavenet`.
-        rings: per layer (B, R, d_l) float32 ring buffers, views of time-major (B, d_l, R) storage; the
-            input of time t lives at column t % d_l.
+        rings: per layer (B, R, d_l) float32 ring buffers, views of time-major storage, contiguous (B, d_l, R)
+            ("rows") or (d_l, B, R) ("slots", faster for many rows on CPU; not taken by the cuda backend), see
+            :func:`ring_storage` / :func:`new_rings`; the input of time t lives at column t % d_l.
         prev: (B, 2) int64 last two samples [y[t0-2], y[t0-1]]; updated to the last two of this call.
         t0: absolute time of the first step.
         noise: (B, T) float64 uniforms in [0, 1), one per step.
@@ -202,6 +237,9 @@ def wavenet_generate(packed: WaveNetFused, rings: list[torch.Tensor], prev: torc
     """
     validate(packed, rings, prev, t0, noise, cond, cond_hop, gbias, temperature, top_k, top_p, forced)
     kernel = BACKENDS.select(backend, noise.device, packed.dtype)
+    if kernel.backend == "cuda" and any(ring_storage(r) == "slots" for r in rings):
+        raise ValueError(f"{OP}: the cuda backend takes rings in \"rows\" storage (a view of a contiguous (B, d, R) "
+                         "tensor), got \"slots\" storage (d, B, R)")
     tiles = (packed.tiles,) if kernel.backend == "cpu" and packed.tiles is not None else ()  # its AMX copy
     return kernel.fn(*packed.tensors(), list(packed.dilations), list(rings), prev, t0, noise, cond, cond_hop,
                      gbias, float(temperature), int(top_k or 0), float(top_p if top_p is not None else 1.0),
@@ -218,4 +256,5 @@ def matrix_elements(packed: WaveNetFused) -> int:
     return sum(t.numel() for t in (packed.w_dil, packed.w_rs, packed.w_out, packed.w_end))
 
 
-__all__ = ["WaveNetFused", "pack_matrix", "pack_tiles", "unpack_matrix", "pad_vector", "wavenet_generate", "BACKENDS"]
+__all__ = ["RING_STORAGES", "WaveNetFused", "new_rings", "ring_storage", "pack_matrix", "pack_tiles", "unpack_matrix",
+           "pad_vector", "wavenet_generate", "BACKENDS"]

@@ -130,7 +130,7 @@ def _draw(lg, zs_ptrs, params_ptr, u, top_k, A, rmask,
 
 @triton.jit
 def _step(emb_ptr, wd_ptr, bd_ptr, wrs_ptr, brs_ptr, wo_ptr, bo_ptr, we_ptr, be_ptr,
-          ring_tab_ptr, dil_ptr, prev_ptr, noise_ptr, forced_ptr, samples_ptr, logits_ptr,
+          ring_tab_ptr, ring_strides_ptr, dil_ptr, prev_ptr, noise_ptr, forced_ptr, samples_ptr, logits_ptr,
           cond_ptr, gbias_ptr, params_ptr, scratch_ptr, zscratch_ptr,
           s, t, T, B, L, R, S, A, Rp, Sp, Ap, cond_frames, cond_hop, top_k, WS,
           TILE_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_RS: tl.constexpr,
@@ -175,7 +175,10 @@ def _step(emb_ptr, wd_ptr, bd_ptr, wrs_ptr, brs_ptr, wo_ptr, bo_ptr, we_ptr, be_
     for layer in range(0, L):
         d = tl.load(dil_ptr + layer)
         ring = tl.load(ring_tab_ptr + layer).to(tl.pointer_type(tl.float32), bitcast=True)
-        slot = ring + (rows * d + t % d) * R  # time-major: the R inputs of time t - d, replaced by x(t)
+        # time-major: the R inputs of time t - d, replaced by x(t); rows and slots as the ring's strides say
+        row_stride = tl.load(ring_strides_ptr + 2 * layer)
+        slot_stride = tl.load(ring_strides_ptr + 2 * layer + 1)
+        slot = ring + rows * row_stride + (t % d) * slot_stride
         past = tl.load(slot[:, None] + r[None, :], mask=m2, other=0.0)
         tl.store(in2_ptrs[:, None] + r[None, :], past, mask=m2)
         tl.store(in2_ptrs[:, None] + R + c[None, :], state, mask=mx)
@@ -313,13 +316,14 @@ def wavenet_generate(emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end, 
     scratch = torch.empty((B, WS), dtype=torch.float32, device=device)
     zscratch = torch.empty((B, 2 * BLOCK_A), dtype=torch.float64, device=device)
     ring_tab = torch.tensor([ring.data_ptr() for ring in rings], dtype=torch.int64, device=device)
+    ring_strides = torch.tensor([[ring.stride(0), ring.stride(2)] for ring in rings], dtype=torch.int64, device=device)
     dil = torch.tensor(list(dilations), dtype=torch.int64, device=device)
     params = torch.tensor([temperature, top_p], dtype=torch.float64, device=device)
     cond_frames = cond.shape[1] if cond is not None else 1
     grid = (triton.cdiv(B, BLOCK_B),)
     for s in range(T):
         _step[grid](emb, w_dil, b_dil, w_rs, b_rs, w_out, b_out, w_end, b_end,
-                    ring_tab, dil, prev, noise, forced if forced is not None else prev, samples,
+                    ring_tab, ring_strides, dil, prev, noise, forced if forced is not None else prev, samples,
                     logits if return_logits else b_end, cond if cond is not None else b_end,
                     gbias if gbias is not None else b_end, params, scratch, zscratch,
                     s, t0 + s, T, B, L, R, S, A, Rp, Sp, Ap, cond_frames, max(1, cond_hop), top_k, WS,

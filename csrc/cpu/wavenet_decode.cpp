@@ -4,7 +4,8 @@
 // dilated layers (ring buffer per layer), the skip sum, the head relu -> 1x1 -> relu -> 1x1, and a draw
 // from the pre-drawn uniforms (softmax, temperature, top-k, top-p, inverse CDF: the decisions of
 // arkern.distributions.sample_categorical, made by decode_sampler.h). The loop over steps never returns to
-// Python. Ring buffers are (B, R, d) views of time-major (B, d, R) storage, so one step reads and writes R contiguous floats.
+// Python. Ring buffers are (B, R, d) views of time-major (B, d, R) or (d, B, R) storage, so one step reads and writes
+// R contiguous floats per row (one block per layer for a group of rows in the second storage).
 //
 // Weights come pre-packed (arkern.models.wavenet.pack_wavenet with arkern.ops.wavenet_decode.pack_matrix;
 // the layout is documented in arkern/reference/wavenet_decode.py): every matrix W (M x N) has its rows
@@ -112,16 +113,20 @@ std::tuple<at::Tensor, at::Tensor> wavenet_generate_cpu(
   TORCH_CHECK(temperature > 0, "wavenet_generate: temperature must be > 0");
   TORCH_CHECK(top_k >= 0 && top_p > 0, "wavenet_generate: top_k must be >= 0 and top_p > 0");
   TORCH_CHECK(static_cast<int64_t>(rings.size()) == net.L, "wavenet_generate: need one ring buffer per layer");
-  std::vector<float*> ring_ptrs(net.L);
+  Rings ring_ptrs;
   for (int64_t l = 0; l < net.L; ++l) {
     net.dil.push_back(dilations[l]);
     TORCH_CHECK(dilations[l] >= 1, "wavenet_generate: dilations must be >= 1");
     const auto& r = rings[l];
-    TORCH_CHECK(r.scalar_type() == at::kFloat && r.dim() == 3 && r.size(0) == B && r.size(1) == net.R &&
-                    r.size(2) == dilations[l] && r.transpose(1, 2).is_contiguous(),
-                "wavenet_generate: ring buffer ", l, " must be float32 (B, R, ", dilations[l],
-                ") with time-major storage (a transposed contiguous (B, d, R) tensor)");
-    ring_ptrs[l] = r.data_ptr<float>();
+    const int64_t d = dilations[l];
+    // "rows" storage (B, d, R) or "slots" storage (d, B, R), seen as (B, R, d)
+    const bool shape = r.scalar_type() == at::kFloat && r.dim() == 3 && r.size(0) == B && r.size(1) == net.R &&
+                       r.size(2) == d && r.device().is_cpu();
+    const bool rows = shape && r.transpose(1, 2).is_contiguous();
+    const bool slots = shape && r.permute({2, 0, 1}).is_contiguous();
+    TORCH_CHECK(rows || slots, "wavenet_generate: ring buffer ", l, " must be float32 (B, R, ", d,
+                ") with time-major storage: a view of a contiguous (B, ", d, ", R) or (", d, ", B, R) tensor");
+    ring_ptrs.push_back(Ring{r.data_ptr<float>(), r.stride(0), r.stride(2)});
   }
   const auto noise_c = noise.contiguous();
   int64_t frames = 0;

@@ -27,6 +27,17 @@ constexpr int kPipeMaxRows = 4; // row groups up to this size run on two threads
 constexpr int64_t kPipeBlock = 8;  // Pipe: the helper's past taps, up to this many steps at once
 constexpr int kAmxMinRows = 4;  // bfloat16 row groups from this size use AMX tiles when selected (isa.h)
 
+// A layer's ring buffer (d slots): batch row `row`'s input of time s sits at at(row, s % d), R contiguous floats;
+// rows and slots are row_stride / slot_stride floats apart. Two storages (arkern.ops.wavenet_decode): "rows",
+// (B, d, R), each row's ring contiguous; "slots", (d, B, R), a slot's rows contiguous -- a step of a row group
+// then reads and writes one contiguous block per layer (a stream for the prefetchers) instead of a piece per row.
+struct Ring {
+  float* base;
+  int64_t row_stride, slot_stride;
+  float* at(int64_t row, int64_t slot) const { return base + row * row_stride + slot * slot_stride; }
+};
+using Rings = std::vector<Ring>;
+
 struct Net {
   int64_t L, R, Rp, S, Sp, A, Ap;
   std::vector<int64_t> dil;
@@ -82,7 +93,7 @@ void matvec_tiles(int nb, const WT* w, int64_t mp, int64_t n, int64_t ja, int64_
 // The bfloat16 precision on AMX tiles for batch rows [row0, row0 + nb), nb <= kMaxRows, on this thread: the
 // same network and rounding as Rows<at::BFloat16> (every matrix input rounded to bfloat16, the rings holding
 // the rounded layer inputs), each product one tile pass over all rows (amx.h). Tiles: the matrices' AMX copies.
-void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>& rings, int64_t* prev, int64_t row0,
+void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_t* prev, int64_t row0,
                   int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
                   int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
                   float* logits_out);

@@ -15,13 +15,12 @@ namespace arkern_wavenet {
 
 namespace {
 
-// The ring slots of step t + 1 of one layer, fetched into the cache a step ahead (with many rows every slot
-// is a miss otherwise: rings of large dilations do not stay cached).
-inline void prefetch_next_slots(const float* ring, int64_t row0, int nb, int64_t d, int64_t t, int64_t R) {
-  for (int b = 0; b < nb; ++b) {
-    const float* next = ring + ((row0 + b) * d + (t + 1) % d) * R;
-    for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(next + c);
-  }
+// Row `row`'s ring slot of step t + 1 of one layer, fetched into the cache a step ahead (rings of large dilations
+// do not stay cached), a row at a time between the gates' arithmetic: issued all at once, the prefetches stall
+// on full fill buffers.
+inline void prefetch_next_slot(const Ring& ring, int64_t row, int64_t d, int64_t t, int64_t R) {
+  const float* next = ring.at(row, (t + 1) % d);
+  for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(next + c);
 }
 
 // Y (rows16 x mp, row stride ldy) = C0 + X W^T on the tiles (arkern_amx::matmul, the sums starting from C0, row
@@ -48,7 +47,7 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 // bias), its skip outputs from the skip sums (the L layers' skip biases are summed once per call and added at the
 // head), the head's from their biases. The last layer's residual outputs, which nothing reads, are not computed.
 // Only the order of float32 sums differs from the other levels.
-void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>& rings, int64_t* prev, int64_t row0,
+void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_t* prev, int64_t row0,
                   int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
                   int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
                   float* logits_out) {
@@ -92,12 +91,11 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
       const int64_t d = net.dil[l];
       const float* br = net.b_rs + l * rs_p;
       const uint16_t* w_rs = tiles.base + tiles.rs_off + l * tiles.rs_stride;
-      prefetch_next_slots(rings[l], row0, nb, d, t, R);
       // [x(t - d); x(t)] rounded straight from the ring and x into the tile inputs, then x(t) rounded replaces
       // x(t - d) in the ring (time-major: the R inputs of one time); x gets the residual bias
       batch.begin(nb, 2 * R);
       for (int b = 0; b < nb; ++b) {
-        float* slot = rings[l] + ((row0 + b) * d + t % d) * R;
+        float* slot = rings[l].at(row0 + b, t % d);
         batch.put(b, 0, slot, R);
         batch.put(b, R, x[b], R);
         arkern_amx::round_bf16(x[b], R, slot);
@@ -123,6 +121,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const std::vector<float*>&
           pb = pre;
         }
         arkern_decode::gate_fast(pb, pb + Rp, g, R);
+        prefetch_next_slot(rings[l], row0 + b, d, t, R);
         batch.put(b, 0, g, R);
       }
       if (l + 1 < L)  // x entering layer l + 1 (the last layer's residual outputs feed nothing)

@@ -168,7 +168,7 @@ struct Pipe {
   static constexpr bool kBf16 = std::is_same_v<WT, at::BFloat16>;
   const Net& net;
   const WT *w_dil, *w_rs, *w_out, *w_end;
-  const std::vector<float*>& rings;
+  const Rings& rings;
   int64_t* prev;
   int64_t row0;
   int nb;
@@ -248,7 +248,7 @@ struct Pipe {
     const int64_t d = net.dil[l], R = net.R;
     for (int b = 0; b < nb; ++b)
       for (int64_t k = 0; k < n; ++k) {
-        px[b * n + k] = rings[l] + ((row0 + b) * d + (t0 + first + k) % d) * R;
+        px[b * n + k] = rings[l].at(row0 + b, (t0 + first + k) % d);
         py[b * n + k] = slot(l, b, first + k);
       }
     matvec_rows<WT>(nb * static_cast<int>(n), w_dil + l * w_dil_stride, two_rp, 2 * R, 0, R, px.data(), py.data(),
@@ -319,7 +319,7 @@ struct Pipe {
         }
         gate(tmp[b], tmp[b] + Rp, gl(l, b), Rp);
         if constexpr (kBf16) arkern_amx::round_bf16(gl(l, b), R);
-        std::copy(xq[b], xq[b] + R, rings[l] + ((row0 + b) * d + t % d) * R);  // the ring holds the matrix input
+        std::copy(xq[b], xq[b] + R, rings[l].at(row0 + b, t % d));  // the ring holds the matrix input
       }
       g_pub[l].store(s, std::memory_order_release);
       float* g[kMaxRows];

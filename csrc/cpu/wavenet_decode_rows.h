@@ -49,7 +49,7 @@ struct Rows {
 
   const Net& net;
   const WT *w_dil, *w_rs, *w_out, *w_end;
-  const std::vector<float*>& rings;
+  const Rings& rings;
   int64_t* prev;
   int64_t row0;
   int nb;
@@ -183,7 +183,7 @@ struct Rows {
       const int64_t pos = t % net.dil[p];
       for (int b = 0; b < nb; ++b) {
         if (!(use_past && net.dil[p] > 1)) {
-          const float* slot = rings[p] + ((row0 + b) * net.dil[p] + pos) * R;  // time-major: R inputs of one time
+          const float* slot = rings[p].at(row0 + b, pos);  // R inputs of one time
           std::copy(slot, slot + R, w.in2[b]);
         }
         if constexpr (kBf16) {
@@ -207,7 +207,7 @@ struct Rows {
       case kDuty: {  // layer p - 1 done: its input into the ring, skip outputs of the residual tiles; x(p)
         const int64_t l = p - 1, d = net.dil[l];
         for (int b = 0; b < nb; ++b) {
-          float* slot = rings[l] + ((row0 + b) * d + t % d) * R;  // the ring holds the matrix input
+          float* slot = rings[l].at(row0 + b, t % d);  // the ring holds the matrix input
           if constexpr (kBf16) {
             arkern_amx::round_bf16(xs(l, b), R, slot);
           } else {
@@ -232,7 +232,7 @@ struct Rows {
             for (int b = 0; b < nb; ++b)
               for (int64_t q = 0; q < n; ++q) {
                 const int64_t slot = (t + q) % d;
-                w.past_x[b * n + q] = rings[l] + ((row0 + b) * d + slot) * R;
+                w.past_x[b * n + q] = rings[l].at(row0 + b, slot);
                 w.past_y[b * n + q] = pb + (b * d + slot) * two_rp;
               }
             matvec_tiles<WT>(nb * static_cast<int>(n), wl, two_rp, 2 * R, 0, R, w.past_x.data(), w.past_y.data(),

@@ -33,7 +33,7 @@ from arkern.families import draw_noise, family_of
 from arkern.models.wavenet import pack_wavenet
 from arkern.ops.amx_layout import pack_vnni, packed_size, unpack_vnni
 from arkern.ops.pixelcnn_decode import pixelcnn_generate
-from arkern.ops.wavenet_decode import BACKENDS, pack_tiles, wavenet_generate
+from arkern.ops.wavenet_decode import BACKENDS, pack_tiles, ring_storage, wavenet_generate
 from arkern.testing import assert_close, assert_close_rounded
 from tests.conftest import image_model, kernel_backends, wavenet
 
@@ -165,6 +165,50 @@ def test_wavenet_levels_draw_the_references_samples(isa, wdtype, at_isa, one_thr
                                                backend=backend)
     assert torch.equal(samples["cpu"], samples["reference"])
     assert len(torch.unique(samples["cpu"])) > 1
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_wavenet_ring_storages_agree(isa, wdtype, at_isa, one_thread):
+    """Rings in "slots" storage ((d, B, R): a step's rows contiguous) give what "rows" storage ((B, d, R)) gives,
+    bit for bit: samples, logits and ring contents, over calls that carry the state (one of a single step), for
+    one row, a few rows (below the AMX row groups), an odd group and a full tile group plus one row; then the same
+    state continues in the other precision."""
+    _need_kernel()
+    model = wavenet(WAVENET, torch.float32, seed=5)
+    chunks = (1, 9, 30)
+    T = sum(chunks)
+    packs = {dt: pack_wavenet(model, dt) for dt in (torch.float32, torch.bfloat16)}
+    other = torch.float32 if wdtype == torch.bfloat16 else torch.bfloat16
+    for batch in (1, 3, 17, 33):
+        noise = draw_uniforms((batch, T + 7), seed=batch)
+        runs = {}
+        for storage in ("rows", "slots"):
+            state = dw.WaveNetState.new(model, batch, length=T, dtype=torch.float32, ring_storage=storage)
+            assert all(ring_storage(r) == (storage if batch > 1 and r.shape[-1] > 1 else "rows") for r in state.rings)
+            out, t = [], 0
+            for n, dt in [(n, wdtype) for n in chunks] + [(7, other)]:
+                out += wavenet_generate(packs[dt], state.rings, state.prev, t, noise[:, t:t + n], return_logits=True)
+                t += n
+            runs[storage] = out, [r.clone() for r in state.rings], state.prev.clone()
+        (out_r, rings_r, prev_r), (out_s, rings_s, prev_s) = runs["rows"], runs["slots"]
+        assert all(torch.equal(a, b) for a, b in zip(out_r, out_s)), f"batch {batch}: samples or logits differ"
+        assert all(torch.equal(a, b) for a, b in zip(rings_r, rings_s)), f"batch {batch}: rings differ"
+        assert torch.equal(prev_r, prev_s)
+        assert any(r.abs().sum() > 0 for r in rings_s)
+
+
+def test_wavenet_ring_storage_is_checked():
+    model = wavenet(WAVENET, torch.float32, seed=5)
+    packed = pack_wavenet(model, torch.float32)
+    noise = torch.rand(3, 2, dtype=torch.float64)
+    rings = [torch.zeros(3, packed.residual_channels, d) for d in packed.dilations]  # channel-major: neither storage
+    rings[0] = rings[0].transpose(1, 2).contiguous().transpose(1, 2)
+    assert ring_storage(rings[0]) == "rows" and ring_storage(rings[2]) is None
+    with pytest.raises(ValueError, match=r"rings\[1\] must be float32 \(3, 24, 2\) with time-major storage"):
+        wavenet_generate(packed, rings, torch.zeros(3, 2, dtype=torch.int64), 0, noise)
+    with pytest.raises(ValueError, match="ring storage must be one of"):
+        dw.WaveNetState.new(model, 3, ring_storage="columns")
 
 
 def test_wavenet_tiles_are_the_same_weights():

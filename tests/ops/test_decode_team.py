@@ -55,14 +55,17 @@ def at_threads(n: int, fn):
         torch.set_num_threads(old)
 
 
-def wavenet_run(name: str, wdtype: torch.dtype, batch: int, T: int, chunks: tuple[int, ...] = ()):
-    """Samples, logits and ring buffers of a fused run (in calls of `chunks` steps, else one call)."""
+def wavenet_run(name: str, wdtype: torch.dtype, batch: int, T: int, chunks: tuple[int, ...] = (),
+                storage: str = "rows"):
+    """Samples, logits and ring buffers of a fused run (in calls of `chunks` steps, else one call; rings in
+    `storage`)."""
     model = wavenet(WAVENET[name], seed=3)
     cfg = model.config
     g = torch.Generator().manual_seed(5)
     local = torch.randn(batch, cfg.cond_channels, -(-T // cfg.cond_hop), generator=g) if cfg.cond_channels else None
     glob = torch.randn(batch, cfg.global_channels, generator=g) if cfg.global_channels else None
-    state = dw.WaveNetState.new(model, batch, cond=local, gcond=glob, length=T, dtype=torch.float32)
+    state = dw.WaveNetState.new(model, batch, cond=local, gcond=glob, length=T, dtype=torch.float32,
+                                ring_storage=storage)
     packed = pack_wavenet(model, wdtype)
     noise = draw_uniforms((batch, T), seed=9)
     ys, lgs, t = [], [], 0
@@ -90,8 +93,8 @@ def test_wavenet_one_and_two_threads_identical(name, batch, wdtype, team_mode):
     one = at_threads(1, lambda: wavenet_run(name, wdtype, batch, T))
     two = at_threads(2, lambda: wavenet_run(name, wdtype, batch, T))
     assert_same_runs(one, two)
-    # calls of uneven lengths (the past taps' d-step blocks cut at call boundaries)
-    assert_same_runs(one, at_threads(2, lambda: wavenet_run(name, wdtype, batch, T, (1, 6, 17, 46))))
+    # calls of uneven lengths (the past taps' d-step blocks cut at call boundaries), rings in the other storage
+    assert_same_runs(one, at_threads(2, lambda: wavenet_run(name, wdtype, batch, T, (1, 6, 17, 46), "slots")))
     assert len(torch.unique(one[0])) > 5
 
 

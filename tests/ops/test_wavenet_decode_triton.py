@@ -145,7 +145,7 @@ _COMPILE = textwrap.dedent("""
     from triton.compiler import ASTSource
     from arkern.triton import wavenet_decode as tw
 
-    INT64 = {"ring_tab_ptr", "dil_ptr", "prev_ptr", "forced_ptr", "samples_ptr"}
+    INT64 = {"ring_tab_ptr", "ring_strides_ptr", "dil_ptr", "prev_ptr", "forced_ptr", "samples_ptr"}
     FP64 = {"noise_ptr", "params_ptr", "zscratch_ptr"}
     WEIGHTS = {"wd_ptr", "wrs_ptr", "wo_ptr", "we_ptr"}
     # the nv-wavenet medium configuration (R=64, S=256, A=256), 8 rows per program, every feature on
