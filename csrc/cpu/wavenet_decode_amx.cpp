@@ -44,9 +44,11 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 //
 // The tiles' accumulators start from what the outputs add to, so no pass re-reads a product: the dilated conv's
 // from its bias (its outputs go straight to the gate), a layer's residual outputs from x (+ the layer's residual
-// bias), its skip outputs from the skip sums (the L layers' skip biases are summed once per call and added at the
-// head), the head's from their biases. The last layer's residual outputs, which nothing reads, are not computed.
-// Only the order of float32 sums differs from the other levels.
+// bias), the head's from their biases. The skip sums are one product per step after the last layer, of every
+// layer's gate output (kept rounded) by the layers' skip matrices, starting from the L layers' skip biases (summed
+// once per call): the sums stay in the accumulators through all layers instead of being loaded and stored per
+// layer. The last layer's residual outputs, which nothing reads, are not computed. Only the order of float32 sums
+// differs from the other levels.
 void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_t* prev, int64_t row0,
                   int nb, int64_t t0, int64_t steps, const double* noise, const float* cond, int64_t cond_frames,
                   int64_t hop, const float* gbias, const int64_t* forced, Sampler& sampler, int64_t* samples,
@@ -76,6 +78,17 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
                 kb_rs = arkern_amx::pad32(R) / arkern_amx::kTileK,
                 kb_out = arkern_amx::pad32(net.S) / arkern_amx::kTileK,
                 kb_end = arkern_amx::pad32(A) / arkern_amx::kTileK;
+  // Every layer's gate output of the step, rounded (r16 x L blocks of ld_g; zero in the padding columns and rows):
+  // the residual conv of layer l reads block l, the skip convs of all layers are one product at the head, the L
+  // layers' matrices as parts, so that the skip sums stay in the tiles' accumulators through all layers.
+  const int64_t ld_g = kb_rs * arkern_amx::kTileK, ld_gates = L * ld_g;
+  std::vector<uint16_t> gates(static_cast<size_t>(r16 * ld_gates), uint16_t{0});
+#if ARKERN_HAVE_AMX
+  std::vector<arkern_amx::Part> skip_parts;
+  for (int64_t l = 0; l < L; ++l)  // the skip outputs' blocks start after the residual outputs' Rp / 16
+    skip_parts.push_back({tiles.base + tiles.rs_off + l * tiles.rs_stride + (Rp / 16) * kb_rs * arkern_amx::kTileElems,
+                          kb_rs});
+#endif
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
   const arkern_amx::TileScope scope;  // the tile configuration for the whole call
   for (int64_t s = 0; s < steps; ++s) {
@@ -86,7 +99,6 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
       const float* e_new = net.emb + (A + pv[1]) * R;
       for (int64_t c = 0; c < R; ++c) x[b][c] = e_old[c] + e_new[c];
     }
-    std::fill(skip, skip + r16 * Sp, 0.0f);
     for (int64_t l = 0; l < L; ++l) {
       const int64_t d = net.dil[l];
       const float* br = net.b_rs + l * rs_p;
@@ -103,8 +115,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
       }
       tile_product(batch.row(0), r16, batch.ld(), tiles.base + l * tiles.dil_stride, kb_dil, two_rp,
                    net.b_dil + l * two_rp, 0, yd, two_rp);
-      // the gate of bias + product (+ conditioning), rounded into the tile inputs of the residual/skip conv
-      batch.begin(nb, R);
+      // the gate of bias + product (+ conditioning), rounded into the tile inputs of the residual / skip convs
       for (int b = 0; b < nb; ++b) {
         const float* pb = yd + b * two_rp;
         const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
@@ -122,17 +133,19 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
         }
         arkern_decode::gate_fast(pb, pb + Rp, g, R);
         prefetch_next_slot(rings[l], row0 + b, d, t, R);
-        batch.put(b, 0, g, R);
+        arkern_amx::to_bf16(g, R, gates.data() + b * ld_gates + l * ld_g);
       }
       if (l + 1 < L)  // x entering layer l + 1 (the last layer's residual outputs feed nothing)
-        tile_product(batch.row(0), r16, batch.ld(), w_rs, kb_rs, Rp, xm, Rp, xm, Rp);
-      const uint16_t* w_skip = w_rs + (Rp / 16) * kb_rs * arkern_amx::kTileElems;  // output blocks from Rp / 16
-      tile_product(batch.row(0), r16, batch.ld(), w_skip, kb_rs, Sp, skip, Sp, skip, Sp);
+        tile_product(gates.data() + l * ld_g, r16, ld_gates, w_rs, kb_rs, Rp, xm, Rp, xm, Rp);
     }
+    // the skip sums: the L layers' skip biases + every layer's skip conv of its gate, one product
+#if ARKERN_HAVE_AMX
+    arkern_amx::matmul(gates.data(), r16, ld_gates, skip_parts.data(), static_cast<int>(L), Sp, skip, Sp, skip_bias, 0);
+#endif
     // the head: relu(skip) -> 1x1 (from its bias) -> relu -> 1x1 (from its bias), each input rounded into the tiles
     batch.begin(nb, net.S);
     for (int b = 0; b < nb; ++b) {
-      for (int64_t c = 0; c < Sp; ++c) h[c] = std::max(skip[b * Sp + c] + skip_bias[c], 0.0f);
+      for (int64_t c = 0; c < Sp; ++c) h[c] = std::max(skip[b * Sp + c], 0.0f);
       batch.put(b, 0, h, net.S);
     }
     tile_product(batch.row(0), r16, batch.ld(), tiles.base + tiles.out_off, kb_out, Ap, net.b_out, 0, om, Ap);
