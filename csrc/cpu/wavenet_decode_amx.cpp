@@ -36,6 +36,8 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 #endif
 }
 
+constexpr int kSlotAhead = 4;  // rows
+
 }  // namespace
 
 // The bfloat16 precision on AMX tiles for batch rows [row0, row0 + nb), nb <= kMaxRows, on this thread: the
@@ -108,6 +110,10 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
       batch.begin(nb, 2 * R);
       for (int b = 0; b < nb; ++b) {
         float* slot = rings[l].at(row0 + b, t % d);
+        if (b + kSlotAhead < nb) {  // into L1 a few rows ahead (the step-ahead prefetch left it in L2)
+          const float* ahead = rings[l].at(row0 + b + kSlotAhead, t % d);
+          for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(ahead + c);
+        }
         batch.put(b, 0, slot, R);
         batch.put(b, R, x[b], R);
         arkern_amx::round_bf16(x[b], R, slot);
