@@ -38,6 +38,67 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 
 constexpr int kSlotAhead = 4;  // rows
 
+// Row b's input of a layer in one pass: in[0 : R) = bf16(slot) (x(t - d)), in[R : 2R) = bf16(x) (x(t)), then
+// slot = round_bf16(x) and x += br -- the same instructions per value as to_bf16 / round_bf16 (amx.h), fused.
+inline void layer_input(float* slot, float* x, const float* br, int64_t R, uint16_t* in) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (R % 32 == 0) {
+    const __m512i keep = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    for (int64_t j = 0; j < R; j += 32) {
+      const __m512 s0 = _mm512_loadu_ps(slot + j), s1 = _mm512_loadu_ps(slot + j + 16);
+      const __m512 x0 = _mm512_loadu_ps(x + j), x1 = _mm512_loadu_ps(x + j + 16);
+      const __m512bh si = _mm512_cvtne2ps_pbh(s1, s0), xi = _mm512_cvtne2ps_pbh(x1, x0);
+      _mm512_storeu_si512(in + j, reinterpret_cast<const __m512i&>(si));
+      _mm512_storeu_si512(in + R + j, reinterpret_cast<const __m512i&>(xi));
+      _mm512_storeu_ps(slot + j, _mm512_castsi512_ps(_mm512_and_si512(arkern_amx::round_bits16(x0), keep)));
+      _mm512_storeu_ps(slot + j + 16, _mm512_castsi512_ps(_mm512_and_si512(arkern_amx::round_bits16(x1), keep)));
+      _mm512_storeu_ps(x + j, _mm512_add_ps(x0, _mm512_loadu_ps(br + j)));
+      _mm512_storeu_ps(x + j + 16, _mm512_add_ps(x1, _mm512_loadu_ps(br + j + 16)));
+    }
+    return;
+  }
+#endif
+  arkern_amx::to_bf16(slot, R, in);
+  arkern_amx::to_bf16(x, R, in + R);
+  arkern_amx::round_bf16(x, R, slot);
+  for (int64_t c = 0; c < R; ++c) x[c] += br[c];
+}
+
+// out[0 : R) = bf16(tanh(a) sigmoid(b)) (gate_fast, then to_bf16, in one pass where R is a multiple of 32); g: a
+// row of R floats of scratch.
+inline void gate_input(const float* a, const float* b, int64_t R, float* g, uint16_t* out) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (R % 32 == 0) {
+    for (int64_t j = 0; j < R; j += 32) {
+      const __m512 g0 = arkern_decode::gate16(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j));
+      const __m512 g1 = arkern_decode::gate16(_mm512_loadu_ps(a + j + 16), _mm512_loadu_ps(b + j + 16));
+      const __m512bh v = _mm512_cvtne2ps_pbh(g1, g0);
+      _mm512_storeu_si512(out + j, reinterpret_cast<const __m512i&>(v));
+    }
+    return;
+  }
+#endif
+  arkern_decode::gate_fast(a, b, g, R);
+  arkern_amx::to_bf16(g, R, out);
+}
+
+// out[0 : n) = bf16(max(src, 0)) (one pass where n is a multiple of 32); tmp: a row of n floats of scratch.
+inline void relu_input(const float* src, int64_t n, float* tmp, uint16_t* out) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  if (n % 32 == 0) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 32) {
+      const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_max_ps(_mm512_loadu_ps(src + j + 16), zero),
+                                             _mm512_max_ps(_mm512_loadu_ps(src + j), zero));
+      _mm512_storeu_si512(out + j, reinterpret_cast<const __m512i&>(v));
+    }
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < n; ++c) tmp[c] = std::max(src[c], 0.0f);
+  arkern_amx::to_bf16(tmp, n, out);
+}
+
 }  // namespace
 
 // The bfloat16 precision on AMX tiles for batch rows [row0, row0 + nb), nb <= kMaxRows, on this thread: the
@@ -114,10 +175,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
           const float* ahead = rings[l].at(row0 + b + kSlotAhead, t % d);
           for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(ahead + c);
         }
-        batch.put(b, 0, slot, R);
-        batch.put(b, R, x[b], R);
-        arkern_amx::round_bf16(x[b], R, slot);
-        for (int64_t c = 0; c < R; ++c) x[b][c] += br[c];
+        layer_input(slot, x[b], br, R, batch.row(b));
       }
       tile_product(batch.row(0), r16, batch.ld(), tiles.base + l * tiles.dil_stride, kb_dil, two_rp,
                    net.b_dil + l * two_rp, 0, yd, two_rp);
@@ -137,9 +195,8 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
           }
           pb = pre;
         }
-        arkern_decode::gate_fast(pb, pb + Rp, g, R);
+        gate_input(pb, pb + Rp, R, g, gates.data() + b * ld_gates + l * ld_g);
         prefetch_next_slot(rings[l], row0 + b, d, t, R);
-        arkern_amx::to_bf16(g, R, gates.data() + b * ld_gates + l * ld_g);
       }
       if (l + 1 < L)  // x entering layer l + 1 (the last layer's residual outputs feed nothing)
         tile_product(gates.data() + l * ld_g, r16, ld_gates, w_rs, kb_rs, Rp, xm, Rp, xm, Rp);
@@ -150,17 +207,10 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
 #endif
     // the head: relu(skip) -> 1x1 (from its bias) -> relu -> 1x1 (from its bias), each input rounded into the tiles
     batch.begin(nb, net.S);
-    for (int b = 0; b < nb; ++b) {
-      for (int64_t c = 0; c < Sp; ++c) h[c] = std::max(skip[b * Sp + c], 0.0f);
-      batch.put(b, 0, h, net.S);
-    }
+    for (int b = 0; b < nb; ++b) relu_input(skip + b * Sp, net.S, h, batch.row(b));
     tile_product(batch.row(0), r16, batch.ld(), tiles.base + tiles.out_off, kb_out, Ap, net.b_out, 0, om, Ap);
     batch.begin(nb, A);
-    for (int b = 0; b < nb; ++b) {
-      float* ob = om + b * Ap;
-      for (int64_t c = 0; c < A; ++c) ob[c] = std::max(ob[c], 0.0f);
-      batch.put(b, 0, ob, A);
-    }
+    for (int b = 0; b < nb; ++b) relu_input(om + b * Ap, A, om + b * Ap, batch.row(b));
     tile_product(batch.row(0), r16, batch.ld(), tiles.base + tiles.end_off, kb_end, Ap, net.b_end, 0, lgm, Ap);
     draw_and_record(sampler, lg, nb, A, row0, s, steps, noise, forced, samples, logits_out, prev);
   }

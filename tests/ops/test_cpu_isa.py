@@ -123,14 +123,17 @@ def test_vnni_layout_round_trip(mp, n):
 # ---------------------------------------------------------------- WaveNet at every level
 
 WAVENET = dict(num_layers=5, residual_channels=24, skip_channels=40, num_classes=70, max_dilation=8)
+# widths multiples of 32: the amx level's whole-vector passes (layer input, gate, relus rounded in one pass)
+WAVENET_X32 = dict(num_layers=4, residual_channels=32, skip_channels=64, num_classes=96, max_dilation=4)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 5, 17])
-def test_wavenet_levels_match_reference(isa, wdtype, batch, at_isa, one_thread):
+@pytest.mark.parametrize("config", [WAVENET, WAVENET_X32], ids=["odd", "x32"])
+def test_wavenet_levels_match_reference(isa, wdtype, batch, config, at_isa, one_thread):
     _need_kernel()
-    model = wavenet(WAVENET, torch.float32, seed=7)
+    model = wavenet(config, torch.float32, seed=7)
     T = 23
     y = torch.randint(0, model.config.num_classes, (batch, T))
     noise = torch.rand(batch, T, dtype=torch.float64)
@@ -152,9 +155,10 @@ def test_wavenet_levels_match_reference(isa, wdtype, batch, at_isa, one_thread):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_wavenet_levels_draw_the_references_samples(isa, wdtype, at_isa, one_thread):
+@pytest.mark.parametrize("config", [WAVENET, WAVENET_X32], ids=["odd", "x32"])
+def test_wavenet_levels_draw_the_references_samples(isa, wdtype, config, at_isa, one_thread):
     _need_kernel()
-    model = wavenet(WAVENET, torch.float32, seed=8)
+    model = wavenet(config, torch.float32, seed=8)
     batch, T = 6, 120
     noise = draw_uniforms((batch, T), seed=3)
     packed = pack_wavenet(model, wdtype)
@@ -169,13 +173,14 @@ def test_wavenet_levels_draw_the_references_samples(isa, wdtype, at_isa, one_thr
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_wavenet_ring_storages_agree(isa, wdtype, at_isa, one_thread):
+@pytest.mark.parametrize("config", [WAVENET, WAVENET_X32], ids=["odd", "x32"])
+def test_wavenet_ring_storages_agree(isa, wdtype, config, at_isa, one_thread):
     """Rings in "slots" storage ((d, B, R): a step's rows contiguous) give what "rows" storage ((B, d, R)) gives,
     bit for bit: samples, logits and ring contents, over calls that carry the state (one of a single step), for
     one row, a few rows (below the AMX row groups), an odd group and a full tile group plus one row; then the same
     state continues in the other precision."""
     _need_kernel()
-    model = wavenet(WAVENET, torch.float32, seed=5)
+    model = wavenet(config, torch.float32, seed=5)
     chunks = (1, 9, 30)
     T = sum(chunks)
     packs = {dt: pack_wavenet(model, dt) for dt in (torch.float32, torch.bfloat16)}
