@@ -165,13 +165,13 @@ def ring_storage(ring: torch.Tensor) -> str | None:
     return None
 
 
-def new_rings(batch: int, residual_channels: int, dilations: list[int], storage: str = "rows", *,
+def new_rings(batch: int, residual_channels: int, dilations: list[int], ring_storage: str = "rows", *,
               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> list[torch.Tensor]:
-    """Zeroed ring buffers, per layer (batch, residual_channels, d) in `storage` ("rows" or "slots", see
-    :func:`ring_storage`)."""
-    if storage not in RING_STORAGES:
-        raise ValueError(f"{OP}: ring storage must be one of {RING_STORAGES}, got {storage!r}")
-    if storage == "rows":
+    """Zeroed ring buffers, per layer (batch, residual_channels, d) in storage `ring_storage` ("rows" or "slots",
+    see :func:`ring_storage`)."""
+    if ring_storage not in RING_STORAGES:
+        raise ValueError(f"{OP}: ring_storage must be one of {RING_STORAGES}, got {ring_storage!r}")
+    if ring_storage == "rows":
         return [torch.zeros(batch, d, residual_channels, dtype=dtype, device=device).transpose(1, 2)
                 for d in dilations]
     return [torch.zeros(d, batch, residual_channels, dtype=dtype, device=device).permute(1, 2, 0) for d in dilations]

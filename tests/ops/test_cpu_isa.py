@@ -212,7 +212,7 @@ def test_wavenet_ring_storage_is_checked():
     assert ring_storage(rings[0]) == "rows" and ring_storage(rings[2]) is None
     with pytest.raises(ValueError, match=r"rings\[1\] must be float32 \(3, 24, 2\) with time-major storage"):
         wavenet_generate(packed, rings, torch.zeros(3, 2, dtype=torch.int64), 0, noise)
-    with pytest.raises(ValueError, match="ring storage must be one of"):
+    with pytest.raises(ValueError, match="ring_storage must be one of"):
         dw.WaveNetState.new(model, 3, ring_storage="columns")
 
 
