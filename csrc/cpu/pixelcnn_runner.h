@@ -79,6 +79,26 @@ inline void row_op(T* dst, const T* src, int64_t n) {
   }
 }
 
+// dst[0 : n] = to_bf16(relu(src[0 : n])) for the tiles, without storing relu(src) as float32: the same
+// instructions per value as row_op<relu> then arkern_amx::to_bf16 (the same bits).
+inline void relu_bf16(const float* src, int64_t n, uint16_t* dst) {
+  int64_t m = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  const __m512 z = _mm512_setzero_ps();
+  for (; m + 32 <= n; m += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_max_ps(z, _mm512_loadu_ps(src + m + 16)),
+                                           _mm512_max_ps(z, _mm512_loadu_ps(src + m)));
+    _mm512_storeu_si512(dst + m, reinterpret_cast<const __m512i&>(v));
+  }
+#endif
+  for (; m < n; m += 32) {
+    alignas(64) float buf[32];
+    const int64_t c = std::min<int64_t>(32, n - m);
+    row_op<RowOp::relu>(buf, src + m, c);
+    arkern_amx::to_bf16(buf, c, dst + m);
+  }
+}
+
 constexpr int64_t kChunk = 64;    // (row, column) pairs per product in the vertical pass
 constexpr int64_t kRowPiece = 8;  // (row, column) pairs per product in the PixelCNN row pass
 constexpr int64_t kTileRowPiece = 64;  // the same on AMX tiles (4 tiles of 16 rows share every weight tile)
@@ -261,7 +281,11 @@ struct Runner {
     // fill the tiles, as many columns did in the row pass), so no partial sums are kept.
     const bool whole_convs = on_tiles && nb >= arkern_amx::kTileRows;
     const int64_t part = n_above > 0 && !whole_convs ? (1 + d.depth) * d.C * W * part_mp : 0;
-    const int64_t per_row = max_n + max_mp + h + act + h + d.hh + link + part;
+    // On AMX tiles the product rows are 16 floats longer than the widest product: the tiles store 16 rows at
+    // a stride of ldy floats, and at a multiple of 1 KB they fall into a quarter of the L1 sets (evicting each
+    // other before the next pass reads them).
+    const int64_t ldy = on_tiles ? max_mp + 16 : max_mp;
+    const int64_t per_row = max_n + ldy + h + act + h + d.hh + link + part;
     // On AMX tiles every per-row buffer has pad_rows(nb) rows: the tiles store their padding rows too.
     const int64_t nr = on_tiles ? arkern_amx::pad_rows(nb) : nb;
     Scratch s;
@@ -272,7 +296,7 @@ struct Runner {
       for (auto& q : v) { q = p; p += size; }
     };
     carve(s.gat, nr, max_n);
-    carve(s.y, nr, max_mp);
+    carve(s.y, nr, ldy);
     carve(s.x, nr, h);
     carve(s.act, nr, act);
     carve(s.hin1, nr, h);
@@ -288,7 +312,7 @@ struct Runner {
     }
     s.yp.resize(std::max(nb, kChunk));
     s.pstride = part_mp;
-    s.ldy = max_mp;
+    s.ldy = ldy;
     s.whole_convs = whole_convs;
     s.in.resize(std::max(nb, kChunk));
     s.u.resize(nb);
@@ -384,13 +408,20 @@ struct Runner {
   }
 
   // On AMX tiles: y (pad_rows(nb) rows, row stride ldy) = c0 + W x for matrix k (c0: row stride ldc, 0: one row
-  // for every row), x[b] the m.n inputs of row b rounded into the tile input block.
+  // for every row), x[b] the m.n inputs of row b rounded into the tile input block (relu: relu(x[b]), relu_bf16).
+  template <bool relu = false>
   void tiles_into(size_t k, int64_t nb, const T* const* x, T* y, int64_t ldy, const T* c0, int64_t ldc) const {
     if constexpr (std::is_same_v<WT, at::BFloat16>) {
       const Mat<T, WT>& m = mats[k];
       arkern_amx::Batch& batch = arkern_amx::thread_batch();
       batch.begin(nb, m.n);
-      for (int64_t b = 0; b < nb; ++b) batch.put(b, 0, x[b], m.n);
+      for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (relu) {
+          relu_bf16(x[b], m.n, batch.row(b));
+        } else {
+          batch.put(b, 0, x[b], m.n);
+        }
+      }
       batch.multiply_into(tiles[k], nullptr, m.mp, y, ldy, c0, ldc);
     } else {
       (void)k, (void)nb, (void)x, (void)y, (void)ldy, (void)c0, (void)ldc;
@@ -470,13 +501,11 @@ struct Runner {
   void shadow_put(Scratch& s, size_t c, int64_t slot, int64_t col, int64_t b, int64_t ch, const T* src, int64_t n) const {
     if constexpr (std::is_same_v<WT, at::BFloat16>) {
       for (int64_t q = 0; q < n; q += arkern_amx::kTileK) {
-        const T* v = src + q;
-        alignas(64) T buf[arkern_amx::kTileK];
         if constexpr (relu) {
-          row_op<RowOp::relu>(buf, v, arkern_amx::kTileK);
-          v = buf;
+          relu_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+        } else {
+          arkern_amx::to_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
         }
-        arkern_amx::to_bf16(v, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
       }
     } else {
       (void)s, (void)c, (void)slot, (void)col, (void)b, (void)ch, (void)src, (void)n;
@@ -515,7 +544,8 @@ struct Runner {
   T* const* conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t g, int64_t nb, Scratch& s) const;
   void pixelcnn_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
   void pixelcnn_row_tiles(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
-  T* const* conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const;
+  T* const* conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, T* out = nullptr,
+                    int64_t ldo = 0) const;
   void pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const;
 
   // Gated PixelCNN (gated_pixelcnn_steps.h).
@@ -526,23 +556,34 @@ struct Runner {
 
   void head_and_draw(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, Sampler& sampler) const {
     const int64_t C = d.C, K = d.K, E = d.E, hg = d.h / C, hhg = d.hh / C;
-    for (int64_t b = 0; b < nb; ++b) {
+    if (on_tiles && C == 1) {  // one colour group: the head's inputs are only this step's, rounded straight
+      for (int64_t b = 0; b < nb; ++b) s.in[b] = s.x[b];  // from x and y into the tile input blocks
       if (d.head_relu) {
-        row_op<RowOp::relu>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
+        tiles_into<true>(head(0, g), nb, s.in.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
       } else {
-        row_op<RowOp::copy>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
+        tiles_into(head(0, g), nb, s.in.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
       }
-    }
-    if (on_tiles) {
-      tiles_into(head(0, g), nb, s.hin1.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
+      for (int64_t b = 0; b < nb; ++b) s.in[b] = s.y[b];
+      tiles_into<true>(head(1, g), nb, s.in.data(), s.y[0], s.ldy, mats[head(1, g)].b, 0);
     } else {
-      product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
-    }
-    for (int64_t b = 0; b < nb; ++b) row_op<RowOp::relu>(s.hin2[b] + g * hhg, s.y[b], hhg);
-    if (on_tiles) {
-      tiles_into(head(1, g), nb, s.hin2.data(), s.y[0], s.ldy, mats[head(1, g)].b, 0);
-    } else {
-      product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
+      for (int64_t b = 0; b < nb; ++b) {
+        if (d.head_relu) {
+          row_op<RowOp::relu>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
+        } else {
+          row_op<RowOp::copy>(s.hin1[b] + g * hg, s.x[b] + g * hg, hg);
+        }
+      }
+      if (on_tiles) {
+        tiles_into(head(0, g), nb, s.hin1.data(), s.y[0], s.ldy, mats[head(0, g)].b, 0);
+      } else {
+        product(mats[head(0, g)], nb, s.hin1, s, s.y.data());
+      }
+      for (int64_t b = 0; b < nb; ++b) row_op<RowOp::relu>(s.hin2[b] + g * hhg, s.y[b], hhg);
+      if (on_tiles) {
+        tiles_into(head(1, g), nb, s.hin2.data(), s.y[0], s.ldy, mats[head(1, g)].b, 0);
+      } else {
+        product(mats[head(1, g)], nb, s.hin2, s, s.y.data());
+      }
     }
     const auto pos = [&](int64_t b) { return (((r0 + b) * C + g) * H + i) * W + j; };
     for (int64_t b = 0; b < nb; ++b) {

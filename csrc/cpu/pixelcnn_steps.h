@@ -106,8 +106,10 @@ T* const* Runner<T, WT>::conv_shadowed(int64_t c, int64_t i, int64_t j, int64_t 
   return s.yp.data();
 }
 
+// out (row stride ldo; null: s.y): where whole convs on tiles without a bfloat16 ring store the products.
 template <typename T, typename WT>
-T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
+T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s,
+                                 T* out, int64_t ldo) const {
   const Conv cv = conv(c);
   const int64_t na = cv.above * cv.kw * cv.cin;
   const int64_t allowed = (c == 0 ? g : g + 1) * (cv.cin / d.C);
@@ -124,8 +126,12 @@ T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int
         put_rows(batch, b, rg, i - cv.above, cv.above, j, run);
         batch.put(b, batch.second(), rg.at(i, j), n);
       }
-      batch.multiply_into(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp, s.y[0], s.ldy, m.b, 0);
-      for (int64_t b = 0; b < nb; ++b) s.yp[b] = s.y[b];
+      if (out == nullptr) {
+        out = s.y[0];
+        ldo = s.ldy;
+      }
+      batch.multiply_into(tiles[k], tiles[k] + m.mp * arkern_amx::pad32(na), m.mp, out, ldo, m.b, 0);
+      for (int64_t b = 0; b < nb; ++b) s.yp[b] = out + b * ldo;
       return s.yp.data();
     }
     if (on_tiles && m.n > na) {  // the taps of row i rounded straight from the ring into the tile input block
@@ -159,8 +165,12 @@ T* const* Runner<T, WT>::conv_at(int64_t c, int64_t i, int64_t j, int64_t g, int
 template <typename T, typename WT>
 void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
   const int64_t h = d.h, hg = h / d.C, cb = d.kw_b / 2;
-  T* const* y = conv_at(0, i, j, g, r0, nb, s);
-  for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
+  // On tiles, where the input conv's outputs are exactly group g's (no padding outputs), its tiles store them
+  // straight into x (the rows of x are contiguous).
+  const bool into_x = on_tiles && mats[px(0, g)].mp == hg;
+  T* const* y = conv_at(0, i, j, g, r0, nb, s, into_x ? s.x[0] + g * hg : nullptr, h);
+  if (y[0] != s.x[0] + g * hg)
+    for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
   for (int64_t k = 0; k < d.depth; ++k) {
     // With a bfloat16 ring (init_shadows) the float32 ring needs only the rows the call leaves behind.
     const bool bf16_ring = shadowed(s, 1 + k);
@@ -174,12 +184,18 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
       for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
       continue;
     }
+    const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
+    if (on_tiles && d.C == 1) {  // one colour group: relu(y) rounded straight into the tile input block
+      for (int64_t b = 0; b < nb; ++b) s.in[b] = y[b];
+      tiles_into<true>(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
+      for (int64_t b = 0; b < nb; ++b) row_op<RowOp::add>(s.x[b] + g * hg, s.y[b], hg);
+      continue;
+    }
     for (int64_t b = 0; b < nb; ++b) {
       T* u = s.act[b] + k * h;
       row_op<RowOp::relu>(u + g * hg, y[b], hg);
       s.in[b] = u;
     }
-    const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
     if (on_tiles) {
       tiles_into(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
     } else {
