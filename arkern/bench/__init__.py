@@ -9,6 +9,6 @@ names its baseline provider (the reference op, the eager sampler, ...); ratios a
 from arkern.bench.harness import Case, Measurement, measure, run_report
 
 FAMILIES: tuple[str, ...] = ("masked_conv2d", "shifted_conv2d", "causal_conv1d", "masked_linear", "wavenet", "pixelcnn",
-                             "causal_conv1d_varlen", "isa")
+                             "causal_conv1d_varlen", "isa", "categorical")
 
 __all__ = ["Case", "Measurement", "measure", "run_report", "FAMILIES"]

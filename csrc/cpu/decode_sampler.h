@@ -1,6 +1,8 @@
 // The categorical draw of the CPU decode kernels, in float64: the same steps in the same order as
 // arkern.distributions.sample_categorical (docs/design.md, "Exactness"), so that a kernel and the Python
-// samplers pick the same class from the same logits and uniform.
+// samplers pick the same class from the same logits and uniform. float32 logits without warpers first take a
+// float32 pre-pass with proven error bounds (Sampler::screen), which returns the float64 steps' class when
+// the uniform is not within its bounds of a CDF boundary, and leaves the row to the float64 steps otherwise.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "simd_math.h"
@@ -71,6 +74,29 @@ inline void exp_shifted(const double* z, double mx, double* e, int64_t k) {
   for (; i < k; ++i) e[i] = std::exp(z[i] - mx);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// e^x of 16 floats x in [-87, 0] for the draw's float32 pre-pass (Sampler::screen), with a bounded error:
+// x = n ln2 + r (n in [-126, 0], |r| <= 0.3467, ln 2 in two parts), e^r by its Taylor series to r^7 (truncation
+// < 8e-9 relative), 2^n by scalef. Relative error < kExpErr on all of [-87, 0] (the rounding of r and of the
+// 7 Horner steps is < 5e-7; measured over every float32 in [-87, 0]: < 8e-8).
+constexpr double kExpErr = 1e-6;
+inline __m512 exp16_screen(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
+
 // The class drawn by inverse CDF of softmax(logits / temperature), restricted to the top-k logits and the
 // top-p nucleus, at uniform u: the same steps in the same order as arkern.distributions.sample_categorical.
 // Up to kRows rows are drawn together: each row's running sum stays sequential in class order (as torch's
@@ -87,27 +113,133 @@ struct Sampler {
   Sampler(int64_t k, double t, int64_t topk, double topp)
       : temperature(t), top_k(topk), top_p(topp), z(k), p(k), e(kRows * k), cum(kRows * k), order(k) {}
 
-  // Draw rows [0, n) of logits[r] (k classes each) at uniforms u[r] into out[r].
+  // Draw rows [0, n) of logits[r] (k classes each) at uniforms u[r] into out[r]. float32 logits without
+  // warpers first go through screen(), which settles almost every row; the rest take the float64 steps.
   template <typename T>
   void draw(const T* const* logits, int64_t n, int64_t k, const double* u, int64_t* out) {
-    for (int64_t r0 = 0; r0 < n; r0 += kRows) {
-      const int64_t m = std::min<int64_t>(kRows, n - r0);
-      for (int64_t r = 0; r < m; ++r) kept_weights(logits[r0 + r], k, e.data() + r * k);
-      switch (m) {
-        case 8: running_sums<8>(k); break;
-        case 7: running_sums<7>(k); break;
-        case 6: running_sums<6>(k); break;
-        case 5: running_sums<5>(k); break;
-        case 4: running_sums<4>(k); break;
-        case 3: running_sums<3>(k); break;
-        case 2: running_sums<2>(k); break;
-        default: running_sums<1>(k); break;
+    const T* rows[kRows];
+    int64_t idx[kRows];
+    int m = 0;
+    const auto flush = [&] {
+      exact(rows, m, k, idx, u, out);
+      m = 0;
+    };
+    for (int64_t r = 0; r < n; ++r) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (screened() && screen(logits[r], k, u[r], out + r)) continue;
       }
-      for (int64_t r = 0; r < m; ++r) out[r0 + r] = pick(e.data() + r * k, cum.data() + r * k, k, u[r0 + r]);
+      rows[m] = logits[r];
+      idx[m++] = r;
+      if (m == kRows) flush();
     }
+    if (m > 0) flush();
   }
 
+  // False: every row takes the float64 steps (the same classes; for tests that compare the two ways).
+  bool screen_rows = true;
+
  private:
+  std::vector<float> s32;  // screen(): the running sums
+
+  bool screened() const {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    return screen_rows && temperature == 1.0 && top_k == 0 && top_p >= 1.0;
+#else
+    return false;
+#endif
+  }
+
+  // The float64 steps for rows rows[0..m) (their indices idx[] into u and out).
+  template <typename T>
+  void exact(const T* const* rows, int m, int64_t k, const int64_t* idx, const double* u, int64_t* out) {
+    for (int r = 0; r < m; ++r) kept_weights(rows[r], k, e.data() + r * k);
+    switch (m) {
+      case 8: running_sums<8>(k); break;
+      case 7: running_sums<7>(k); break;
+      case 6: running_sums<6>(k); break;
+      case 5: running_sums<5>(k); break;
+      case 4: running_sums<4>(k); break;
+      case 3: running_sums<3>(k); break;
+      case 2: running_sums<2>(k); break;
+      default: running_sums<1>(k); break;
+    }
+    for (int r = 0; r < m; ++r) out[idx[r]] = pick(e.data() + r * k, cum.data() + r * k, k, u[idx[r]]);
+  }
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  // The float32 pre-pass of a row (temperature 1, no top-k / top-p): the class the float64 steps would pick,
+  // or false when it cannot be sure. It forms, in float32, F_i ~ exp(x_i - max x) and running sums S_i, and
+  // bounds |S_i - C_i| by B_i, C_i being the float64 steps' running sums (docs/design.md, "Exactness"). The
+  // float64 steps pick the first i with C_i > v = u C_{k-1}; C never decreases (its terms are >= 0). With
+  // v' = u S_{k-1} and |v - v'| <= Bv, a class j with S_j - v' > B_j + Bv and v' - S_{j-1} > B_{j-1} + Bv has
+  // C_j > v >= C_{j-1}: it is their pick. Only a uniform within ~1e-6 of a CDF boundary fails the test.
+  //
+  // The bounds (max x = 0 maps to exactly 1 in both, so C_{k-1} >= 1):
+  // - argument: x_i - max x rounded to float32 is off by <= 2^-24 |X|, which moves e^X by <= 1.0001 * 2^-24
+  //   * |X| e^X <= 2.2e-8 (|X| e^X <= 1/e); below -87 F_i = 0 (e^X < 1.7e-38); so a1 = 2.3e-8 per class;
+  // - exp16_screen: relative error < kExpErr (its comment); the float64 exp's ~1e-16 is folded in d1;
+  // - the sums: each term passes through at most 4 + ceil(k / 16) float32 additions (a 16-lane scan, then one
+  //   carry per block), so |S_i - sum F| <= gd sum F, gd = d 2^-24 / (1 - d 2^-24); the float64 running sums
+  //   are within k 2^-53 C_i of theirs.
+  bool screen(const float* l, int64_t k, double u, int64_t* out) {
+    const int64_t nblk = (k + 15) / 16;
+    if (static_cast<int64_t>(s32.size()) < nblk * 16) s32.resize(static_cast<size_t>(nblk * 16));
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const auto mask_of = [k](int64_t b) {
+      const int64_t left = k - b * 16;
+      return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+    };
+    __m512 mx = ninf;
+    __mmask16 bad = 0;  // NaN or infinite logits: left to the float64 steps
+    for (int64_t b = 0; b < nblk; ++b) {
+      const __mmask16 t = mask_of(b);
+      const __m512 v = _mm512_mask_loadu_ps(ninf, t, l + b * 16);
+      bad |= _mm512_mask_fpclass_ps_mask(t, v, 0x99);  // QNaN | +inf | -inf | SNaN
+      mx = _mm512_max_ps(mx, v);
+    }
+    if (bad != 0) return false;
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    const __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(-87.0f);
+    __m512 carry = zero;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const __mmask16 t = mask_of(b);
+      const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(t, l + b * 16), m);
+      // F = 0 below -87 and in the lanes past k
+      __m512 f = _mm512_maskz_mov_ps(t & _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), exp16_screen(_mm512_max_ps(x, lo)));
+      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 15)));
+      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 14)));
+      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 12)));
+      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 8)));
+      f = _mm512_add_ps(f, carry);
+      _mm512_storeu_ps(s32.data() + b * 16, f);
+      carry = _mm512_permutexvar_ps(_mm512_set1_epi32(15), f);
+    }
+    const float* s = s32.data();
+    const double sk = s[k - 1], vp = u * sk;
+    // j = the number of sums <= v' (upper_bound of v' if S is sorted; the margins below check the two sums
+    // the pick rests on, whatever j is); float32 compares: a v' within rounding of a sum fails the margins.
+    const __m512 vf = _mm512_set1_ps(static_cast<float>(vp));
+    int64_t j = 0;
+    for (int64_t b = 0; b < nblk; ++b)
+      j += __builtin_popcount(static_cast<unsigned>(
+          _mm512_mask_cmp_ps_mask(mask_of(b), _mm512_loadu_ps(s + b * 16), vf, _CMP_LE_OQ)));
+    if (j >= k) return false;
+    const double d = static_cast<double>(4 + nblk) * 0x1p-24;
+    const double gd = d / (1.0 - d), d1 = kExpErr + 1e-12, a1 = 2.3e-8, c64 = static_cast<double>(k) * 2.3e-16;
+    const auto bound = [&](int64_t i) {
+      const double si = s[i];
+      return 1.02 * ((gd + d1) * si + static_cast<double>(i + 1) * a1) + c64 * (si + 1.0);
+    };
+    const double au = std::fabs(u), bv = au * (1.01 * bound(k - 1) + 2.3e-16 * (sk + 1.0));
+    if (!(static_cast<double>(s[j]) - vp > bound(j) + bv)) return false;
+    if (j > 0 && !(vp - static_cast<double>(s[j - 1]) > bound(j - 1) + bv)) return false;
+    *out = j;
+    return true;
+  }
+#else
+  bool screen(const float*, int64_t, double, int64_t*) { return false; }
+#endif
+
   // e[i] = exp(z[i] - max z) for the classes top-k and top-p keep, 0 for the others.
   template <typename T>
   void kept_weights(const T* logits, int64_t k, double* e_row) {
