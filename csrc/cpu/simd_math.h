@@ -1,5 +1,5 @@
 // Vector math shared by the CPU decode kernels (wavenet_decode.cpp, pixelcnn_decode.cpp, pixelcnnpp_decode.cpp):
-// exp of 16 floats and of 8 doubles, tanh and sigmoid of 16 floats.
+// exp of 16 floats (also as the parts 2^n and e^r - 1) and of 8 doubles, tanh and sigmoid of 16 floats.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -40,6 +40,25 @@ inline __m512d exp8d(__m512d x) {
   __m512d p = _mm512_set1_pd(kInvFact[13]);
   for (int i = 12; i >= 0; --i) p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(kInvFact[i]));
   return _mm512_scalef_pd(p, n);
+}
+
+// e^{-y} = 2^n (1 + q) for 16 floats y in [-88, 87], as its two parts: n the nearest integer to -y / ln 2 (1.5 * 2^23
+// added and taken away), two_n = 2^n, q = e^r - 1 for r = -y - n ln 2 (ln 2 in two parts) by exp16's polynomial,
+// accurate relative to q itself (no 1 + r rounded first), so that 1 - e^{-y} = (1 - 2^n) - 2^n q loses nothing
+// near y = 0 (n = 0 there). r is held negated, which saves negating y.
+inline void exp_neg_parts16(__m512 y, __m512& two_n, __m512& q) {
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 n = _mm512_sub_ps(_mm512_fnmadd_ps(y, _mm512_set1_ps(1.44269504088896341f), magic), magic);
+  __m512 rn = _mm512_fmadd_ps(n, _mm512_set1_ps(0.693359375f), y);  // -r
+  rn = _mm512_fmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), rn);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(5.0000001201e-1f));
+  q = _mm512_fmsub_ps(p, _mm512_mul_ps(rn, rn), rn);  // r + r^2 p(r)
+  two_n = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
 }
 
 // tanh(x) for |x| < 0.625 by an odd polynomial (no cancellation near 0); tanh16 and gate16 use it there.
