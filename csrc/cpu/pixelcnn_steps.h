@@ -171,14 +171,16 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
   T* const* y = conv_at(0, i, j, g, r0, nb, s, into_x ? s.x[0] + g * hg : nullptr, h);
   if (y[0] != s.x[0] + g * hg)
     for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
+  bool put = false;  // block k's ring input is in place (fused with block k - 1's residual sum)
   for (int64_t k = 0; k < d.depth; ++k) {
     // With a bfloat16 ring (init_shadows) the float32 ring needs only the rows the call leaves behind.
     const bool bf16_ring = shadowed(s, 1 + k);
     const bool keep = !bf16_ring || i >= row_end - cshape[1 + k][0];
-    for (int64_t b = 0; b < nb; ++b) {
+    for (int64_t b = 0; b < nb && !put; ++b) {
       if (keep) row_op<RowOp::relu>(ring(1 + k, r0 + b).at(i, j + cb) + g * hg, s.x[b] + g * hg, hg);
       if (bf16_ring) shadow_put<true>(s, 1 + k, i % cshape[1 + k][0], j + cb, b, g * hg, s.x[b] + g * hg, hg);
     }
+    put = false;
     y = conv_at(1 + k, i, j, g, r0, nb, s);
     if (!d.residual) {  // a plain block: its conv's output is the next block's input
       for (int64_t b = 0; b < nb; ++b) row_op<RowOp::copy>(s.x[b] + g * hg, y[b], hg);
@@ -188,7 +190,20 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
     if (on_tiles && d.C == 1) {  // one colour group: relu(y) rounded straight into the tile input block
       for (int64_t b = 0; b < nb; ++b) s.in[b] = y[b];
       tiles_into<true>(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
-      for (int64_t b = 0; b < nb; ++b) row_op<RowOp::add>(s.x[b] + g * hg, s.y[b], hg);
+      // The next block's bfloat16 ring input rounded in the same pass as the sum, where its float32 ring
+      // is not kept (one colour group: its 32-input blocks are whole).
+      put = k + 1 < d.depth && shadowed(s, 2 + k) && i < row_end - cshape[2 + k][0];
+      for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (std::is_same_v<T, float>) {
+          if (put) {
+            for (int64_t q = 0; q < hg; q += arkern_amx::kTileK)
+              add_relu_bf16(s.x[b] + q, s.y[b] + q, arkern_amx::kTileK,
+                            shadow_at(s, 2 + k, i % cshape[2 + k][0], j + cb, b, q));
+            continue;
+          }
+        }
+        row_op<RowOp::add>(s.x[b] + g * hg, s.y[b], hg);
+      }
       continue;
     }
     for (int64_t b = 0; b < nb; ++b) {
