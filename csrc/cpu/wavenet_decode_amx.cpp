@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "amx.h"
@@ -15,13 +16,23 @@ namespace arkern_wavenet {
 
 namespace {
 
-// Row `row`'s ring slot of step t + 1 of one layer, fetched into L2 a step ahead (rings of large dilations do not
-// stay cached), a row at a time between the gates' arithmetic: issued all at once, the prefetches stall on full
-// fill buffers. Into L2 only (prefetcht1): the slot is read a step later, and in L1 it would only evict the step's
-// working set (~3% less CPU time per call than into L1 at batch 64); the input pass fetches it into L1 rows ahead.
-inline void prefetch_next_slot(const Ring& ring, int64_t row, int64_t d, int64_t t, int64_t R) {
-  const float* next = ring.at(row, (t + 1) % d);
-  for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(next + c, 0, 2);
+constexpr int64_t kLayersAhead = 2;  // the ring slots fetched into L2 this many layers before their input pass
+
+// The ring and slot of the input pass kLayersAhead layers after layer l of step t (in step t + 1 for the last layers).
+inline std::pair<const Ring*, int64_t> slot_ahead(const Net& net, const Rings& rings, int64_t l, int64_t t) {
+  const int64_t la = (l + kLayersAhead) % net.L, ta = l + kLayersAhead < net.L ? t : t + 1;
+  return {&rings[la], ta % net.dil[la]};
+}
+
+// Row `row`'s slot of that input pass, fetched into L2 (rings of large dilations do not stay cached), a row at a
+// time between the gates' arithmetic: issued all at once, the prefetches stall on full fill buffers. Two layers
+// ahead (~15 µs at batch 64) covers the latency, and the slots are still in L2 when read; fetched a step ahead into
+// L1 (prefetcht0, the previous choice) they evicted the step's working set from L1 and could be evicted from L2
+// again by the step's ~2 MB of weights and rings before their pass (together ~7% more CPU time per call at batch 64,
+// A/B in one process, loaded machine).
+inline void prefetch_slot(const Ring& ring, int64_t row, int64_t slot, int64_t R) {
+  const float* p = ring.at(row, slot);
+  for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(p + c, 0, 2);
 }
 
 // Y (rows16 x mp, row stride ldy) = C0 + X W^T on the tiles (arkern_amx::matmul, the sums starting from C0, row
@@ -37,7 +48,7 @@ inline void tile_product(const uint16_t* x, int64_t rows16, int64_t ldx, const u
 #endif
 }
 
-constexpr int kSlotAhead = 4;  // rows
+constexpr int kSlotAhead = 8;  // rows
 
 // Row b's input of a layer in one pass: in[0 : R) = bf16(slot) (x(t - d)), in[R : 2R) = bf16(x) (x(t)), then
 // slot = round_bf16(x) and x += br -- the same instructions per value as to_bf16 / round_bf16 (amx.h), fused.
@@ -170,10 +181,11 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
       // [x(t - d); x(t)] rounded straight from the ring and x into the tile inputs, then x(t) rounded replaces
       // x(t - d) in the ring (time-major: the R inputs of one time); x gets the residual bias
       batch.begin(nb, 2 * R);
+      const int64_t now = t % d;
       for (int b = 0; b < nb; ++b) {
-        float* slot = rings[l].at(row0 + b, t % d);
-        if (b + kSlotAhead < nb) {  // into L1 a few rows ahead (the step-ahead prefetch left it in L2)
-          const float* ahead = rings[l].at(row0 + b + kSlotAhead, t % d);
+        float* slot = rings[l].at(row0 + b, now);
+        if (b + kSlotAhead < nb) {  // into L1 a few rows ahead (prefetch_slot left it in L2)
+          const float* ahead = rings[l].at(row0 + b + kSlotAhead, now);
           for (int64_t c = 0; c < R; c += 16) __builtin_prefetch(ahead + c);
         }
         layer_input(slot, x[b], br, R, batch.row(b));
@@ -181,6 +193,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
       tile_product(batch.row(0), r16, batch.ld(), tiles.base + l * tiles.dil_stride, kb_dil, two_rp,
                    net.b_dil + l * two_rp, 0, yd, two_rp);
       // the gate of bias + product (+ conditioning), rounded into the tile inputs of the residual / skip convs
+      const auto [ring_ahead, ahead_slot] = slot_ahead(net, rings, l, t);
       for (int b = 0; b < nb; ++b) {
         const float* pb = yd + b * two_rp;
         const float* extra[2] = {cond ? cond + (((row0 + b) * cond_frames + t / hop) * L + l) * 2 * R : nullptr,
@@ -197,7 +210,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
           pb = pre;
         }
         gate_input(pb, pb + Rp, R, g, gates.data() + b * ld_gates + l * ld_g);
-        prefetch_next_slot(rings[l], row0 + b, d, t, R);
+        prefetch_slot(*ring_ahead, row0 + b, ahead_slot, R);
       }
       if (l + 1 < L)  // x entering layer l + 1 (the last layer's residual outputs feed nothing)
         tile_product(gates.data() + l * ld_g, r16, ld_gates, w_rs, kb_rs, Rp, xm, Rp, xm, Rp);
