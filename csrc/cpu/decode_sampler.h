@@ -76,22 +76,20 @@ inline void exp_shifted(const double* z, double mx, double* e, int64_t k) {
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 // e^x of 16 floats x in [-87, 0] for the draw's float32 pre-pass (Sampler::screen), with a bounded error:
-// x = n ln2 + r (n in [-126, 0], |r| <= 0.3467, ln 2 in two parts), e^r by its Taylor series to r^7 (truncation
-// < 8e-9 relative), 2^n by scalef. Relative error < kExpErr on all of [-87, 0] (the rounding of r and of the
-// 7 Horner steps is < 5e-7; measured over every float32 in [-87, 0]: < 8e-8).
+// x = n ln2 + r (n in [-126, 0], |r| <= 0.3467, ln 2 in two parts), e^r by a degree-5 polynomial fitted for
+// relative error on |r| <= 0.3467 (< 1e-7 in exact arithmetic), 2^n by scalef. Relative error < kExpErr on all
+// of [-87, 0] with the rounding of r and of the Horner steps (measured over every float32 in [-87, 0]: < 1.7e-7).
 constexpr double kExpErr = 1e-6;
 inline __m512 exp16_screen(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(8.290283381938934e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.189809784293175e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666763722896576e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999914765357971e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999997019767761e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
@@ -178,16 +176,18 @@ struct Sampler {
   // - argument: x_i - max x rounded to float32 is off by <= 2^-24 |X|, which moves e^X by <= 1.0001 * 2^-24
   //   * |X| e^X <= 2.2e-8 (|X| e^X <= 1/e); below -87 F_i = 0 (e^X < 1.7e-38); so a1 = 2.3e-8 per class;
   // - exp16_screen: relative error < kExpErr (its comment); the float64 exp's ~1e-16 is folded in d1;
-  // - the sums: each term passes through at most 4 + ceil(k / 16) float32 additions (a 16-lane scan, then one
-  //   carry per block), so |S_i - sum F| <= gd sum F, gd = d 2^-24 / (1 - d 2^-24); the float64 running sums
-  //   are within k 2^-53 C_i of theirs.
+  // - the sums: each term passes through at most d float32 additions (at screen's end), so |S_i - sum F| <=
+  //   gd sum F, gd = d 2^-24 / (1 - d 2^-24); the float64 running sums are within k 2^-53 C_i of theirs.
   bool screen(const float* l, int64_t k, double u, int64_t* out) {
-    const int64_t nblk = (k + 15) / 16;
-    if (static_cast<int64_t>(s32.size()) < nblk * 16) s32.resize(static_cast<size_t>(nblk * 16));
+    const int64_t nblk = (k + 15) / 16, ngrp = (nblk + 15) / 16;  // blocks of 16 classes, groups of 16 blocks
+    if (static_cast<int64_t>(s32.size()) < ngrp * 272) s32.resize(static_cast<size_t>(ngrp * 272));
+    float* f = s32.data();             // F, zero past k (ngrp * 256)
+    float* ps = f + ngrp * 256;        // per block, the running sum at its end (ngrp * 16)
     const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     const auto mask_of = [k](int64_t b) {
       const int64_t left = k - b * 16;
-      return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+      return left >= 16 ? static_cast<__mmask16>(0xffff) : left <= 0 ? static_cast<__mmask16>(0)
+                                                                     : static_cast<__mmask16>((1u << left) - 1u);
     };
     __m512 mx = ninf;
     __mmask16 bad = 0;  // NaN or infinite logits: left to the float64 steps
@@ -200,41 +200,75 @@ struct Sampler {
     if (bad != 0) return false;
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
     const __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(-87.0f);
-    __m512 carry = zero;
-    for (int64_t b = 0; b < nblk; ++b) {
+    for (int64_t b = 0; b < ngrp * 16; ++b) {
       const __mmask16 t = mask_of(b);
       const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(t, l + b * 16), m);
       // F = 0 below -87 and in the lanes past k
-      __m512 f = _mm512_maskz_mov_ps(t & _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), exp16_screen(_mm512_max_ps(x, lo)));
-      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 15)));
-      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 14)));
-      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 12)));
-      f = _mm512_add_ps(f, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(f), _mm512_setzero_si512(), 8)));
-      f = _mm512_add_ps(f, carry);
-      _mm512_storeu_ps(s32.data() + b * 16, f);
-      carry = _mm512_permutexvar_ps(_mm512_set1_epi32(15), f);
+      _mm512_storeu_ps(f + b * 16, _mm512_maskz_mov_ps(t & _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ),
+                                                       exp16_screen(_mm512_max_ps(x, lo))));
     }
-    const float* s = s32.data();
-    const double sk = s[k - 1], vp = u * sk;
-    // j = the number of sums <= v' (upper_bound of v' if S is sorted; the margins below check the two sums
-    // the pick rests on, whatever j is); float32 compares: a v' within rounding of a sum fails the margins.
+    // Block totals, 16 blocks at a time, by a tree of pairwise sums (transposing as it adds: lane q of the
+    // result is block q's total); then their running sums, carried from group to group.
+    alignas(64) static constexpr int32_t kIdx[4][2][16] = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}, {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}},
+        {{0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}, {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31}},
+        {{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}}};
+    __m512 carry = zero;
+    for (int64_t g = 0; g < ngrp; ++g) {
+      __m512 v[16];
+      for (int q = 0; q < 16; ++q) v[q] = _mm512_loadu_ps(f + (g * 16 + q) * 16);
+      for (int lv = 0, n = 16; lv < 4; ++lv, n /= 2) {
+        const __m512i a = _mm512_load_si512(kIdx[lv][0]), c = _mm512_load_si512(kIdx[lv][1]);
+        for (int q = 0; q < n / 2; ++q)
+          v[q] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * q], a, v[2 * q + 1]),
+                               _mm512_permutex2var_ps(v[2 * q], c, v[2 * q + 1]));
+      }
+      const __m512 sums = _mm512_add_ps(scan16(v[0]), carry);
+      _mm512_storeu_ps(ps + g * 16, sums);
+      carry = _mm512_permutexvar_ps(_mm512_set1_epi32(15), sums);
+    }
+    const double sk = ps[nblk - 1], vp = u * sk;
+    // The block b of the pick: the number of block-end sums <= v'; in it, j = 16 b + the number of its running
+    // sums <= v' (upper_bound of v' if the sums are sorted; the margins below check the two sums the pick rests
+    // on, whatever j is; float32 compares: a v' within rounding of a sum fails the margins).
     const __m512 vf = _mm512_set1_ps(static_cast<float>(vp));
-    int64_t j = 0;
-    for (int64_t b = 0; b < nblk; ++b)
-      j += __builtin_popcount(static_cast<unsigned>(
-          _mm512_mask_cmp_ps_mask(mask_of(b), _mm512_loadu_ps(s + b * 16), vf, _CMP_LE_OQ)));
-    if (j >= k) return false;
-    const double d = static_cast<double>(4 + nblk) * 0x1p-24;
+    int64_t b = 0;
+    for (int64_t g = 0; g < ngrp; ++g) {
+      const int64_t left = nblk - g * 16;
+      const __mmask16 t = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+      b += __builtin_popcount(static_cast<unsigned>(_mm512_mask_cmp_ps_mask(t, _mm512_loadu_ps(ps + g * 16), vf, _CMP_LE_OQ)));
+    }
+    if (b >= nblk) return false;
+    const float base = b > 0 ? ps[b - 1] : 0.0f;
+    alignas(64) float sb[16];
+    _mm512_store_ps(sb, _mm512_add_ps(scan16(_mm512_loadu_ps(f + b * 16)), _mm512_set1_ps(base)));
+    const int cnt = __builtin_popcount(static_cast<unsigned>(
+        _mm512_mask_cmp_ps_mask(mask_of(b), _mm512_load_ps(sb), vf, _CMP_LE_OQ)));
+    const int64_t j = b * 16 + cnt;
+    if (cnt == 16 || j >= k) return false;
+    // Each F passes through at most 9 + ngrp float32 additions: 4 in the tree, 4 in the block sums' scan, one
+    // per group carried, 4 in the block's scan or 1 adding the blocks before.
+    const double d = static_cast<double>(9 + ngrp) * 0x1p-24;
     const double gd = d / (1.0 - d), d1 = kExpErr + 1e-12, a1 = 2.3e-8, c64 = static_cast<double>(k) * 2.3e-16;
-    const auto bound = [&](int64_t i) {
-      const double si = s[i];
+    const auto bound = [&](int64_t i, double si) {
       return 1.02 * ((gd + d1) * si + static_cast<double>(i + 1) * a1) + c64 * (si + 1.0);
     };
-    const double au = std::fabs(u), bv = au * (1.01 * bound(k - 1) + 2.3e-16 * (sk + 1.0));
-    if (!(static_cast<double>(s[j]) - vp > bound(j) + bv)) return false;
-    if (j > 0 && !(vp - static_cast<double>(s[j - 1]) > bound(j - 1) + bv)) return false;
+    const double bv = std::fabs(u) * (1.01 * bound(k - 1, sk) + 2.3e-16 * (sk + 1.0));
+    const double sj = sb[cnt], sjm = cnt > 0 ? sb[cnt - 1] : base;
+    if (!(sj - vp > bound(j, sj) + bv)) return false;
+    if (j > 0 && !(vp - sjm > bound(j - 1, sjm) + bv)) return false;
     *out = j;
     return true;
+  }
+
+  // Inclusive running sums of 16 floats (lane q: v[0] + ... + v[q], each term through at most 4 additions).
+  static __m512 scan16(__m512 v) {
+    const __m512i z = _mm512_setzero_si512();
+    v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), z, 15)));
+    v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), z, 14)));
+    v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), z, 12)));
+    return _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), z, 8)));
   }
 #else
   bool screen(const float*, int64_t, double, int64_t*) { return false; }

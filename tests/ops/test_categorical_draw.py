@@ -23,7 +23,7 @@ def boundary_uniforms(logits: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (c.gather(1, i[:, None])[:, 0] / c[:, -1]).clamp(max=1 - 2**-53)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 100, 256, 1000])
+@pytest.mark.parametrize("k", [1, 2, 3, 15, 16, 17, 100, 256, 257, 1000, 4097])
 @pytest.mark.parametrize("scale", [0.01, 1.0, 8.0, 100.0, 1e4])
 def test_screen_equals_float64_steps_on_boundaries(k, scale):
     g = torch.Generator().manual_seed(k * 7 + int(scale))
@@ -42,8 +42,9 @@ def test_ties_peaks_and_flat_rows():
             torch.tensor([0.0] * 255 + [80.0]), torch.tensor([-100.0] * 200 + [0.0] * 56),
             torch.arange(256.0) * 1e-7, torch.arange(256.0) * -0.5, torch.tensor([3.0e38, -3.0e38] * 128)]
     logits = torch.stack(rows).float().repeat(40, 1)
-    for u in (torch.rand(len(logits), dtype=torch.float64, generator=g), boundary_uniforms(logits, g),
-              torch.zeros(len(logits), dtype=torch.float64), torch.full((len(logits),), 1 - 2**-53, dtype=torch.float64)):
+    n = len(logits)
+    for u in (torch.rand(n, dtype=torch.float64, generator=g), boundary_uniforms(logits, g),
+              torch.zeros(n, dtype=torch.float64), torch.full((n,), 1 - 2**-53, dtype=torch.float64)):
         got = draw(logits, u)
         assert torch.equal(got, draw(logits, u, screen=False))
         assert torch.equal(got, sample_categorical(logits, u))
