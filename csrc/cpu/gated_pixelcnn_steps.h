@@ -75,7 +75,15 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
           for (int64_t m = 0; m < 2 * h; ++m) s.pv[q][m] += c[m];
         }
         if (l + 1 < L) {
-          T* dst = next_bf16 && !next_keep ? s.gat[b] : ring(2 * (l + 1), r0 + b).at(ip, j + cv);
+          if constexpr (std::is_same_v<T, float>) {
+            if (next_bf16 && !next_keep) {  // only the bfloat16 ring: the gate rounded straight into it
+              for (int64_t c = 0; c < h; c += arkern_amx::kTileK)
+                gate_bf16(s.pv[q] + c, s.pv[q] + h + c, arkern_amx::kTileK,
+                          shadow_at(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, c));
+              continue;
+            }
+          }
+          T* dst = ring(2 * (l + 1), r0 + b).at(ip, j + cv);
           gate_row(s.pv[q], s.pv[q] + h, dst, h);
           if (next_bf16) shadow_put(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0, dst, h);
         }
@@ -149,7 +157,12 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
     } else {
       product(mats[kh], nb, s.gat, s, s.y.data());
     }
-    for (int64_t b = 0; b < nb; ++b) {
+    const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
+    if (on_tiles && C == 1) {  // one colour group: the gate rounded straight into the 1x1's tile input block
+      for (int64_t b = 0; b < nb; ++b) s.in[b] = s.y[b];
+      tiles_into<In::gate>(gx(l, 2 + C + g), nb, s.in.data(), s.y[0], s.ldy, mo.b, 0);
+    }
+    for (int64_t b = 0; b < nb && !(on_tiles && C == 1); ++b) {
       T* pre = s.y[b];
       if (!on_tiles) {
         const T* lk = link_at(s, b, l, j) + g * 2 * hg;
@@ -162,10 +175,9 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
       gate_row(pre, pre + hg, s.act[b] + l * h + g * hg, hg);
       s.in[b] = s.act[b] + l * h;
     }
-    const Mat<T, WT>& mo = mats[gx(l, 2 + C + g)];
-    if (on_tiles) {
+    if (on_tiles && C > 1) {
       tiles_into(gx(l, 2 + C + g), nb, s.in.data(), s.y[0], s.ldy, mo.b, 0);
-    } else {
+    } else if (!on_tiles) {
       mv(mo, nb, 0, mo.n, s.in.data(), s.y.data(), s.team);
     }
     for (int64_t b = 0; b < nb; ++b) {

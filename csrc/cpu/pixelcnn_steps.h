@@ -189,7 +189,7 @@ void Runner<T, WT>::pixelcnn_step(int64_t i, int64_t j, int64_t g, int64_t r0, i
     const Mat<T, WT>& m1 = mats[px(2 + 2 * k, g)];  // residual: 2 matrices per block
     if (on_tiles && d.C == 1) {  // one colour group: relu(y) rounded straight into the tile input block
       for (int64_t b = 0; b < nb; ++b) s.in[b] = y[b];
-      tiles_into<true>(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
+      tiles_into<In::relu>(px(2 + 2 * k, g), nb, s.in.data(), s.y[0], s.ldy, m1.b, 0);
       // The next block's bfloat16 ring input rounded in the same pass as the sum, where its float32 ring
       // is not kept (one colour group: its 32-input blocks are whole).
       put = k + 1 < d.depth && shadowed(s, 2 + k) && i < row_end - cshape[2 + k][0];
