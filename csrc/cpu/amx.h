@@ -202,6 +202,18 @@ ARKERN_AMX_TARGET inline void multiply_acc(const uint16_t* x, int64_t ldx, const
   if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
 }
 
+// Into L1, what multiply_acc<MR, NR>(x, ldx, w, kb) will load: the MR x 16 input rows' 64 bytes and the NR weight
+// tiles. Issued a 32-input step ahead: a tile load waits for the products still reading its register (tiles are
+// not renamed), so a load that misses L1 stalls the tiles.
+template <int MR, int NR>
+inline void prefetch_step(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
+  for (int64_t r = 0; r < MR * kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(x + r * ldx), _MM_HINT_T0);
+  const char* wb = reinterpret_cast<const char*>(w);
+  for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + l * 64, _MM_HINT_T0);
+  if constexpr (NR > 1)
+    for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + kb * kTileElems * 2 + l * 64, _MM_HINT_T0);
+}
+
 // MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first
 // row (stride ldx elements); y: the first output (stride ldy floats). The sums start from zero, or from c0 (the
 // block's first value, row stride ldc floats; ldc == 0: the same row for every row, e.g. a bias) when given.
@@ -212,7 +224,10 @@ ARKERN_AMX_TARGET inline void block(const uint16_t* x, int64_t ldx, const Part* 
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
-    for (int64_t k = 0; k < kb; ++k) multiply_acc<MR, NR>(x + k * kTileK, ldx, w + k * kTileElems, kb);
+    for (int64_t k = 0; k < kb; ++k) {
+      if (k + 1 < kb) prefetch_step<MR, NR>(x + (k + 1) * kTileK, ldx, w + (k + 1) * kTileElems, kb);
+      multiply_acc<MR, NR>(x + k * kTileK, ldx, w + k * kTileElems, kb);
+    }
     x += kb * kTileK;
   }
   store_acc<MR, NR>(y, ldy);
@@ -263,7 +278,10 @@ ARKERN_AMX_TARGET inline void block_at(const uint16_t* const* xk, int64_t ldx, c
   for (int p = 0; p < nparts; ++p) {
     const int64_t kb = parts[p].kb;
     const uint16_t* w = parts[p].w + ob * kb * kTileElems;
-    for (int64_t k = 0; k < kb; ++k) multiply_acc<MR, NR>(xk[k] + r * ldx, ldx, w + k * kTileElems, kb);
+    for (int64_t k = 0; k < kb; ++k) {
+      if (k + 1 < kb) prefetch_step<MR, NR>(xk[k + 1] + r * ldx, ldx, w + (k + 1) * kTileElems, kb);
+      multiply_acc<MR, NR>(xk[k] + r * ldx, ldx, w + k * kTileElems, kb);
+    }
     xk += kb;
   }
   store_acc<MR, NR>(y, ldy);
