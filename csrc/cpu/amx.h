@@ -136,6 +136,9 @@ ARKERN_AMX_TARGET inline void configure() {
     cfg.rows[t] = kTileRows;
     cfg.colsb[t] = 64;
   }
+  // GCC's _tile_loadconfig does not tell the optimizer that it reads *cfg: inlined, the stores above were
+  // removed as dead and LDTILECFG faulted on a half-written configuration. The empty asm reads cfg from memory.
+  asm volatile("" : : "m"(cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
