@@ -20,7 +20,6 @@
 namespace arkern_pixelcnn {
 
 using arkern_decode::gate;
-using arkern_decode::gate_fast;
 using arkern_decode::Mat;
 using arkern_decode::pad16;
 using arkern_decode::Sampler;

@@ -260,8 +260,8 @@ struct Runner {
   }
 
   // out = tanh(a) * sigmoid(b) (n values): on AMX tiles by gate_parts (one polynomial per exponential, one
-  // reciprocal: ~30% less time per value than gate_fast, within a few float32 ulps of gate as gate_fast), whose
-  // cost matters next to the tiles' speed; elsewhere by gate, as the float32 precision.
+  // reciprocal, within a few float32 ulps of gate), whose cost matters next to the tiles' speed; elsewhere by
+  // gate, as the float32 precision.
   void gate_row(const T* a, const T* b, T* out, int64_t n) const {
     if constexpr (std::is_same_v<T, float>) {
       if (on_tiles) {

@@ -61,7 +61,7 @@ inline void exp_neg_parts16(__m512 y, __m512& two_n, __m512& q) {
   two_n = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
 }
 
-// tanh(x) for |x| < 0.625 by an odd polynomial (no cancellation near 0); tanh16 and gate16 use it there.
+// tanh(x) for |x| < 0.625 by an odd polynomial (no cancellation near 0); tanh16 uses it there.
 inline __m512 tanh_near0_16(__m512 x) {
   const __m512 s = _mm512_mul_ps(x, x);
   __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
