@@ -7,6 +7,10 @@
 
 #include <cstdint>
 
+// e^r ~ 1 + r + r^2 p(r) on |r| <= ln2 / 2: p's coefficients from r^5 down to r^0 (exp16, exp_neg_parts16).
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 // exp of 16 floats: x = n ln2 + r (ln 2 split in two for accuracy), e^r by a degree-6 polynomial, 2^n
 // by scalef. About 1 ulp on [-87, 88]; inputs are clamped there.
 inline __m512 exp16(__m512 x) {
@@ -15,12 +19,9 @@ inline __m512 exp16(__m512 x) {
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+#pragma GCC unroll 5
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, n);
 }
@@ -51,12 +52,9 @@ inline void exp_neg_parts16(__m512 y, __m512& two_n, __m512& q) {
   const __m512 n = _mm512_sub_ps(_mm512_fnmadd_ps(y, _mm512_set1_ps(1.44269504088896341f), magic), magic);
   __m512 rn = _mm512_fmadd_ps(n, _mm512_set1_ps(0.693359375f), y);  // -r
   rn = _mm512_fmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), rn);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+#pragma GCC unroll 5
+  for (int i = 1; i < 6; ++i) p = _mm512_fnmadd_ps(p, rn, _mm512_set1_ps(kExpPoly[i]));  // p(r) at r = -rn
   q = _mm512_fmsub_ps(p, _mm512_mul_ps(rn, rn), rn);  // r + r^2 p(r)
   two_n = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
 }
