@@ -182,7 +182,7 @@ struct Runner {
 
   // Per-group scratch (every buffer one per batch row of the group).
   struct Scratch {
-    std::vector<T> mem;
+    arkern_amx::line_vector<T> mem;
     std::vector<T*> gat, y, x, act, hin1, hin2, pg, pv, part, yp;
     T* link = nullptr;       // Gated: the link rows, (layer, column, batch row, pad16(2h)) (link_at)
     int64_t rows = 0;        // the group's batch rows
@@ -191,7 +191,7 @@ struct Runner {
     // — the vertical conv's bias plus the row's class bias (v0), the horizontal convs' biases plus the class
     // bias (hx), and hx plus the link's bias (l0): the link rows then hold all a pixel adds to its horizontal
     // conv, whose tiles start from them (link_start).
-    std::vector<T> v0, hx, l0;
+    arkern_amx::line_vector<T> v0, hx, l0;
     int64_t pstride = 0;     // floats per partial-sum vector (the largest padded spatial-conv height)
     bool whole_convs = false;  // on AMX tiles with a full tile of rows: every spatial conv in one product per pixel
     std::vector<const T*> in;
@@ -200,8 +200,8 @@ struct Runner {
     // On AMX tiles: per cache whose taps come in 32-input blocks of one column (init_shadows), its ring in
     // bfloat16 as the tiles read it, else empty; a column of zeros (the rows above the image); the tiles'
     // input blocks and products.
-    std::vector<std::vector<uint16_t>> shadow;
-    std::vector<uint16_t> zeros;
+    std::vector<arkern_amx::line_vector<uint16_t>> shadow;
+    arkern_amx::line_vector<uint16_t> zeros;
     std::vector<const uint16_t*> xk;
     int64_t ldy = 0;  // floats between two rows of y
     arkern_team::Session* team = nullptr;  // splits products over output tiles (csrc/cpu/team.h)
@@ -235,29 +235,32 @@ struct Runner {
     // a stride of ldy floats, and at a multiple of 1 KB they fall into a quarter of the L1 sets (evicting each
     // other before the next pass reads them).
     const int64_t ldy = on_tiles ? max_mp + 16 : max_mp;
-    const int64_t per_row = max_n + ldy + h + act + h + d.hh + link + part;
+    // On AMX tiles every row starts on a cache line (the buffer does: line_vector), as the tiles need (amx.h).
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+    const auto line = [&](int64_t n) { return on_tiles ? (n + kLine - 1) / kLine * kLine : n; };
+    const int64_t per_row = line(max_n) + ldy + line(h) + line(act) + line(h) + line(d.hh) + link + line(part);
     // On AMX tiles every per-row buffer has pad_rows(nb) rows: the tiles store their padding rows too.
     const int64_t nr = on_tiles ? arkern_amx::pad_rows(nb) : nb;
     Scratch s;
-    s.mem.assign(nr * per_row + (d.kind == 1 ? kChunk * (n_v + hp) : 0), T(0));
+    s.mem.assign(nr * per_row + (d.kind == 1 ? kChunk * (line(n_v) + hp) : 0), T(0));
     T* p = s.mem.data();
     const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
       v.resize(count);
       for (auto& q : v) { q = p; p += size; }
     };
-    carve(s.gat, nr, max_n);
+    carve(s.gat, nr, line(max_n));
     carve(s.y, nr, ldy);
-    carve(s.x, nr, h);
-    carve(s.act, nr, act);
-    carve(s.hin1, nr, h);
-    carve(s.hin2, nr, d.hh);
+    carve(s.x, nr, line(h));
+    carve(s.act, nr, line(act));
+    carve(s.hin1, nr, line(h));
+    carve(s.hin2, nr, line(d.hh));
     s.link = p;
     p += nr * link;
     s.rows = nb;
     s.lrows = nr;
-    carve(s.part, nr, part);
+    carve(s.part, nr, line(part));
     if (d.kind == 1) {
-      carve(s.pg, kChunk, n_v);
+      carve(s.pg, kChunk, line(n_v));
       carve(s.pv, kChunk, hp);
     }
     s.yp.resize(std::max(nb, kChunk));
@@ -331,7 +334,7 @@ struct Runner {
     return s.link + ((l * W + j) * s.lrows + b) * pad16(2 * d.h);
   }
   // Gated on AMX tiles: row b of layer l's v0 / hx / l0 (Scratch).
-  const T* start_row(const Scratch& s, const std::vector<T>& v, int64_t l, int64_t b) const {
+  const T* start_row(const Scratch& s, const arkern_amx::line_vector<T>& v, int64_t l, int64_t b) const {
     return v.data() + (l * s.lrows + b) * pad16(2 * d.h);
   }
 
