@@ -1,6 +1,7 @@
 // The AMX-BF16 products of the pixelcnnpp_decode kernel (csrc/cpu/pixelcnnpp_decode.cpp) for a group of batch
 // rows in the bfloat16 precision (docs/design.md): the inputs the kernel stores as bfloat16 bits (the convs'
-// rings) are copied, the others (rounded to bfloat16 as float32) converted exactly, into the tile input block
+// rings) are read in place (tiles_product_at) or copied, the others (rounded to bfloat16 as float32) converted
+// exactly, into the tile input block
 // (arkern_amx::Batch), multiplied by a matrix's VNNI
 // copy (arkern.ops.pixelcnnpp_decode.pack_tiles: a matrix whole, or its two column halves — a (2, 2) conv's top
 // and bottom kernel rows, a two-part nin's `u` and `ul` columns) and summed in float32 on the tiles.
@@ -12,11 +13,30 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "amx.h"
 
 namespace arkern_pixelcnnpp {
+
+// Allocates on 64-byte boundaries, so that 32 bfloat16 inputs stored at a multiple of 64 bytes from the start are
+// one cache line for a tile row load (malloc's large blocks start 16 bytes past a page: two lines each).
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+template <class T>
+using AlignedVec = std::vector<T, Aligned64<T>>;
 
 constexpr int64_t kTilePiece = 64;  // rows per tile product (4 tiles of 16 rows share every weight tile)
 
@@ -63,6 +83,124 @@ void tiles_product_from(const uint16_t* t1, int64_t n1, const uint16_t* t2, int6
       }
     }
   }
+}
+
+#if ARKERN_HAVE_AMX
+// One 16-row (MR = 1) or two 16-row (MR = 2) tiles' block of NR x 16 outputs: the accumulators summed over the kb
+// k-blocks of one part, in order (as arkern_amx::block), the first tile's k-block k read at a[k] (rows la
+// elements apart), the second's at b[k] (rows lb apart); w: the output block's first weight tile (the next
+// block's kb tiles further on). Each input step and weight tile prefetched into L1 a step ahead.
+template <int MR, int NR>
+ARKERN_AMX_TARGET inline void block_rows(const uint16_t* const* a, int64_t la, const uint16_t* const* b, int64_t lb,
+                                         const uint16_t* w, int64_t kb, float* y, int64_t ldy) {
+  using namespace arkern_amx;
+  zero_acc<MR, NR>();
+  for (int64_t k = 0; k < kb; ++k) {
+    if (k + 1 < kb) {
+      for (int64_t r = 0; r < kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(a[k + 1] + r * la), _MM_HINT_T0);
+      if constexpr (MR > 1)
+        for (int64_t r = 0; r < kTileRows; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(b[k + 1] + r * lb), _MM_HINT_T0);
+      const char* wb = reinterpret_cast<const char*>(w + (k + 1) * kTileElems);
+      for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + l * 64, _MM_HINT_T0);
+      if constexpr (NR > 1)
+        for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + kb * kTileElems * 2 + l * 64, _MM_HINT_T0);
+    }
+    const uint16_t* wk = w + k * kTileElems;
+    _tile_loadd(6, wk, 64);
+    _tile_loadd(4, a[k], la * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NR > 1) {
+      _tile_loadd(7, wk + kb * kTileElems, 64);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if constexpr (MR > 1) {
+      _tile_loadd(5, b[k], lb * 2);
+      _tile_dpbf16ps(2, 5, 6);
+    }
+    if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+  store_acc<MR, NR>(y, ldy);
+}
+
+// out (tiles x 16 rows, row stride mp) = X W^T, W (mp x 32 kb): the VNNI tiles w of one part; tile t's k-block k
+// of inputs at xk[t * kb + k], its rows ld[t] elements apart. The same sums in the same order as
+// arkern_amx::matmul on the same inputs.
+ARKERN_AMX_TARGET inline void matmul_rows(const uint16_t* const* xk, const int64_t* ld, int64_t tiles,
+                                          const uint16_t* w, int64_t kb, int64_t mp, float* out) {
+  const int64_t nblk = mp / 16;
+  for (int64_t ob = 0; ob < nblk; ob += 2) {
+    const uint16_t* wb = w + ob * kb * arkern_amx::kTileElems;
+    const bool two = ob + 1 < nblk;
+    int64_t t = 0;
+    for (; t + 2 <= tiles; t += 2) {
+      float* y = out + t * 16 * mp + ob * 16;
+      if (two) {
+        block_rows<2, 2>(xk + t * kb, ld[t], xk + (t + 1) * kb, ld[t + 1], wb, kb, y, mp);
+      } else {
+        block_rows<2, 1>(xk + t * kb, ld[t], xk + (t + 1) * kb, ld[t + 1], wb, kb, y, mp);
+      }
+    }
+    if (t < tiles) {
+      float* y = out + t * 16 * mp + ob * 16;
+      if (two) {
+        block_rows<1, 2>(xk + t * kb, ld[t], nullptr, 0, wb, kb, y, mp);
+      } else {
+        block_rows<1, 1>(xk + t * kb, ld[t], nullptr, 0, wb, kb, y, mp);
+      }
+    }
+  }
+}
+#endif
+
+// y[r] = bias + W x[r] for r < rows, W (mp x n, n a multiple of 32): tiles t; the inputs read where they live
+// when they can be: at(r0, xk, &ld) sets xk[k] (k < n / 32) to k-block k of row r0 and ld to the elements between
+// rows r0 .. r0 + 15 and returns true, or returns false, and then put(dst, r) copies row r's n inputs (bfloat16
+// bits) to dst for each row of that tile (a block of copies, rows past `rows` zero). The same sums as
+// tiles_product_from with the same inputs, in pieces of `piece` rows (a multiple of 16). Inside a TileScope.
+template <class At, class Put>
+void tiles_product_at(const uint16_t* t, int64_t n, int64_t mp, int64_t rows, int64_t piece, const float* bias,
+                      float* const* y, At&& at, Put&& put) {
+#if ARKERN_HAVE_AMX
+  const int64_t kb = n / arkern_amx::kTileK;
+  thread_local std::vector<const uint16_t*> xk;
+  thread_local std::vector<int64_t> ld;
+  thread_local AlignedVec<uint16_t> copies;
+  thread_local AlignedVec<float> outbuf;
+  for (int64_t r0 = 0; r0 < rows; r0 += piece) {
+    const int64_t nr = std::min(piece, rows - r0), tiles = (nr + 15) / 16;
+    if (xk.size() < static_cast<size_t>(tiles * kb)) xk.resize(static_cast<size_t>(tiles * kb));
+    if (ld.size() < static_cast<size_t>(tiles)) ld.resize(static_cast<size_t>(tiles));
+    int64_t copied = 0;  // tiles whose rows are copied
+    for (int64_t q = 0; q < tiles; ++q)
+      if (!at(r0 + 16 * q, xk.data() + q * kb, &ld[q])) ld[q] = -1 - copied++;
+    if (copied > 0) {
+      if (copies.size() < static_cast<size_t>(copied * 16 * n)) copies.resize(static_cast<size_t>(copied * 16 * n));
+      for (int64_t q = 0; q < tiles; ++q) {
+        if (ld[q] >= 0) continue;
+        uint16_t* blk = copies.data() + (-1 - ld[q]) * 16 * n;
+        for (int64_t r = 0; r < 16; ++r) {
+          if (r0 + 16 * q + r < rows) {
+            put(blk + r * n, r0 + 16 * q + r);
+          } else {
+            std::fill_n(blk + r * n, n, uint16_t{0});
+          }
+        }
+        for (int64_t k = 0; k < kb; ++k) xk[q * kb + k] = blk + k * arkern_amx::kTileK;
+        ld[q] = n;
+      }
+    }
+    if (outbuf.size() < static_cast<size_t>(tiles * 16 * mp)) outbuf.resize(static_cast<size_t>(tiles * 16 * mp));
+    matmul_rows(xk.data(), ld.data(), tiles, t, kb, mp, outbuf.data());
+    for (int64_t q = 0; q < nr; ++q) {
+      const float* o = outbuf.data() + q * mp;
+      float* dst = y[r0 + q];
+      for (int64_t m = 0; m < mp; ++m) dst[m] = o[m] + bias[m];
+    }
+  }
+#else  // unreachable: arkern_isa never selects amx in such a build
+  (void)t, (void)n, (void)mp, (void)rows, (void)piece, (void)bias, (void)y, (void)at, (void)put;
+#endif
 }
 
 // y[r] = bias + W x[r] (bias == nullptr: y[r] += W x[r]) for r < rows; W (mp x n): tiles t; x[r]: n values.

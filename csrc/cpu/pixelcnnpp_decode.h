@@ -79,6 +79,25 @@ inline void elu_into(const float* x, int64_t n, float s, float* dst) {
   }
 }
 
+// pos[0:n] = elu(x[0:n]) and neg[0:n] = elu(-x[0:n]), the values of elu_into(x, n, +-1, .), with one exp per
+// value: the one of the two that is not x or -x is e^(-|x|) - 1 (e^0 - 1 when x is zero or NaN, as elu16).
+inline void elu_pair(const float* x, int64_t n, float* pos, float* neg) {
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = _mm512_loadu_ps(x + k), nv = _mm512_mul_ps(minus, v);
+    const __m512 e = _mm512_sub_ps(exp16(_mm512_min_ps(_mm512_min_ps(v, nv), zero)), one);
+    _mm512_storeu_ps(pos + k, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), e, v));
+    _mm512_storeu_ps(neg + k, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(nv, zero, _CMP_GT_OQ), e, nv));
+  }
+#endif
+  if (k < n) {
+    elu_into(x + k, n - k, 1.0f, pos + k);
+    elu_into(x + k, n - k, -1.0f, neg + k);
+  }
+}
+
 // out[k] = x[k] + a[k] * sigmoid(b[k]) for k < n.
 inline void gated_residual(const float* x, const float* a, const float* b, int64_t n, float* out) {
   int64_t k = 0;
@@ -221,11 +240,15 @@ struct ConvSpec {
 //
 // On AMX tiles (`tiles`: every product of the conv runs there) the ring holds the inputs as bfloat16 bits
 // (cache16, the same layout) instead of float32 values rounded to bfloat16: the tiles' input block gets each
-// window by copying its runs, not by rounding them again, and the ring is half the bytes.
+// window by copying its runs, not by rounding them again, and the ring is half the bytes. Where every kernel
+// row's run is whole 32-input blocks (kw * cin a multiple of 32), a tile of 16 positions that are one batch
+// row's consecutive columns reads their windows where the ring holds them, rows cin * stride elements apart
+// (rows_at, tiles_product_at: the row passes at the scales 16 or more columns wide); the other tiles' windows
+// are copied. The ring starts on a 64-byte boundary, so a tile row's 32 inputs are one cache line.
 struct Conv {
   const ConvSpec* s;
   std::vector<float> cache, top;
-  std::vector<uint16_t> cache16;
+  AlignedVec<uint16_t> cache16;
   int64_t slots, cols, out_w = 0;
   bool tiles = false;
   void reset(const ConvSpec& spec, int64_t nb, bool row_split = false, bool on_tiles = false) {
@@ -252,6 +275,23 @@ struct Conv {
     return cache16.data() + ((b * slots + pi % slots) * cols + pj) * s->cin;
   }
   uint16_t* slot16(int64_t b, int64_t i, int64_t j) { return at16(b, s->top + i, s->left + j); }
+  // The tiles can read the windows in the ring: every kernel row's run is whole 32-input blocks.
+  bool in_place() const { return s->kw * s->cin % arkern_amx::kTileK == 0; }
+  // The 32-input blocks of kernel rows 0 .. kr - 1 of the windows of positions p[0 .. 15] (nr >= 16 of them
+  // given) as they lie in the ring: xk[k] block k of p[0]'s window, *ld the elements between two positions'
+  // windows; false unless the 16 are one batch row's consecutive columns of one output row.
+  bool rows_at(const Pos* p, int64_t nr, int64_t kr, const uint16_t** xk, int64_t* ld) {
+    if (nr < arkern_amx::kTileRows) return false;
+    for (int64_t q = 1; q < arkern_amx::kTileRows; ++q)
+      if (p[q].b != p[0].b || p[q].i != p[0].i || p[q].j != p[0].j + q) return false;
+    const int64_t kbr = s->kw * s->cin / arkern_amx::kTileK;
+    for (int64_t t = 0; t < kr; ++t) {
+      const uint16_t* base = at16(p[0].b, p[0].i * s->stride + t, p[0].j * s->stride);
+      for (int64_t c = 0; c < kbr; ++c) xk[t * kbr + c] = base + c * arkern_amx::kTileK;
+    }
+    *ld = s->stride * s->cin;
+    return true;
+  }
   // Input (i, j) of batch row b, stored as the conv's products read it (matrix_input).
   void write(int64_t b, int64_t i, int64_t j, const float* x) {
     if (tiles) {
@@ -269,6 +309,18 @@ struct Conv {
   // out[p] = b + W (window of output pos[p]) for np positions.
   void compute(const Pos* pos, int64_t np, float* const* out, Scratch& sc) {
     const int64_t run = s->kw * s->cin;
+    if (tiles && in_place()) {  // each window read where the ring holds it, where it can be (rows_at)
+      tiles_product_at(s->mat.t[0], s->mat.n, s->mat.mp, np, kTilePiece, s->mat.b, out,
+                       [&](int64_t r0, const uint16_t** xk, int64_t* ld) {
+                         return rows_at(pos + r0, np - r0, s->kh, xk, ld);
+                       },
+                       [&](uint16_t* dst, int64_t p) {
+                         for (int64_t t = 0; t < s->kh; ++t)
+                           std::copy_n(at16(pos[p].b, pos[p].i * s->stride + t, pos[p].j * s->stride), run,
+                                       dst + t * run);
+                       });
+      return;
+    }
     if (tiles) {  // each window's kernel rows copied from the ring into the tiles' input block
       tiles_product_from(s->mat.t[0], s->mat.n, nullptr, 0, s->mat.mp, np, s->mat.b, nullptr, out,
                          [&](arkern_amx::Batch& batch, int64_t q, int64_t p) {
@@ -288,6 +340,18 @@ struct Conv {
   // Row-split: the top kernel row's part of output pos[p] (one row's positions).
   float* top_at(const Pos& p) { return top.data() + (p.b * out_w + p.j) * s->mat.mp; }
   void row_pass(const Pos* pos, int64_t np, Scratch& sc) {
+    if (tiles && in_place()) {  // the top kernel row read where the ring holds it, where it can be (rows_at)
+      const int64_t run = s->kw * s->cin;
+      for (int64_t p = 0; p < np; ++p) sc.out[p] = top_at(pos[p]);
+      tiles_product_at(s->mat.t[0], run, s->mat.mp, np, kTilePiece, s->mat.b, sc.out.data(),
+                       [&](int64_t r0, const uint16_t** xk, int64_t* ld) {
+                         return rows_at(pos + r0, np - r0, 1, xk, ld);
+                       },
+                       [&](uint16_t* dst, int64_t p) {
+                         std::copy_n(at16(pos[p].b, pos[p].i * s->stride, pos[p].j * s->stride), run, dst);
+                       });
+      return;
+    }
     if (tiles) {
       const int64_t run = s->kw * s->cin;
       for (int64_t p = 0; p < np; ++p) sc.out[p] = top_at(pos[p]);
@@ -359,16 +423,14 @@ struct Block {
     if (conv.tiles) {  // through a float32 scratch row into the bfloat16 ring
       for (int64_t p = 0; p < np; ++p) {
         float* d = sc.t1[0];
-        elu_into(v[p], f, 1.0f, d);
-        elu_into(v[p], f, -1.0f, d + f);
+        elu_pair(v[p], f, d, d + f);
         arkern_amx::to_bf16(d, 2 * f, conv.slot16(pos[p].b, pos[p].i, pos[p].j));
       }
       return;
     }
     for (int64_t p = 0; p < np; ++p) {  // straight into the ring (Conv::write's rounding in place)
       float* d = conv.slot(pos[p].b, pos[p].i, pos[p].j);
-      elu_into(v[p], f, 1.0f, d);
-      elu_into(v[p], f, -1.0f, d + f);
+      elu_pair(v[p], f, d, d + f);
       matrix_input(conv.s->mat, d, 2 * f);
     }
   }
@@ -393,10 +455,8 @@ struct Block {
     if (s->aux_parts > 0) {
       const int64_t na = s->aux_parts * f;
       for (int64_t p = 0; p < np; ++p) {
-        elu_into(aux1[p], f, 1.0f, sc.t2[p]);
-        if (s->aux_parts == 2) elu_into(aux2[p], f, 1.0f, sc.t2[p] + f);
-        elu_into(aux1[p], f, -1.0f, sc.t2[p] + na);
-        if (s->aux_parts == 2) elu_into(aux2[p], f, -1.0f, sc.t2[p] + na + f);
+        elu_pair(aux1[p], f, sc.t2[p], sc.t2[p] + na);
+        if (s->aux_parts == 2) elu_pair(aux2[p], f, sc.t2[p] + f, sc.t2[p] + na + f);
         matrix_input(s->nin, sc.t2[p], 2 * na);
         sc.in[p] = sc.t2[p];
       }
@@ -415,8 +475,7 @@ struct Block {
     conv_in.row_pass(pos, np, sc);
     if (s->aux_parts > 0) {
       for (int64_t p = 0; p < np; ++p) {
-        elu_into(u[p], f, 1.0f, sc.t2[p]);
-        elu_into(u[p], f, -1.0f, sc.t2[p] + f);
+        elu_pair(u[p], f, sc.t2[p], sc.t2[p] + f);
         matrix_input(s->nin, sc.t2[p], 2 * f);
         sc.in[p] = sc.t2[p];
         sc.xs[0][p] = sc.t2[p] + f;
@@ -444,8 +503,7 @@ struct Block {
     write_concat_elu(conv_in, pos, np, f, x, sc);
     if (s->aux_parts == 2) {
       for (int64_t p = 0; p < np; ++p) {
-        elu_into(aux2[p], f, 1.0f, sc.t2[p]);
-        elu_into(aux2[p], f, -1.0f, sc.t2[p] + f);
+        elu_pair(aux2[p], f, sc.t2[p], sc.t2[p] + f);
         matrix_input(s->nin, sc.t2[p], 2 * f);
         sc.xs[2][p] = sc.t2[p];
         sc.xs[3][p] = sc.t2[p] + f;

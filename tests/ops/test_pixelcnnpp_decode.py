@@ -297,3 +297,31 @@ def test_bf16_threads_and_generate():
     rtol, atol = tolerances(torch.bfloat16)
     close = ((params - expected).abs() <= atol + rtol * expected.abs()).double().mean().item()
     assert close >= 0.95, f"bf16 vs float32 parameters: only {close:.3f} within bfloat16 tolerances"
+
+
+def test_bf16_tiles_read_rings_in_place():
+    """On AMX tiles a row pass reads the conv windows of 16 consecutive columns of one batch row where the ring
+    holds them, and copies the other tiles' windows (csrc/cpu/pixelcnnpp_decode.h: Conv::rows_at): with 32
+    filters every conv's kernel rows are whole 32-input blocks; 24 columns put tiles across two batch rows, and
+    the coarse scales' 12 and 6 columns copy every tile. A row's results depend only on its own inputs: rows 1-4
+    of a batch of 5 (their tiles cut 8 columns further on) equal a batch of those 4 bit for bit, and the kernel
+    equals the reference (_assert_bf16_close)."""
+    if cpu_isas()["amx"] is not None:
+        pytest.skip(f"amx: {cpu_isas()['amx']}")
+    model = pixelcnnpp(c=3, filters=32, resnets=1, mixtures=2, seed=9, scale=0.5)  # 0.5: few bfloat16 flips
+    shape = (4, 24)
+    noise = draw_noise(model, 5, shape, seed=5)
+    packed = pack_pixelcnnpp(model, torch.bfloat16)
+    forced = sample_image(model, 5, shape=shape, method="cached", noise=noise)
+    set_cpu_isa("amx")
+    try:
+        five = pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced)
+        assert last_cpu_isa("pixelcnnpp_generate") == "amx"
+        four = pixelcnnpp_generate(packed, torch.zeros_like(forced[1:]), noise[1:], return_params=True,
+                                   forced=forced[1:].clone())
+    finally:
+        set_cpu_isa(None)
+    assert torch.equal(five[1:], four)
+    ref = pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced,
+                              backend="reference")
+    _assert_bf16_close(five, ref, name="bf16 mixture params, rings read in place")
