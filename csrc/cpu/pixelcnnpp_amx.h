@@ -13,30 +13,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <new>
 #include <vector>
 
 #include "amx.h"
 
 namespace arkern_pixelcnnpp {
-
-// Allocates on 64-byte boundaries, so that 32 bfloat16 inputs stored at a multiple of 64 bytes from the start are
-// one cache line for a tile row load (malloc's large blocks start 16 bytes past a page: two lines each).
-template <class T>
-struct Aligned64 {
-  using value_type = T;
-  Aligned64() = default;
-  template <class U>
-  Aligned64(const Aligned64<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
-  template <class U>
-  bool operator==(const Aligned64<U>&) const { return true; }
-  template <class U>
-  bool operator!=(const Aligned64<U>&) const { return false; }
-};
-template <class T>
-using AlignedVec = std::vector<T, Aligned64<T>>;
 
 constexpr int64_t kTilePiece = 64;  // rows per tile product (4 tiles of 16 rows share every weight tile)
 
@@ -62,7 +43,7 @@ template <class Put>
 void tiles_product_from(const uint16_t* t1, int64_t n1, const uint16_t* t2, int64_t n2, int64_t mp, int64_t rows,
                         const float* bias, const float* const* init, float* const* y, Put&& put) {
   arkern_amx::Batch& batch = arkern_amx::thread_batch();
-  thread_local std::vector<float> outbuf;
+  thread_local arkern_amx::line_vector<float> outbuf;
   for (int64_t r0 = 0; r0 < rows; r0 += kTilePiece) {
     const int64_t nr = std::min(kTilePiece, rows - r0), r16 = arkern_amx::pad_rows(nr);
     batch.begin(nr, n1, n2);
@@ -165,8 +146,8 @@ void tiles_product_at(const uint16_t* t, int64_t n, int64_t mp, int64_t rows, in
   const int64_t kb = n / arkern_amx::kTileK;
   thread_local std::vector<const uint16_t*> xk;
   thread_local std::vector<int64_t> ld;
-  thread_local AlignedVec<uint16_t> copies;
-  thread_local AlignedVec<float> outbuf;
+  thread_local arkern_amx::line_vector<uint16_t> copies;
+  thread_local arkern_amx::line_vector<float> outbuf;
   for (int64_t r0 = 0; r0 < rows; r0 += piece) {
     const int64_t nr = std::min(piece, rows - r0), tiles = (nr + 15) / 16;
     if (xk.size() < static_cast<size_t>(tiles * kb)) xk.resize(static_cast<size_t>(tiles * kb));

@@ -248,7 +248,7 @@ struct ConvSpec {
 struct Conv {
   const ConvSpec* s;
   std::vector<float> cache, top;
-  AlignedVec<uint16_t> cache16;
+  arkern_amx::line_vector<uint16_t> cache16;
   int64_t slots, cols, out_w = 0;
   bool tiles = false;
   void reset(const ConvSpec& spec, int64_t nb, bool row_split = false, bool on_tiles = false) {
