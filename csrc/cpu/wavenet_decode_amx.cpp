@@ -134,8 +134,10 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
                   float* logits_out) {
   const int64_t L = net.L, R = net.R, Rp = net.Rp, Sp = net.Sp, A = net.A, Ap = net.Ap;
   const int64_t two_rp = 2 * Rp, rs_p = Rp + Sp, r16 = arkern_amx::pad_rows(nb);
-  // X (r16 x Rp) and the skip sums (r16 x Sp): the accumulators' homes, zero in rows nb .. r16 - 1
-  std::vector<float> buf(static_cast<size_t>(r16) * (Rp + Sp + two_rp + 2 * Ap) + two_rp + Rp + 2 * Sp, 0.0f);
+  // X (r16 x Rp) and the skip sums (r16 x Sp): the accumulators' homes, zero in rows nb .. r16 - 1; both
+  // this block and the gates below start on a cache line (line_vector), as every tile row then does
+  arkern_amx::line_vector<float> buf(static_cast<size_t>(r16) * (Rp + Sp + two_rp + 2 * Ap) + two_rp + Rp + 2 * Sp,
+                                     0.0f);
   float* p = buf.data();
   float* xm = p; p += r16 * Rp;
   float* skip = p; p += r16 * Sp;
@@ -161,7 +163,7 @@ void run_rows_amx(const Net& net, const Tiles& tiles, const Rings& rings, int64_
   // the residual conv of layer l reads block l, the skip convs of all layers are one product at the head, the L
   // layers' matrices as parts, so that the skip sums stay in the tiles' accumulators through all layers.
   const int64_t ld_g = kb_rs * arkern_amx::kTileK, ld_gates = L * ld_g;
-  std::vector<uint16_t> gates(static_cast<size_t>(r16 * ld_gates), uint16_t{0});
+  arkern_amx::line_vector<uint16_t> gates(static_cast<size_t>(r16 * ld_gates), uint16_t{0});
 #if ARKERN_HAVE_AMX
   std::vector<arkern_amx::Part> skip_parts;
   for (int64_t l = 0; l < L; ++l)  // the skip outputs' blocks start after the residual outputs' Rp / 16
