@@ -304,8 +304,8 @@ def test_bf16_tiles_read_rings_in_place():
     holds them, and copies the other tiles' windows (csrc/cpu/pixelcnnpp_decode.h: Conv::rows_at): with 32
     filters every conv's kernel rows are whole 32-input blocks; 24 columns put tiles across two batch rows, and
     the coarse scales' 12 and 6 columns copy every tile. A row's results depend only on its own inputs: rows 1-4
-    of a batch of 5 (their tiles cut 8 columns further on) equal a batch of those 4 bit for bit, and the kernel
-    equals the reference (_assert_bf16_close)."""
+    of a batch of 5 (their tiles cut 8 columns further on) equal a batch of those 4 bit for bit, two threads (two
+    groups) equal one, and the kernel equals the reference (_assert_bf16_close)."""
     if cpu_isas()["amx"] is not None:
         pytest.skip(f"amx: {cpu_isas()['amx']}")
     model = pixelcnnpp(c=3, filters=32, resnets=1, mixtures=2, seed=9, scale=0.5)  # 0.5: few bfloat16 flips
@@ -319,9 +319,16 @@ def test_bf16_tiles_read_rings_in_place():
         assert last_cpu_isa("pixelcnnpp_generate") == "amx"
         four = pixelcnnpp_generate(packed, torch.zeros_like(forced[1:]), noise[1:], return_params=True,
                                    forced=forced[1:].clone())
+        old = torch.get_num_threads()
+        torch.set_num_threads(2)  # two groups of rows, one per thread
+        try:
+            two = pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced)
+        finally:
+            torch.set_num_threads(old)
     finally:
         set_cpu_isa(None)
     assert torch.equal(five[1:], four)
+    assert torch.equal(two, five)
     ref = pixelcnnpp_generate(packed, torch.zeros_like(forced), noise, return_params=True, forced=forced,
                               backend="reference")
     _assert_bf16_close(five, ref, name="bf16 mixture params, rings read in place")
