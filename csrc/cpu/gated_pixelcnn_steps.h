@@ -60,12 +60,11 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
           tiles_into(gx(l, 1), n, s.pv.data(), out[0], hp, start_row(s, s.l0, l, 0), hp);
           return;
         }
+        if (on_tiles) {
+          link_tiles(l, n, [&](int64_t q) { return row_of(p0 + q); }, out, s);
+          return;
+        }
         product(lm, n, s.pv, s, out);
-        if (on_tiles)
-          for (int64_t q = 0; q < n; ++q) {
-            const T* hx = start_row(s, s.hx, l, row_of(p0 + q));
-            for (int64_t m = 0; m < 2 * h; ++m) out[q][m] += hx[m];
-          }
       };
       if (d.aligned) link_product();  // the link before the class bias
       for (int64_t q = 0; q < n; ++q) {
@@ -114,6 +113,31 @@ void Runner<T, WT>::vertical_tiles(int64_t l, int64_t ip, int64_t p0, int64_t n,
     }
   } else {
     (void)l, (void)ip, (void)p0, (void)n, (void)r0, (void)s;
+  }
+}
+
+// The link of Gated layer l on AMX tiles without a bfloat16 ring (the first layer) for n (row, column) pairs:
+// out[q] = (b + W x) + hx of the pair's row (x = s.pv[q] rounded): the tiles' sums from zero, then the bias,
+// then hx — the values of product() followed by adding hx, in one pass over the link rows.
+template <typename T, typename WT>
+template <typename RowOf>
+void Runner<T, WT>::link_tiles(int64_t l, int64_t n, RowOf row_of, T* const* out, Scratch& s) const {
+  if constexpr (std::is_same_v<WT, at::BFloat16>) {
+    const Mat<T, WT>& m = mats[gx(l, 1)];
+    arkern_amx::Batch& batch = arkern_amx::thread_batch();
+    batch.begin(n, m.n);
+    for (int64_t q = 0; q < n; ++q) batch.put(q, 0, s.pv[q], m.n);
+    const float* y = batch.multiply(tiles[gx(l, 1)], m.mp);
+    const int64_t h2 = 2 * d.h;
+    for (int64_t q = 0; q < n; ++q) {
+      const float* yq = y + q * m.mp;
+      const T* hx = start_row(s, s.hx, l, row_of(q));
+      T* o = out[q];
+      for (int64_t c = 0; c < h2; ++c) o[c] = (yq[c] + m.b[c]) + hx[c];
+      for (int64_t c = h2; c < m.mp; ++c) o[c] = yq[c] + m.b[c];
+    }
+  } else {
+    (void)l, (void)n, (void)row_of, (void)out, (void)s;
   }
 }
 

@@ -508,6 +508,8 @@ struct Runner {
   // Gated PixelCNN (gated_pixelcnn_steps.h).
   void gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const;
   void vertical_tiles(int64_t l, int64_t ip, int64_t p0, int64_t n, int64_t r0, Scratch& s) const;
+  template <typename RowOf>
+  void link_tiles(int64_t l, int64_t n, RowOf row_of, T* const* out, Scratch& s) const;
   void horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k, int64_t r0, int64_t nb, Scratch& s) const;
   void gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const;
 
