@@ -17,7 +17,7 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
   if (i == 0 && !d.aligned) {  // nothing above row 0: the link sees zeros, its output is its bias
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t l = 0; l < L; ++l)
-        for (int64_t j = 0; j < W; ++j)
+        for (int64_t j = 0; j < s.lcol[l]; ++j)
           std::copy_n(on_tiles ? start_row(s, s.l0, l, b) : mats[gx(l, 1)].b, hp, link_at(s, b, l, j));
     return;
   }
@@ -56,6 +56,14 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
       for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, row_of(p0 + q), l, col_of(p0 + q));
       // The link: on tiles it also adds what the horizontal stack adds (l0 = its bias + hx).
       const auto link_product = [&] {
+        if (bf16_ring && s.fused) {  // only the inputs, rounded for link_horizontal
+          constexpr int64_t kK = arkern_amx::kTileK;
+          if constexpr (std::is_same_v<T, float>)
+            for (int64_t q = 0; q < n; ++q)
+              for (int64_t k = 0; k < 2 * h; k += kK)
+                arkern_amx::to_bf16(s.pv[q] + k, kK, vlink_at(s, l, col_of(p0), k / kK) + q * kK);
+          return;
+        }
         if (bf16_ring) {  // one column of the group's rows: contiguous link rows
           tiles_into(gx(l, 1), n, s.pv.data(), out[0], hp, start_row(s, s.l0, l, 0), hp);
           return;
@@ -158,6 +166,35 @@ void Runner<T, WT>::horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k,
   }
 }
 
+// Fused (Scratch::fused), Gated layer l > 0 at pixel (i, j), colour group g: s.y = l0 + (the link's outputs of
+// group g) (the link's bfloat16 inputs at column j, vlink) + W_h (the horizontal taps) in one tile pass, the
+// sums starting from l0 (the link's bias + the horizontal conv's bias + class bias) — the same products in the
+// same order as the link rows (tiles_into from l0) continued by the horizontal conv from them (shadow_product),
+// without storing and loading the link rows between (float32 values, kept exactly in the accumulators).
+template <typename T, typename WT>
+void Runner<T, WT>::link_horizontal(int64_t l, int64_t i, int64_t j, int64_t g, Scratch& s) const {
+#if ARKERN_HAVE_AMX
+  if constexpr (std::is_same_v<WT, at::BFloat16> && std::is_same_v<T, float>) {
+    constexpr int64_t kK = arkern_amx::kTileK;
+    const int64_t c = 2 * l + 1, cin = cshape[c][2], hg2 = 2 * (d.h / d.C), kl = 2 * d.h / kK;
+    const Mat<T, WT>& m = mats[gx(l, 2 + g)];
+    const int64_t kx = m.n / kK;  // the taps: (kwh / 2) columns and g + 1 groups of the current one, in 32s
+    s.xk.resize(static_cast<size_t>(kl + kx));
+    for (int64_t k = 0; k < kl; ++k) s.xk[k] = vlink_at(s, l, j, k);
+    for (int64_t k = 0; k < kx; ++k)
+      s.xk[kl + k] = shadow_at(s, c, i % cshape[c][0], j + k * kK / cin, 0, k * kK % cin);
+    const arkern_amx::Part parts[2] = {{tiles[gx(l, 1)] + g * hg2 / 16 * kl * arkern_amx::kTileElems, kl},
+                                       {tiles[gx(l, 2 + g)], kx}};
+    arkern_amx::matmul_at(s.xk.data(), s.rows, kK, parts, 2, m.mp, s.y[0], s.ldy, start_row(s, s.l0, l, 0) + g * hg2,
+                          pad16(2 * d.h));
+  } else {
+    (void)l, (void)i, (void)j, (void)g, (void)s;
+  }
+#else
+  (void)l, (void)i, (void)j, (void)g, (void)s;
+#endif
+}
+
 template <typename T, typename WT>
 void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const {
   const int64_t C = d.C, h = d.h, hg = h / C, L = d.depth;
@@ -172,7 +209,9 @@ void Runner<T, WT>::gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int6
       if (bf16_ring) shadow_put(s, 2 * l + 1, 0, j + ch, b, g * hg, s.x[b] + g * hg, hg);
       if (!on_tiles) r.gather(i, 0, j, d.kwh(l), ch * cin + allowed, s.gat[b]);
     }
-    if (bf16_ring) {  // the sums start from the link rows (incl. the bias and class bias on tiles)
+    if (bf16_ring && s.fused && (i > 0 || d.aligned)) {
+      link_horizontal(l, i, j, g, s);
+    } else if (bf16_ring) {  // the sums start from the link rows (incl. the bias and class bias on tiles)
       const Mat<T, WT>& m = mats[kh];
       shadow_product(s, 2 * l + 1, i, 0, d.kwh(l), m.n, j, tiles[kh], 0, m, s.y[0], s.ldy,
                      link_at(s, 0, l, j) + g * 2 * hg, pad16(2 * h));

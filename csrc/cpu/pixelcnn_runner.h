@@ -184,7 +184,15 @@ struct Runner {
   struct Scratch {
     arkern_amx::line_vector<T> mem;
     std::vector<T*> gat, y, x, act, hin1, hin2, pg, pv, part, yp;
-    T* link = nullptr;       // Gated: the link rows, (layer, column, batch row, pad16(2h)) (link_at)
+    T* link = nullptr;       // Gated: the link rows, (layer, column slot, batch row, pad16(2h)) (link_at)
+    // Gated on AMX tiles with bfloat16 rings for every layer after the first (init_shadows): those layers' link
+    // and horizontal conv are one tile pass per pixel (link_horizontal) from the link's bfloat16 inputs, vlink
+    // ((layer, column, 32-input block, row of the group, 32), vlink_at), written by the vertical stack; their
+    // link rows are needed only on image row 0 (aligned 0: all the bias, one column). Per layer the columns of
+    // link rows kept (column j in slot j % lcol[l], lcol[l] = W or 1) and the first slot's index.
+    bool fused = false;
+    arkern_amx::line_vector<uint16_t> vlink;
+    std::vector<int64_t> lcol, loff;
     int64_t rows = 0;        // the group's batch rows
     int64_t lrows = 0;       // link rows per (layer, column): the group's rows, on AMX tiles padded to 16
     // Gated on AMX tiles: per layer and row (pad_rows(rows) rows of pad16(2h)), what the tiles' sums start from
@@ -216,7 +224,17 @@ struct Runner {
     }
     const int64_t act = (d.kind == 0 ? d.depth : L) * h;  // block / layer 1x1 inputs at the current pixel
     const int64_t hp = pad16(2 * h);
-    const int64_t link = d.kind == 1 ? L * W * hp : 0;
+    Scratch s;
+    // Fused where every layer after the first has both bfloat16 rings (the conditions of init_shadows).
+    s.fused = on_tiles && d.kind == 1 && ARKERN_HAVE_AMX && L >= 2 && nb % arkern_amx::kTileRows == 0 &&
+              h % arkern_amx::kTileK == 0 && (h / d.C) % arkern_amx::kTileK == 0;
+    int64_t link = 0;
+    for (int64_t l = 0; l < (d.kind == 1 ? L : 0); ++l) {
+      s.loff.push_back(link / hp);
+      s.lcol.push_back(s.fused && l > 0 ? 1 : W);
+      link += s.lcol.back() * hp;
+    }
+    if (s.fused) s.vlink.assign(static_cast<size_t>((L - 1) * W * nb * 2 * h), uint16_t{0});
     int64_t n_v = 0;  // the vertical convs' taps
     if (d.kind == 1)
       for (int64_t l = 0; l < L; ++l) n_v = std::max(n_v, d.khv(l) * d.kwv(l) * d.cin(l));
@@ -241,7 +259,6 @@ struct Runner {
     const int64_t per_row = line(max_n) + ldy + line(h) + line(act) + line(h) + line(d.hh) + link + line(part);
     // On AMX tiles every per-row buffer has pad_rows(nb) rows: the tiles store their padding rows too.
     const int64_t nr = on_tiles ? arkern_amx::pad_rows(nb) : nb;
-    Scratch s;
     s.mem.assign(nr * per_row + (d.kind == 1 ? kChunk * (line(n_v) + hp) : 0), T(0));
     T* p = s.mem.data();
     const auto carve = [&p](std::vector<T*>& v, int64_t count, int64_t size) {
@@ -331,7 +348,11 @@ struct Runner {
   // Gated: the link row of layer l at column j for batch row b of the group. A pixel reads one contiguous run
   // per layer (all the group's rows), so that the hardware prefetchers stream the link rows back from memory.
   T* link_at(const Scratch& s, int64_t b, int64_t l, int64_t j) const {
-    return s.link + ((l * W + j) * s.lrows + b) * pad16(2 * d.h);
+    return s.link + ((s.loff[l] + (s.lcol[l] == 1 ? 0 : j)) * s.lrows + b) * pad16(2 * d.h);
+  }
+  // Gated, fused: the 32-input block k of layer l's (> 0) link inputs at column j, for the group's rows (vlink).
+  uint16_t* vlink_at(Scratch& s, int64_t l, int64_t j, int64_t k) const {
+    return s.vlink.data() + ((((l - 1) * W + j) * (2 * d.h / arkern_amx::kTileK) + k) * s.rows) * arkern_amx::kTileK;
   }
   // Gated on AMX tiles: row b of layer l's v0 / hx / l0 (Scratch).
   const T* start_row(const Scratch& s, const arkern_amx::line_vector<T>& v, int64_t l, int64_t b) const {
@@ -512,6 +533,7 @@ struct Runner {
   void link_tiles(int64_t l, int64_t n, RowOf row_of, T* const* out, Scratch& s) const;
   void horizontal_tiles(int64_t l, int64_t i, int64_t j, int64_t k, int64_t r0, int64_t nb, Scratch& s) const;
   void gated_step(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s) const;
+  void link_horizontal(int64_t l, int64_t i, int64_t j, int64_t g, Scratch& s) const;
 
   void head_and_draw(int64_t i, int64_t j, int64_t g, int64_t r0, int64_t nb, Scratch& s, Sampler& sampler) const {
     const int64_t C = d.C, K = d.K, E = d.E, hg = d.h / C, hhg = d.hh / C;
