@@ -84,9 +84,8 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
         if (l + 1 < L) {
           if constexpr (std::is_same_v<T, float>) {
             if (next_bf16 && !next_keep) {  // only the bfloat16 ring: the gate rounded straight into it
-              for (int64_t c = 0; c < h; c += arkern_amx::kTileK)
-                gate_bf16(s.pv[q] + c, s.pv[q] + h + c, arkern_amx::kTileK,
-                          shadow_at(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, c));
+              gate_bf16(s.pv[q], s.pv[q] + h, h, shadow_at(s, 2 * (l + 1), ip % cshape[2 * (l + 1)][0], j + cv, b, 0),
+                        arkern_amx::pad_rows(s.rows) * arkern_amx::kTileK);  // (shadow_at's 32-channel blocks)
               continue;
             }
           }

@@ -91,22 +91,23 @@ inline void add_relu_bf16(float* x, const float* y, int64_t n, uint16_t* dst) {
 }
 
 // dst[0 : n] = to_bf16(tanh(a) * sigmoid(b)) by gate_parts for the tiles, without storing the gate as float32:
-// the same instructions per value as gate_parts then arkern_amx::to_bf16 (the same bits).
-inline void gate_bf16(const float* a, const float* b, int64_t n, uint16_t* dst) {
+// the same instructions per value as gate_parts then arkern_amx::to_bf16 (the same bits). Values [m, m + 32) go
+// to dst + m / 32 * stride (stride 32: one run; a bfloat16 ring's blocks of 32 channels are further apart).
+inline void gate_bf16(const float* a, const float* b, int64_t n, uint16_t* dst, int64_t stride = 32) {
   int64_t m = 0;
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   for (; m + 32 <= n; m += 32) {
     const __m512 lo = arkern_decode::gate16_parts(_mm512_loadu_ps(a + m), _mm512_loadu_ps(b + m));
     const __m512 hi = arkern_decode::gate16_parts(_mm512_loadu_ps(a + m + 16), _mm512_loadu_ps(b + m + 16));
     const __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);
-    _mm512_storeu_si512(dst + m, reinterpret_cast<const __m512i&>(v));
+    _mm512_storeu_si512(dst + m / 32 * stride, reinterpret_cast<const __m512i&>(v));
   }
 #endif
   for (; m < n; m += 32) {
     alignas(64) float buf[32];
     const int64_t c = std::min<int64_t>(32, n - m);
     arkern_decode::gate_parts(a + m, b + m, buf, c);
-    arkern_amx::to_bf16(buf, c, dst + m);
+    arkern_amx::to_bf16(buf, c, dst + m / 32 * stride);
   }
 }
 

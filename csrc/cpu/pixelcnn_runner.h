@@ -478,11 +478,13 @@ struct Runner {
   template <bool relu = false>
   void shadow_put(Scratch& s, size_t c, int64_t slot, int64_t col, int64_t b, int64_t ch, const T* src, int64_t n) const {
     if constexpr (std::is_same_v<WT, at::BFloat16>) {
-      for (int64_t q = 0; q < n; q += arkern_amx::kTileK) {
+      uint16_t* dst = shadow_at(s, c, slot, col, b, ch);
+      const int64_t block = arkern_amx::pad_rows(s.rows) * arkern_amx::kTileK;  // between 32-channel blocks
+      for (int64_t q = 0; q < n; q += arkern_amx::kTileK, dst += block) {
         if constexpr (relu) {
-          relu_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+          relu_bf16(src + q, arkern_amx::kTileK, dst);
         } else {
-          arkern_amx::to_bf16(src + q, arkern_amx::kTileK, shadow_at(s, c, slot, col, b, ch + q));
+          arkern_amx::to_bf16(src + q, arkern_amx::kTileK, dst);
         }
       }
     } else {
