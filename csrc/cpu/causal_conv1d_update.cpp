@@ -17,11 +17,7 @@
 
 namespace {
 
-using arkern_causal_conv1d::check_conv;
-using arkern_causal_conv1d::ConvArgs;
-using arkern_causal_conv1d::is_depthwise;
-using arkern_causal_conv1d::silu_inplace;
-using arkern_causal_conv1d::silu_row;
+using namespace arkern_causal_conv1d;  // the checks and the silu both causal_conv1d kernels share
 
 inline int64_t pos_mod(int64_t v, int64_t m) { return ((v % m) + m) % m; }
 
