@@ -1,5 +1,6 @@
 // The Gated PixelCNN steps of the pixelcnn_generate CPU kernel (Runner, pixelcnn_runner.h): the vertical
-// stack once per image row (the link rows), and per pixel the horizontal stack; float32 tiles or AMX tiles.
+// stack once per image row (the link rows, or with Scratch::fused the link's bfloat16 inputs), and per pixel the
+// horizontal stack; float32 tiles or AMX tiles.
 #pragma once
 
 #include <algorithm>
@@ -9,8 +10,9 @@
 
 namespace arkern_pixelcnn {
 
-// The vertical stack (all columns) -> per layer link rows for row i: on image row i - 1 (aligned 0), or
-// on row i of its down-shifted input (aligned 1: layer 0's cache holds image row r as row r + 1).
+// The vertical stack (all columns) -> per layer link rows for row i (fused, layers > 0: the link's bfloat16
+// inputs, vlink, which link_horizontal multiplies per pixel): on image row i - 1 (aligned 0), or on row i of its
+// down-shifted input (aligned 1: layer 0's cache holds image row r as row r + 1).
 template <typename T, typename WT>
 void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) const {
   const int64_t h = d.h, L = d.depth, hp = pad16(2 * h), cv = d.kw_a / 2;
@@ -54,7 +56,8 @@ void Runner<T, WT>::gated_row(int64_t i, int64_t r0, int64_t nb, Scratch& s) con
       }
       T* out[kChunk];
       for (int64_t q = 0; q < n; ++q) out[q] = link_at(s, row_of(p0 + q), l, col_of(p0 + q));
-      // The link: on tiles it also adds what the horizontal stack adds (l0 = its bias + hx).
+      // The link: on tiles it also adds what the horizontal stack adds (l0 = its bias + hx); fused (layers > 0),
+      // only its inputs are stored here and link_horizontal multiplies them per pixel.
       const auto link_product = [&] {
         if (bf16_ring && s.fused) {  // only the inputs, rounded for link_horizontal
           constexpr int64_t kK = arkern_amx::kTileK;

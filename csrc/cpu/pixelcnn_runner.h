@@ -469,6 +469,11 @@ struct Runner {
 #else
     (void)r0, (void)nb;
 #endif
+    // The fused Gated path (Scratch::fused, decided before this with the same conditions) keeps one column of
+    // link rows per later layer: it needs both rings of every later layer.
+    for (int64_t l = 1; s.fused && l < d.depth; ++l)
+      TORCH_CHECK(shadowed(s, 2 * l) && shadowed(s, 2 * l + 1), "pixelcnn_generate: internal error: the fused "
+                  "Gated path lacks the bfloat16 rings of layer ", l);
   }
 
   bool shadowed(const Scratch& s, size_t c) const { return c < s.shadow.size() && !s.shadow[c].empty(); }

@@ -1,8 +1,7 @@
 // The AMX-BF16 products of the pixelcnnpp_decode kernel (csrc/cpu/pixelcnnpp_decode.cpp) for a group of batch
 // rows in the bfloat16 precision (docs/design.md): the inputs the kernel stores as bfloat16 bits (the convs'
 // rings) are read in place (tiles_product_at) or copied, the others (rounded to bfloat16 as float32) converted
-// exactly, into the tile input block
-// (arkern_amx::Batch), multiplied by a matrix's VNNI
+// exactly, into the tile input block (arkern_amx::Batch), multiplied by a matrix's VNNI
 // copy (arkern.ops.pixelcnnpp_decode.pack_tiles: a matrix whole, or its two column halves — a (2, 2) conv's top
 // and bottom kernel rows, a two-part nin's `u` and `ul` columns) and summed in float32 on the tiles.
 // Products over many rows (the row passes: every column of a row) run in pieces of kTilePiece rows, so that

@@ -244,7 +244,8 @@ struct ConvSpec {
 // row's run is whole 32-input blocks (kw * cin a multiple of 32), a tile of 16 positions that are one batch
 // row's consecutive columns reads their windows where the ring holds them, rows cin * stride elements apart
 // (rows_at, tiles_product_at: the row passes at the scales 16 or more columns wide); the other tiles' windows
-// are copied. The ring starts on a 64-byte boundary, so a tile row's 32 inputs are one cache line.
+// are copied. The ring starts on a 64-byte boundary, so a tile row's 32 inputs are one cache line when cin is a
+// multiple of 32 (rows 64 bytes apart or more; else some rows straddle two lines: slower, the same values).
 struct Conv {
   const ConvSpec* s;
   std::vector<float> cache, top;

@@ -235,13 +235,13 @@ def test_wavenet_tiles_are_the_same_weights():
 # some float32 rings keep only the rows a call leaves behind; 3 calls, one of a single row; "plain": a 5x5
 # kernel (2 rows above), no residual 1x1; Gated with 3 colours: class-conditional; "coded": aligned stacks;
 # Gated with rows a multiple of 16: every layer after the first multiplies its link and horizontal conv in one
-# tile pass (link_horizontal), per colour group with 3 colours
+# tile pass (link_horizontal), per colour group with 3 colours; "coded" with 32 rows: class-conditional too
 @pytest.mark.parametrize("kind,c,hidden,n", [("pixelcnn", 1, 64, 17), ("pixelcnn", 3, 96, 17), ("plain", 1, 32, 17),
                                              ("gated", 1, 64, 16), ("gated", 3, 96, 17), ("gated", 3, 96, 32),
-                                             ("coded", 1, 64, 16)])
+                                             ("coded", 1, 64, 16), ("coded", 1, 64, 32)])
 def test_pixelcnn_bfloat16_rings_on_tiles(isa, kind, c, hidden, n, at_isa, one_thread):
     _need_kernel()
-    labels = 4 if kind == "gated" and c == 3 else None
+    labels = 4 if (kind == "gated" and c == 3) or (kind == "coded" and n == 32) else None
     model = image_model(kind, c, k=11, hidden=hidden, labels=labels)
     h, w = 5, 4
     packed = family_of(model).pack(model, torch.bfloat16)

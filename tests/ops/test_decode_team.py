@@ -116,9 +116,11 @@ def test_wavenet_bf16_pipeline_draws_the_references_samples(batch, team_mode):
     assert len(torch.unique(samples["cpu"])) > 5
 
 
-def pixelcnn_run(kind: str, c: int, labels: int | None, wdtype: torch.dtype, n: int, shape: tuple[int, int]):
+def pixelcnn_run(kind: str, c: int, labels: int | None, wdtype: torch.dtype, n: int, shape: tuple[int, int],
+                 hidden: int | None = None):
     """Image, logits and caches of a fused run over the rows in three calls (the caches carry the state)."""
-    hidden = 72 if c == 1 else 3 * 68  # per colour group 72 / 68 outputs: a 64-wide tile and a narrower one
+    # per colour group 72 / 68 outputs by default: a 64-wide tile and a narrower one
+    hidden = hidden or (72 if c == 1 else 3 * 68)
     model = image_model(kind, c, labels=labels, k=11, hidden=hidden)
     family = family_of(model)
     packed = family.pack(model, wdtype)
@@ -137,6 +139,16 @@ def pixelcnn_run(kind: str, c: int, labels: int | None, wdtype: torch.dtype, n: 
 def test_pixelcnn_one_and_two_threads_identical(kind, c, labels, n, wdtype, team_mode):
     one = at_threads(1, lambda: pixelcnn_run(kind, c, labels, wdtype, n, (5, 9)))
     two = at_threads(2, lambda: pixelcnn_run(kind, c, labels, wdtype, n, (5, 9)))
+    assert_same_runs(one, two)
+    assert len(torch.unique(one[0])) > 3
+
+
+@pytest.mark.parametrize("kind,labels", [("gated", None), ("coded", 4)])
+def test_gated_fused_tiles_one_and_two_threads_identical(kind, labels, team_mode):
+    """32 rows, 64 channels, bfloat16: on AMX tiles each thread's group of 16 rows multiplies every later layer's
+    link and horizontal conv in one pass (link_horizontal); "coded": aligned stacks, class-conditional."""
+    one = at_threads(1, lambda: pixelcnn_run(kind, 1, labels, torch.bfloat16, 32, (5, 9), hidden=64))
+    two = at_threads(2, lambda: pixelcnn_run(kind, 1, labels, torch.bfloat16, 32, (5, 9), hidden=64))
     assert_same_runs(one, two)
     assert len(torch.unique(one[0])) > 3
 
