@@ -204,38 +204,53 @@ ARKERN_AMX_TARGET inline void store_acc(float* y, int64_t ldy) {
   if constexpr (MR > 1 && NR > 1) _tile_stored(3, y + kTileRows * ldy + 16, ys);
 }
 
-// One 32-input step of an MR x NR block: the accumulators += X (rows at x, stride ldx elements) times the
-// VNNI tile w of output block ob and, for NR > 1, the tile kb further on (block ob + 1). Each input tile is
-// loaded just before its first product (the tiles are not renamed: a load waits until the products reading the
-// register's previous tile have read it), ~8% faster than all four loads first; each accumulator's products
-// are the same in the same order.
+// One 32-input step of an MR x NR block: the accumulators += X times the VNNI tile w of output block ob and, for
+// NR > 1, the tile kb further on (block ob + 1); X's first 16 rows at x0 (ld0 elements apart), its second 16
+// (MR > 1) at x1 (ld1 apart). Each input tile is loaded just before its first product (the tiles are not
+// renamed: a load waits until the products reading the register's previous tile have read it), ~8% faster than
+// all four loads first; each accumulator's products are the same in the same order.
 template <int MR, int NR>
-ARKERN_AMX_TARGET inline void multiply_acc(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
-  const int64_t xs = ldx * 2;
+ARKERN_AMX_TARGET inline void multiply_acc2(const uint16_t* x0, int64_t ld0, const uint16_t* x1, int64_t ld1,
+                                            const uint16_t* w, int64_t kb) {
   _tile_loadd(6, w, 64);
-  _tile_loadd(4, x, xs);
+  _tile_loadd(4, x0, ld0 * 2);
   _tile_dpbf16ps(0, 4, 6);
   if constexpr (NR > 1) {
     _tile_loadd(7, w + kb * kTileElems, 64);
     _tile_dpbf16ps(1, 4, 7);
   }
   if constexpr (MR > 1) {
-    _tile_loadd(5, x + kTileRows * ldx, xs);
+    _tile_loadd(5, x1, ld1 * 2);
     _tile_dpbf16ps(2, 5, 6);
   }
   if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
 }
 
-// Into L1, what multiply_acc<MR, NR>(x, ldx, w, kb) will load: the MR x 16 input rows' 64 bytes and the NR weight
-// tiles. Issued a 32-input step ahead: a tile load waits for the products still reading its register (tiles are
-// not renamed), so a load that misses L1 stalls the tiles.
+// The second input tile's rows right after the first's (a block of rows ldx elements apart).
 template <int MR, int NR>
-inline void prefetch_step(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
-  for (int64_t r = 0; r < MR * kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(x + r * ldx), _MM_HINT_T0);
+ARKERN_AMX_TARGET inline void multiply_acc(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
+  multiply_acc2<MR, NR>(x, ldx, x + kTileRows * ldx, ldx, w, kb);
+}
+
+// Into L1, what multiply_acc2<MR, NR>(x0, ld0, x1, ld1, w, kb) will load: the MR x 16 input rows' 64 bytes and the
+// NR weight tiles. Issued a 32-input step ahead: a tile load waits for the products still reading its register
+// (tiles are not renamed), so a load that misses L1 stalls the tiles.
+template <int MR, int NR>
+inline void prefetch_step2(const uint16_t* x0, int64_t ld0, const uint16_t* x1, int64_t ld1, const uint16_t* w,
+                           int64_t kb) {
+  for (int64_t r = 0; r < kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(x0 + r * ld0), _MM_HINT_T0);
+  if constexpr (MR > 1)
+    for (int64_t r = 0; r < kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(x1 + r * ld1), _MM_HINT_T0);
   const char* wb = reinterpret_cast<const char*>(w);
   for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + l * 64, _MM_HINT_T0);
   if constexpr (NR > 1)
     for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + kb * kTileElems * 2 + l * 64, _MM_HINT_T0);
+}
+
+// prefetch_step2 for multiply_acc's inputs (the second tile's rows right after the first's).
+template <int MR, int NR>
+inline void prefetch_step(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t kb) {
+  prefetch_step2<MR, NR>(x, ldx, x + kTileRows * ldx, ldx, w, kb);
 }
 
 // MR x NR blocks of 16 rows x 16 outputs, output blocks ob (and ob + 1) summed over every part; x: the first

@@ -76,29 +76,9 @@ ARKERN_AMX_TARGET inline void block_rows(const uint16_t* const* a, int64_t la, c
   using namespace arkern_amx;
   zero_acc<MR, NR>();
   for (int64_t k = 0; k < kb; ++k) {
-    if (k + 1 < kb) {
-      for (int64_t r = 0; r < kTileRows; ++r) _mm_prefetch(reinterpret_cast<const char*>(a[k + 1] + r * la), _MM_HINT_T0);
-      if constexpr (MR > 1)
-        for (int64_t r = 0; r < kTileRows; ++r)
-          _mm_prefetch(reinterpret_cast<const char*>(b[k + 1] + r * lb), _MM_HINT_T0);
-      const char* wb = reinterpret_cast<const char*>(w + (k + 1) * kTileElems);
-      for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + l * 64, _MM_HINT_T0);
-      if constexpr (NR > 1)
-        for (int64_t l = 0; l < 16; ++l) _mm_prefetch(wb + kb * kTileElems * 2 + l * 64, _MM_HINT_T0);
-    }
-    const uint16_t* wk = w + k * kTileElems;
-    _tile_loadd(6, wk, 64);
-    _tile_loadd(4, a[k], la * 2);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NR > 1) {
-      _tile_loadd(7, wk + kb * kTileElems, 64);
-      _tile_dpbf16ps(1, 4, 7);
-    }
-    if constexpr (MR > 1) {
-      _tile_loadd(5, b[k], lb * 2);
-      _tile_dpbf16ps(2, 5, 6);
-    }
-    if constexpr (MR > 1 && NR > 1) _tile_dpbf16ps(3, 5, 7);
+    if (k + 1 < kb)
+      prefetch_step2<MR, NR>(a[k + 1], la, MR > 1 ? b[k + 1] : nullptr, lb, w + (k + 1) * kTileElems, kb);
+    multiply_acc2<MR, NR>(a[k], la, MR > 1 ? b[k] : nullptr, lb, w + k * kTileElems, kb);
   }
   store_acc<MR, NR>(y, ldy);
 }
